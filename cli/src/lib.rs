@@ -1,0 +1,1 @@
+//! Library behind the `ntk` command: one module per command, plus file formats, plots, sweeps.

@@ -1,0 +1,318 @@
+//! [`Activation`]: the nonlinearities phi of DESIGN §2 and their derivatives phi'.
+
+use core::fmt;
+use core::str::FromStr;
+
+use crate::error::Error;
+use crate::real::Real;
+
+/// 1 / sqrt(2).
+const FRAC_1_SQRT_2: f64 = core::f64::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi).
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+/// 2 / sqrt(pi).
+const FRAC_2_SQRT_PI: f64 = core::f64::consts::FRAC_2_SQRT_PI;
+
+/// A pointwise nonlinearity phi. phi' at a ReLU kink is 0 (as JAX and PyTorch).
+///
+/// Names as on the command line: `relu`, `leaky-relu:ALPHA`, `abrelu:A,B`, `erf`, `sigmoid`,
+/// `tanh`, `gelu`, `linear`.
+///
+/// ```
+/// use ntk_core::Activation;
+/// let a: Activation = "abrelu:-0.5,2".parse().unwrap();
+/// assert_eq!(a, Activation::AbRelu { a: -0.5, b: 2.0 });
+/// assert_eq!(a.phi(-2.0f64), 1.0);
+/// assert_eq!(Activation::Relu.dphi(0.0f64), 0.0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// max(x, 0).
+    Relu,
+    /// x for x > 0, alpha x otherwise.
+    LeakyRelu {
+        /// Slope for negative inputs.
+        alpha: f64,
+    },
+    /// a min(x, 0) + b max(x, 0) (neural-tangents' `ABRelu`).
+    AbRelu {
+        /// Slope for negative inputs.
+        a: f64,
+        /// Slope for positive inputs.
+        b: f64,
+    },
+    /// erf(x).
+    Erf,
+    /// Logistic 1 / (1 + e^-x).
+    Sigmoid,
+    /// tanh(x).
+    Tanh,
+    /// Exact GELU x Phi(x), Phi the standard normal CDF (PyTorch's default).
+    Gelu,
+    /// Identity.
+    Linear,
+}
+
+impl Activation {
+    /// The slopes (a, b) of a piecewise-linear activation, `None` for smooth ones.
+    pub const fn slopes(self) -> Option<(f64, f64)> {
+        match self {
+            Activation::Relu => Some((0.0, 1.0)),
+            Activation::LeakyRelu { alpha } => Some((alpha, 1.0)),
+            Activation::AbRelu { a, b } => Some((a, b)),
+            Activation::Linear => Some((1.0, 1.0)),
+            _ => None,
+        }
+    }
+
+    /// `true` for positively homogeneous activations (phi(c x) = c phi(x), c > 0): the ReLU
+    /// family and linear, for which power-of-two rescaling of a layer is exact.
+    pub const fn is_homogeneous(self) -> bool {
+        self.slopes().is_some()
+    }
+
+    /// phi(x).
+    #[inline(always)]
+    pub fn phi<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::Relu => {
+                if x > T::ZERO {
+                    x
+                } else {
+                    T::ZERO
+                }
+            }
+            Activation::LeakyRelu { alpha } => {
+                if x > T::ZERO {
+                    x
+                } else {
+                    T::from_f64(alpha) * x
+                }
+            }
+            Activation::AbRelu { a, b } => {
+                if x > T::ZERO {
+                    T::from_f64(b) * x
+                } else {
+                    T::from_f64(a) * x
+                }
+            }
+            Activation::Erf => x.erf(),
+            Activation::Sigmoid => sigmoid(x),
+            Activation::Tanh => x.tanh(),
+            Activation::Gelu => x * T::from_f64(0.5) * (-x * T::from_f64(FRAC_1_SQRT_2)).erfc(),
+            Activation::Linear => x,
+        }
+    }
+
+    /// phi'(x); 0 at a ReLU kink (x = 0), `a` at the kink of leaky / AB ReLU.
+    #[inline(always)]
+    pub fn dphi<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::Relu => {
+                if x > T::ZERO {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+            Activation::LeakyRelu { alpha } => {
+                if x > T::ZERO {
+                    T::ONE
+                } else {
+                    T::from_f64(alpha)
+                }
+            }
+            Activation::AbRelu { a, b } => T::from_f64(if x > T::ZERO { b } else { a }),
+            Activation::Erf => T::from_f64(FRAC_2_SQRT_PI) * (-x * x).exp(),
+            Activation::Sigmoid => {
+                let s = sigmoid(x);
+                s * (T::ONE - s)
+            }
+            Activation::Tanh => {
+                let t = x.tanh();
+                T::ONE - t * t
+            }
+            Activation::Gelu => {
+                let cdf = T::from_f64(0.5) * (-x * T::from_f64(FRAC_1_SQRT_2)).erfc();
+                let pdf = T::from_f64(FRAC_1_SQRT_2PI) * (T::from_f64(-0.5) * x * x).exp();
+                cdf + x * pdf
+            }
+            Activation::Linear => T::ONE,
+        }
+    }
+
+    /// `out[i] = phi(h[i])`.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[track_caller]
+    pub fn apply<T: Real>(self, out: &mut [T], h: &[T]) {
+        assert_eq!(out.len(), h.len());
+        match self {
+            // Branch-free forms that the compiler vectorises.
+            Activation::Relu => {
+                for (o, &x) in out.iter_mut().zip(h) {
+                    *o = if x > T::ZERO { x } else { T::ZERO };
+                }
+            }
+            Activation::Linear => out.copy_from_slice(h),
+            _ => {
+                for (o, &x) in out.iter_mut().zip(h) {
+                    *o = self.phi(x);
+                }
+            }
+        }
+    }
+
+    /// `g[i] *= phi'(h[i])`: the pointwise step of backprop.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[track_caller]
+    pub fn mul_dphi<T: Real>(self, g: &mut [T], h: &[T]) {
+        assert_eq!(g.len(), h.len());
+        match self {
+            Activation::Relu => {
+                for (o, &x) in g.iter_mut().zip(h) {
+                    *o = if x > T::ZERO { *o } else { T::ZERO };
+                }
+            }
+            Activation::Linear => {}
+            _ => {
+                for (o, &x) in g.iter_mut().zip(h) {
+                    *o *= self.dphi(x);
+                }
+            }
+        }
+    }
+}
+
+/// Logistic function, stable for large |x|.
+#[inline(always)]
+fn sigmoid<T: Real>(x: T) -> T {
+    if x >= T::ZERO {
+        T::ONE / (T::ONE + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::ONE + e)
+    }
+}
+
+impl FromStr for Activation {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let err = Error::Parse { what: "activation" };
+        let (name, args) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let num = |t: &str| t.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+        Ok(match (name.trim().to_ascii_lowercase_fixed().as_str(), args) {
+            ("relu", None) => Activation::Relu,
+            ("leaky-relu" | "leaky_relu" | "leakyrelu", Some(a)) => {
+                Activation::LeakyRelu { alpha: num(a).ok_or(err)? }
+            }
+            ("leaky-relu" | "leaky_relu" | "leakyrelu", None) => {
+                Activation::LeakyRelu { alpha: 0.01 }
+            }
+            ("abrelu", Some(a)) => {
+                let (x, y) = a.split_once(',').ok_or(err)?;
+                Activation::AbRelu { a: num(x).ok_or(err)?, b: num(y).ok_or(err)? }
+            }
+            ("erf", None) => Activation::Erf,
+            ("sigmoid" | "logistic", None) => Activation::Sigmoid,
+            ("tanh", None) => Activation::Tanh,
+            ("gelu", None) => Activation::Gelu,
+            ("linear" | "identity", None) => Activation::Linear,
+            _ => return Err(err),
+        })
+    }
+}
+
+/// Lower-casing into a fixed buffer (no allocation).
+trait LowerFixed {
+    fn to_ascii_lowercase_fixed(&self) -> heapless::String<16>;
+}
+
+impl LowerFixed for str {
+    fn to_ascii_lowercase_fixed(&self) -> heapless::String<16> {
+        let mut out = heapless::String::new();
+        for c in self.chars() {
+            if out.push(c.to_ascii_lowercase()).is_err() {
+                // Too long to be a known name: return something that matches nothing.
+                out.clear();
+                return out;
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Activation::Relu => f.write_str("relu"),
+            Activation::LeakyRelu { alpha } => write!(f, "leaky-relu:{alpha}"),
+            Activation::AbRelu { a, b } => write!(f, "abrelu:{a},{b}"),
+            Activation::Erf => f.write_str("erf"),
+            Activation::Sigmoid => f.write_str("sigmoid"),
+            Activation::Tanh => f.write_str("tanh"),
+            Activation::Gelu => f.write_str("gelu"),
+            Activation::Linear => f.write_str("linear"),
+        }
+    }
+}
+
+/// Every activation once (leaky and AB ReLU with representative slopes), for tests.
+pub const ALL: [Activation; 8] = [
+    Activation::Relu,
+    Activation::LeakyRelu { alpha: 0.1 },
+    Activation::AbRelu { a: -0.5, b: 1.5 },
+    Activation::Erf,
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Gelu,
+    Activation::Linear,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// phi' against a central difference of phi, away from kinks: relative 1e-8 in f64.
+    #[test]
+    fn derivative_matches_finite_difference() {
+        for act in ALL {
+            for i in -40..=40 {
+                let x = i as f64 * 0.173 + 0.011;
+                let h = 1e-6;
+                let fd = (act.phi(x + h) - act.phi(x - h)) / (2.0 * h);
+                let d = act.dphi(x);
+                assert!((fd - d).abs() <= 1e-8 * (1.0 + d.abs()), "{act} at {x}: {fd} vs {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn parse_round_trip() {
+        for act in ALL {
+            let mut buf = heapless::String::<64>::new();
+            core::fmt::write(&mut buf, format_args!("{act}")).unwrap();
+            assert_eq!(buf.parse::<Activation>().unwrap(), act);
+        }
+        assert!("softmax".parse::<Activation>().is_err());
+        assert!("leaky-relu:nan".parse::<Activation>().is_err());
+        assert!("a-very-long-unknown-activation-name".parse::<Activation>().is_err());
+    }
+
+    #[test]
+    fn gelu_and_sigmoid_tails_are_finite() {
+        for x in [-1e4f64, -50.0, 50.0, 1e4] {
+            for act in [Activation::Gelu, Activation::Sigmoid] {
+                assert!(act.phi(x).is_finite() && act.dphi(x).is_finite());
+            }
+        }
+        assert_eq!(Activation::Sigmoid.phi(-1000.0f64), 0.0);
+    }
+}

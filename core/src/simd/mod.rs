@@ -1,0 +1,300 @@
+//! SIMD kernels (pulp) with scalar twins: packed GEMM and the fused Gram–Hadamard kernel.
+//!
+//! Every kernel here has a plain scalar twin in [`scalar`] that is its test oracle.
+//! Matrices are strided views ([`MatRef`], [`MatMut`]) over caller-owned slices.
+
+pub mod scalar;
+
+use crate::error::{check_len, Error};
+use crate::real::Real;
+
+/// A read-only strided matrix view: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, T> {
+    /// Backing slice.
+    pub data: &'a [T],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Row stride (elements).
+    pub rs: usize,
+    /// Column stride (elements).
+    pub cs: usize,
+}
+
+/// A mutable strided matrix view: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Debug)]
+pub struct MatMut<'a, T> {
+    /// Backing slice.
+    pub data: &'a mut [T],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Row stride (elements).
+    pub rs: usize,
+    /// Column stride (elements).
+    pub cs: usize,
+}
+
+/// Index of the last element of a rows x cols view with strides (rs, cs), plus one.
+#[inline]
+const fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+impl<'a, T: Copy> MatRef<'a, T> {
+    /// Row-major `rows x cols` view (`rs = cols`, `cs = 1`).
+    ///
+    /// # Panics
+    /// If `data` is shorter than `rows * cols`.
+    #[track_caller]
+    #[inline]
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// General strided view.
+    ///
+    /// # Panics
+    /// If `data` does not cover the view.
+    #[track_caller]
+    #[inline]
+    pub fn strided(data: &'a [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        assert!(data.len() >= extent(rows, cols, rs, cs), "MatRef: slice too short");
+        Self { data, rows, cols, rs, cs }
+    }
+
+    /// The transpose (no copy).
+    #[inline]
+    pub fn t(self) -> Self {
+        Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
+    /// Element (i, j).
+    #[inline(always)]
+    pub fn at(&self, i: usize, j: usize) -> T {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    /// Rows `r0..r0 + rows`.
+    ///
+    /// # Panics
+    /// If out of range.
+    #[track_caller]
+    #[inline]
+    pub fn rows(self, r0: usize, rows: usize) -> Self {
+        assert!(r0 + rows <= self.rows);
+        let off = if rows == 0 { 0 } else { r0 * self.rs };
+        Self { data: &self.data[off.min(self.data.len())..], rows, ..self }
+    }
+}
+
+impl<'a, T: Copy> MatMut<'a, T> {
+    /// Row-major `rows x cols` view.
+    ///
+    /// # Panics
+    /// If `data` is shorter than `rows * cols`.
+    #[track_caller]
+    #[inline]
+    pub fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// General strided view.
+    ///
+    /// # Panics
+    /// If `data` does not cover the view.
+    #[track_caller]
+    #[inline]
+    pub fn strided(data: &'a mut [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        assert!(data.len() >= extent(rows, cols, rs, cs), "MatMut: slice too short");
+        Self { data, rows, cols, rs, cs }
+    }
+
+    /// Element (i, j).
+    #[inline(always)]
+    pub fn at(&self, i: usize, j: usize) -> T {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    /// Mutable element (i, j).
+    #[inline(always)]
+    pub fn at_mut(&mut self, i: usize, j: usize) -> &mut T {
+        &mut self.data[i * self.rs + j * self.cs]
+    }
+
+    /// Reborrow.
+    #[inline]
+    pub fn rb(&mut self) -> MatMut<'_, T> {
+        MatMut { data: self.data, rows: self.rows, cols: self.cols, rs: self.rs, cs: self.cs }
+    }
+
+    /// Read-only view.
+    #[inline]
+    pub fn as_ref(&self) -> MatRef<'_, T> {
+        MatRef { data: self.data, rows: self.rows, cols: self.cols, rs: self.rs, cs: self.cs }
+    }
+}
+
+/// Which part of a square output a symmetric kernel must fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Every entry.
+    Full,
+    /// At least every entry with column >= row (the caller mirrors the rest).
+    Upper,
+}
+
+/// Per-type SIMD entry points, implemented for `f32` and `f64` (dispatched once through
+/// `pulp::Arch`). Use the generic wrappers [`gemm`], [`gram_hadamard`], [`dot`] instead.
+pub trait SimdReal: Sized + Copy {
+    /// See [`gemm`]; arguments already checked.
+    fn simd_gemm(
+        dst: MatMut<'_, Self>,
+        alpha: Self,
+        lhs: MatRef<'_, Self>,
+        rhs: MatRef<'_, Self>,
+        beta: Self,
+        scratch: &mut [Self],
+    );
+    /// See [`gram_hadamard`]; arguments already checked.
+    #[allow(clippy::too_many_arguments)]
+    fn simd_gram_hadamard(
+        dst: MatMut<'_, Self>,
+        a1: MatRef<'_, Self>,
+        a2: MatRef<'_, Self>,
+        d1: MatRef<'_, Self>,
+        d2: MatRef<'_, Self>,
+        c: Self,
+        s: Self,
+        part: Part,
+        scratch: &mut [Self],
+    );
+    /// See [`dot`].
+    fn simd_dot(a: &[Self], b: &[Self]) -> Self;
+}
+
+/// Scratch elements [`gemm`] needs for an `m x k` times `k x n` product.
+pub const fn gemm_scratch(m: usize, n: usize, k: usize) -> usize {
+    let _ = (m, n, k);
+    0
+}
+
+/// Scratch elements [`gram_hadamard`] needs.
+pub const fn gram_hadamard_scratch(m: usize, n: usize, ka: usize, kd: usize) -> usize {
+    let _ = (m, n, ka, kd);
+    0
+}
+
+/// `dst = beta * dst + alpha * lhs * rhs` (`dst` m x n, `lhs` m x k, `rhs` k x n).
+/// With `beta = 0`, `dst` is overwritten (NaNs in it do not propagate).
+///
+/// # Errors
+/// [`Error::ShortBuffer`] if `scratch` is shorter than [`gemm_scratch`].
+///
+/// # Panics
+/// If the shapes do not agree.
+#[track_caller]
+pub fn gemm<T: Real>(
+    dst: MatMut<'_, T>,
+    alpha: T,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    beta: T,
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    assert!(dst.rows == lhs.rows && dst.cols == rhs.cols && lhs.cols == rhs.rows, "gemm: shapes");
+    check_len("scratch", scratch, gemm_scratch(dst.rows, dst.cols, lhs.cols))?;
+    T::simd_gemm(dst, alpha, lhs, rhs, beta, scratch);
+    Ok(())
+}
+
+/// `dst += (c * a1 a2^T + s) .* (d1 d2^T)`: one layer's term of the structured NTK
+/// (DESIGN §3), fused so that neither Gram matrix is formed.
+///
+/// `dst` m x n, `a1` m x ka, `a2` n x ka, `d1` m x kd, `d2` n x kd. With [`Part::Upper`] the
+/// kernel may skip entries below the diagonal (requires `a1 == a2`, `d1 == d2`).
+///
+/// # Errors
+/// [`Error::ShortBuffer`] if `scratch` is shorter than [`gram_hadamard_scratch`].
+///
+/// # Panics
+/// If the shapes do not agree.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn gram_hadamard<T: Real>(
+    dst: MatMut<'_, T>,
+    a1: MatRef<'_, T>,
+    a2: MatRef<'_, T>,
+    d1: MatRef<'_, T>,
+    d2: MatRef<'_, T>,
+    c: T,
+    s: T,
+    part: Part,
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    assert!(
+        dst.rows == a1.rows
+            && dst.rows == d1.rows
+            && dst.cols == a2.rows
+            && dst.cols == d2.rows
+            && a1.cols == a2.cols
+            && d1.cols == d2.cols,
+        "gram_hadamard: shapes"
+    );
+    check_len("scratch", scratch, gram_hadamard_scratch(dst.rows, dst.cols, a1.cols, d1.cols))?;
+    T::simd_gram_hadamard(dst, a1, a2, d1, d2, c, s, part, scratch);
+    Ok(())
+}
+
+/// `sum_i a[i] b[i]`.
+///
+/// # Panics
+/// If the lengths differ.
+#[track_caller]
+pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    assert_eq!(a.len(), b.len(), "dot: lengths");
+    T::simd_dot(a, b)
+}
+
+// Placeholder dispatch to the scalar twins until the pulp kernels land.
+macro_rules! impl_simd_real_scalar {
+    ($t:ty) => {
+        impl SimdReal for $t {
+            fn simd_gemm(
+                dst: MatMut<'_, Self>,
+                alpha: Self,
+                lhs: MatRef<'_, Self>,
+                rhs: MatRef<'_, Self>,
+                beta: Self,
+                _scratch: &mut [Self],
+            ) {
+                scalar::gemm(dst, alpha, lhs, rhs, beta)
+            }
+            fn simd_gram_hadamard(
+                dst: MatMut<'_, Self>,
+                a1: MatRef<'_, Self>,
+                a2: MatRef<'_, Self>,
+                d1: MatRef<'_, Self>,
+                d2: MatRef<'_, Self>,
+                c: Self,
+                s: Self,
+                part: Part,
+                _scratch: &mut [Self],
+            ) {
+                scalar::gram_hadamard(dst, a1, a2, d1, d2, c, s, part)
+            }
+            fn simd_dot(a: &[Self], b: &[Self]) -> Self {
+                scalar::dot(a, b)
+            }
+        }
+    };
+}
+impl_simd_real_scalar!(f32);
+impl_simd_real_scalar!(f64);
