@@ -15,7 +15,10 @@
 extern crate std;
 
 pub mod activation;
+pub mod backward;
 pub mod error;
+pub mod forward;
+pub mod ntk;
 pub mod real;
 pub mod rng;
 pub mod simd;

@@ -1,0 +1,159 @@
+//! Batched forward pass: `h^{l} = c_w W^{l} x^{l-1} + c_b b^{l}`, `x^l = phi(h^l)` (DESIGN §2).
+//!
+//! The cache holds every layer's pre-activations `h` (N x n_{i+1} for layer i, layers one
+//! after another); post-activations are recomputed from it when needed, so the cache is
+//! `N * sum(widths[1..])` values. The last block is the output f (N x k).
+
+use crate::error::{check_len, Error, Pass};
+use crate::real::Real;
+use crate::simd::{gemm, gemm_scratch, MatMut, MatRef};
+use crate::spec::{max_width, units, Spec};
+
+/// Length of the forward cache for `n` inputs.
+pub const fn cache_len(widths: &[usize], n: usize) -> usize {
+    n * units(widths)
+}
+
+/// Offset of layer `i`'s pre-activations in the cache of `n` inputs.
+pub const fn cache_offset(widths: &[usize], n: usize, i: usize) -> usize {
+    let mut off = 0;
+    let mut j = 1;
+    while j <= i {
+        off += widths[j];
+        j += 1;
+    }
+    n * off
+}
+
+/// Scratch elements [`forward`] needs for `n` inputs.
+pub const fn forward_scratch(widths: &[usize], n: usize) -> usize {
+    let m = max_width(widths);
+    n * m + gemm_scratch(n, m, m)
+}
+
+/// Scratch elements [`forward_layer`] needs for `rows` inputs.
+pub const fn forward_layer_scratch(widths: &[usize], rows: usize) -> usize {
+    let m = max_width(widths);
+    gemm_scratch(rows, m, m)
+}
+
+/// Layer `i` on a block of inputs: `h = c_w a W_i^T + c_b 1 b_i^T`, `a` rows x n_i,
+/// `h` rows x n_{i+1} (row-major).
+///
+/// # Errors
+/// [`Error::NonFinite`] (layer `i + 1`, forward) if `h` has a NaN or infinity;
+/// [`Error::ShortBuffer`] if `scratch` is short.
+///
+/// # Panics
+/// If the shapes disagree with the spec.
+#[track_caller]
+pub fn forward_layer<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    i: usize,
+    h: &mut [T],
+    a: MatRef<'_, T>,
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
+    assert!(a.cols == n_in && h.len() == a.rows * n_out, "forward_layer: shapes");
+    let (w, b) = spec.layer(params, i);
+    let beta = if spec.bias {
+        let cb = T::from_f64(spec.bias_multiplier());
+        for row in h.chunks_exact_mut(n_out) {
+            for (o, &bj) in row.iter_mut().zip(b) {
+                *o = cb * bj;
+            }
+        }
+        T::ONE
+    } else {
+        T::ZERO
+    };
+    let cw = T::from_f64(spec.weight_multiplier(i));
+    let wt = MatRef::row_major(w, n_out, n_in).t();
+    gemm(MatMut::row_major(h, a.rows, n_out), cw, a, wt, beta, scratch)?;
+    if h.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { layer: i + 1, pass: Pass::Forward });
+    }
+    Ok(())
+}
+
+/// Writes `phi(h)` of layer `i`'s pre-activations into `out` (the input of layer `i + 1`).
+#[inline]
+pub fn activations<T: Real>(spec: &Spec<'_>, out: &mut [T], h: &[T]) {
+    spec.activation.apply(out, h);
+}
+
+/// Checks that every input value is finite.
+///
+/// # Errors
+/// [`Error::NonFiniteInput`] naming `what` and the first bad index.
+pub fn check_finite<T: Real>(what: &'static str, x: &[T]) -> Result<(), Error> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFiniteInput { what, index }),
+        None => Ok(()),
+    }
+}
+
+/// Forward pass of `n` inputs `x` (n x n_0, row-major) through the network, filling `cache`
+/// with every layer's pre-activations; the output f (n x k) is the cache's last block.
+///
+/// ```
+/// use ntk_core::{forward::*, spec::param_count, Activation, Parameterization, Spec};
+/// const W: [usize; 3] = [2, 8, 1];
+/// const N: usize = 3;
+/// let spec = Spec::new(&W, Activation::Tanh, 1.0, 0.1, true, Parameterization::Ntk).unwrap();
+/// let mut params = [0.0f64; param_count(&W, true)];
+/// spec.init(&mut params, 7).unwrap();
+/// let mut cache = [0.0; cache_len(&W, N)];
+/// let mut scratch = [0.0; forward_scratch(&W, N)];
+/// let x = [0.1, 0.2, -0.3, 0.4, 0.0, 1.0];
+/// forward(&spec, &params, &x, N, &mut cache, &mut scratch).unwrap();
+/// let f = output(&spec, &cache, N);
+/// assert_eq!(f.len(), N);
+/// ```
+///
+/// # Errors
+/// [`Error::NonFiniteInput`] for bad inputs, [`Error::NonFinite`] naming the first layer
+/// that overflowed, [`Error::ShortBuffer`] / [`Error::ShapeMismatch`] for wrong buffers.
+pub fn forward<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    x: &[T],
+    n: usize,
+    cache: &mut [T],
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    let widths = spec.widths;
+    crate::error::check_shape("x", x, n * spec.input_dim())?;
+    crate::error::check_shape("params", params, spec.param_count())?;
+    check_len("cache", cache, cache_len(widths, n))?;
+    check_len("scratch", scratch, forward_scratch(widths, n))?;
+    check_finite("x", x)?;
+    let (act, gs) = scratch.split_at_mut(n * max_width(widths));
+    for i in 0..spec.layers() {
+        let (done, rest) = cache.split_at_mut(cache_offset(widths, n, i));
+        let h = &mut rest[..n * widths[i + 1]];
+        if i == 0 {
+            forward_layer(spec, params, 0, h, MatRef::row_major(x, n, widths[0]), gs)?;
+        } else {
+            let prev = &done[cache_offset(widths, n, i - 1)..];
+            let a = &mut act[..n * widths[i]];
+            activations(spec, a, prev);
+            forward_layer(spec, params, i, h, MatRef::row_major(a, n, widths[i]), gs)?;
+        }
+    }
+    Ok(())
+}
+
+/// The output block f (n x k) of a filled cache.
+pub fn output<'c, T>(spec: &Spec<'_>, cache: &'c [T], n: usize) -> &'c [T] {
+    let off = cache_offset(spec.widths, n, spec.layers() - 1);
+    &cache[off..off + n * spec.output_dim()]
+}
+
+/// Layer `i`'s pre-activations (n x n_{i+1}) in a filled cache.
+pub fn pre_activations<'c, T>(spec: &Spec<'_>, cache: &'c [T], n: usize, i: usize) -> &'c [T] {
+    let off = cache_offset(spec.widths, n, i);
+    &cache[off..off + n * spec.widths[i + 1]]
+}
