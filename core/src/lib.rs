@@ -21,6 +21,7 @@ pub mod forward;
 pub mod ntk;
 pub mod real;
 pub mod rng;
+pub mod scaled;
 pub mod simd;
 pub mod spec;
 

@@ -266,6 +266,10 @@ pub fn accumulate<T: Real>(
     scratch: &mut [T],
 ) -> Result<(), Error> {
     let (n1, n2) = (a1.rows, a2.rows);
+    if n1 == 0 || n2 == 0 {
+        // Nothing to add; strided output views below would start past the empty `out`.
+        return Ok(());
+    }
     match mode {
         OutputMode::Trace => {
             let part = if symmetric { Part::Upper } else { Part::Full };

@@ -1,0 +1,207 @@
+//! Extreme initializations: the block floating point NTK (`ntk_core::scaled`) against the
+//! plain computation where both are finite, and against exact ReLU scaling laws where
+//! Theta over- or underflows f64.
+
+use ntk_core::activation::ALL;
+use ntk_core::forward::{cache_len, forward, forward_scratch};
+use ntk_core::ntk::{empirical_ntk, empirical_ntk_scratch, OutputMode};
+use ntk_core::scaled::{
+    empirical_ntk_scaled, empirical_ntk_scaled_scratch, forward_scaled, forward_scaled_scratch,
+    Scaled,
+};
+use ntk_core::{Activation, Error, Parameterization, Spec};
+use ntk_tests::*;
+
+const MODES: [OutputMode; 4] =
+    [OutputMode::Full, OutputMode::Trace, OutputMode::Diagonal, OutputMode::DiagonalFull];
+
+fn init(spec: &Spec<'_>, seed: u64) -> Vec<f64> {
+    let mut p = vec![0.0; spec.param_count()];
+    spec.init(&mut p, seed).unwrap();
+    p
+}
+
+fn plain(
+    spec: &Spec<'_>,
+    p: &[f64],
+    x1: &[f64],
+    x2: Option<&[f64]>,
+    mode: OutputMode,
+) -> Result<Vec<f64>, Error> {
+    let d = spec.input_dim();
+    let (n1, n2) = (x1.len() / d, x2.map_or(x1.len() / d, |x| x.len() / d));
+    let mut out = vec![0.0; mode.len(n1, n2, spec.output_dim())];
+    let mut s = vec![0.0; empirical_ntk_scratch(spec.widths, n1, x2.map(|_| n2))];
+    empirical_ntk(spec, p, &mut out, x1, x2, mode, &mut s).map(|()| out)
+}
+
+fn scaled(
+    spec: &Spec<'_>,
+    p: &[f64],
+    x1: &[f64],
+    x2: Option<&[f64]>,
+    mode: OutputMode,
+) -> Vec<Scaled> {
+    let d = spec.input_dim();
+    let (n1, n2) = (x1.len() / d, x2.map_or(x1.len() / d, |x| x.len() / d));
+    let mut out = vec![Scaled::ZERO; mode.len(n1, n2, spec.output_dim())];
+    let mut s = vec![0.0; empirical_ntk_scaled_scratch(spec.widths, n1, x2.map(|_| n2))];
+    empirical_ntk_scaled(spec, p, &mut out, x1, x2, mode, &mut s).unwrap();
+    out
+}
+
+/// Where the plain NTK is finite, the scaled one equals it: normwise relative 1e-12, for every
+/// activation, parameterization, bias setting, output mode and for cross kernels.
+#[test]
+fn scaled_ntk_matches_plain_where_finite() {
+    let seed = test_seed();
+    let widths = [3, 9, 7, 8, 2];
+    let x1 = random_inputs(4, 3, seed).concat();
+    let x2 = random_inputs(3, 3, seed + 1).concat();
+    for act in ALL {
+        for par in [Parameterization::Ntk, Parameterization::Standard] {
+            for (sw, sb, bias) in [(0.3, 0.0, false), (2.0, 0.2, true), (7.5, 1.3, true)] {
+                let spec = Spec::new(&widths, act, sw, sb, bias, par).unwrap();
+                let p = init(&spec, seed);
+                for mode in MODES {
+                    let cross = matches!(mode, OutputMode::Full | OutputMode::Trace);
+                    for x2 in [None, Some(&x2[..])].into_iter().filter(|x| cross || x.is_none()) {
+                        let want = plain(&spec, &p, &x1, x2, mode).unwrap();
+                        let got: Vec<f64> =
+                            scaled(&spec, &p, &x1, x2, mode).iter().map(|v| v.to_f64()).collect();
+                        let e = rel_err(&got, &want);
+                        assert!(e < 1e-12, "{spec:?} {mode:?} cross={}: {e}", x2.is_some());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The scaled forward pass reproduces the plain pre-activations (relative 1e-14 per layer).
+#[test]
+fn scaled_forward_matches_plain() {
+    let seed = test_seed();
+    let widths = [5, 11, 11, 3];
+    let n = 4;
+    let x = random_inputs(n, 5, seed).concat();
+    for act in ALL {
+        let spec = Spec::new(&widths, act, 3.0, 0.5, true, Parameterization::Standard).unwrap();
+        let p = init(&spec, seed);
+        let mut cache = vec![0.0; cache_len(&widths, n)];
+        let mut s = vec![0.0; forward_scratch(&widths, n)];
+        forward(&spec, &p, &x, n, &mut cache, &mut s).unwrap();
+        let mut mant = vec![0.0; cache_len(&widths, n)];
+        let mut exps = vec![0.0; n * spec.layers()];
+        let mut s = vec![0.0; forward_scaled_scratch(&widths, n)];
+        forward_scaled(&spec, &p, &x, n, &mut mant, &mut exps, &mut s).unwrap();
+        let mut off = 0;
+        for i in 0..spec.layers() {
+            for r in 0..n {
+                let e = exps[i * n + r] as i32;
+                for j in 0..widths[i + 1] {
+                    let (a, b) =
+                        (cache[off + r * widths[i + 1] + j], mant[off + r * widths[i + 1] + j]);
+                    let b = libm_scalbn(b, e);
+                    assert!(
+                        (a - b).abs() <= 1e-14 * a.abs().max(1e-300),
+                        "{act:?} layer {i}: {a} vs {b}"
+                    );
+                }
+            }
+            off += n * widths[i + 1];
+        }
+    }
+}
+
+fn libm_scalbn(x: f64, e: i32) -> f64 {
+    x * 2f64.powi(e)
+}
+
+/// `ln Theta` from a sum of terms given by their logarithms (log-sum-exp), for positive terms.
+fn ln_sum(terms: &[f64]) -> f64 {
+    let m = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + terms.iter().map(|t| (t - m).exp()).sum::<f64>().ln()
+}
+
+/// NTK parameterization, ReLU family, sigma_b2 = 0: every layer's term scales as
+/// sigma_w2^(L+1), so Theta(s) = (s / 2)^(L+1) Theta(2) exactly. At depth 1000 and
+/// s = 1e-4 or 1e4 (Theta ~ 10^-3700 or 10^3700), `ln Theta` agrees within 1e-10.
+#[test]
+fn ntk_param_relu_scaling_law_at_depth_1000() {
+    let seed = test_seed();
+    let depth = 1000;
+    let mut widths = vec![16; depth + 2];
+    widths[0] = 6;
+    widths[depth + 1] = 1;
+    let x = random_inputs(2, 6, seed).concat();
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu { alpha: 0.2 },
+        Activation::AbRelu { a: -0.5, b: 1.25 },
+    ] {
+        let base = Spec::new(&widths, act, 2.0, 0.0, true, Parameterization::Ntk).unwrap();
+        let p = init(&base, seed);
+        // For the AB-ReLU, 2 is not the edge of chaos; it still must be finite at s = 2.
+        let reference = plain(&base, &p, &x, None, OutputMode::Trace);
+        let Ok(reference) = reference else { panic!("{act:?}: plain NTK at s = 2: {reference:?}") };
+        assert!(reference.iter().all(|v| *v != 0.0), "{act:?}: dead network; pick another seed");
+        for s in [1e-4, 0.37, 1e4] {
+            let spec = Spec { sigma_w2: s, ..base };
+            let got = scaled(&spec, &p, &x, None, OutputMode::Trace);
+            for (g, r) in got.iter().zip(&reference) {
+                assert_eq!(g.m.signum(), r.signum());
+                let want = (depth as f64 + 1.0) * (s / 2.0).ln() + r.abs().ln();
+                assert!((g.ln() - want).abs() < 1e-10, "{act:?} s={s}: ln {} vs {want}", g.ln());
+            }
+            if s != 0.37 {
+                assert!(
+                    plain(&spec, &p, &x, None, OutputMode::Trace).is_err(),
+                    "plain should fail at s={s}"
+                );
+            }
+        }
+    }
+}
+
+/// Standard parameterization, ReLU, sigma_b2 = 0 with trainable (zero) biases: with
+/// t = s / 2, Theta(s) = t^L W(2) + sum_{l=1}^{L+1} t^(L+1-l) B_l(2), where W(2) is the
+/// weight part and B_l(2) layer l's bias part of Theta at s = 2 (from the explicit Jacobian
+/// of ntk-tests). Depth 200, s from 1e-4 to 1e4: `ln Theta` within 1e-10.
+#[test]
+fn standard_param_relu_scaling_law_with_bias_gradients() {
+    let seed = test_seed();
+    let depth = 200;
+    let mut widths = vec![8; depth + 2];
+    widths[0] = 5;
+    widths[depth + 1] = 1;
+    let base =
+        Spec::new(&widths, Activation::Relu, 2.0, 0.0, true, Parameterization::Standard).unwrap();
+    let p2 = init(&base, seed);
+    let x = random_inputs(1, 5, seed).concat();
+    let jac = ref_jacobian(&base, &p2, &x).pop().unwrap();
+    let sq = |r: std::ops::Range<usize>| jac[r].iter().map(|v| v * v).sum::<f64>();
+    let mut w2 = 0.0;
+    let mut b2 = Vec::new();
+    for i in 0..base.layers() {
+        let (wo, bo) = base.offsets(i);
+        w2 += sq(wo..bo);
+        b2.push(sq(bo..bo + widths[i + 1]));
+    }
+    assert!(w2 > 0.0);
+    for s in [1e-4, 0.01, 1.0, 2.0, 3.0, 100.0, 1e4] {
+        // Standard parameterization stores sqrt(s / n) W: rescale the unit draw.
+        let spec = Spec { sigma_w2: s, ..base };
+        let p = init(&spec, seed);
+        let lt = (s / 2.0).ln();
+        let mut terms = vec![depth as f64 * lt + w2.ln()];
+        for (l, b) in b2.iter().enumerate() {
+            if *b > 0.0 {
+                terms.push((depth - l) as f64 * lt + b.ln());
+            }
+        }
+        let want = ln_sum(&terms);
+        let got = scaled(&spec, &p, &x, None, OutputMode::Trace)[0];
+        assert!((got.ln() - want).abs() < 1e-10, "s={s}: ln {} vs {want}", got.ln());
+    }
+}
