@@ -114,7 +114,10 @@ fn run<T: Real>(fill: Fill, op: &Op) -> Corpus {
                     for p in 0..k {
                         abs += (av.at(i, p).to_f64() * bv.at(p, j).to_f64()).abs();
                     }
-                    abs = abs * alpha.to_f64().abs() + (beta.to_f64() * c0[idx].to_f64()).abs();
+                    abs *= alpha.to_f64().abs();
+                    if beta != T::ZERO {
+                        abs += (beta.to_f64() * c0[idx].to_f64()).abs();
+                    }
                     assert!(
                         close(c1[idx], c2[idx], abs, k, exact),
                         "gemm ({i},{j}): {} vs {}",
