@@ -142,6 +142,9 @@ pub fn par_empirical_ntk<T: Real>(
         )));
     }
     let len = mode.len(n1, n2, k);
+    if len == 0 {
+        return Ok(Vec::new());
+    }
     let mut out = vec![T::ZERO; len];
     let band_len = len / n1 * BAND;
     let symmetric = x2.is_none();
