@@ -19,9 +19,10 @@ use core::cmp::Ordering;
 use crate::activation::Activation;
 use crate::error::{check_len, check_shape, Error, Pass};
 use crate::forward::{cache_len, cache_offset, check_finite};
+use crate::kernel::{KernelInfo, Mlp};
 use crate::ntk::OutputMode;
 use crate::simd::{dot, gemm, gemm_scratch, MatMut, MatRef};
-use crate::spec::{max_width, Spec};
+use crate::spec::{max_width, Parameterization, Spec};
 
 /// A real number `m 2^e` with `|m|` in `[0.5, 1)` (or `m = 0`, `e = 0`): the range of `f64`
 /// without its exponent limits.
@@ -576,4 +577,154 @@ pub fn empirical_ntk_scaled(
         return Err(Error::NonFinite { layer: 0, pass: Pass::Ntk });
     }
     Ok(())
+}
+
+impl Scaled {
+    /// `sqrt(self)` (`self >= 0`).
+    pub fn sqrt(self) -> Self {
+        if self.m == 0.0 {
+            return self;
+        }
+        // m 2^e with e even, then halve the exponent.
+        let (m, e) = if self.e % 2 == 0 { (self.m, self.e) } else { (2.0 * self.m, self.e - 1) };
+        Self::from_parts(libm::sqrt(m), e / 2)
+    }
+}
+
+/// The 2 x 2 covariance of one pair at one layer, in block floating point.
+#[derive(Clone, Copy)]
+struct Cov {
+    q1: Scaled,
+    q2: Scaled,
+    s: Scaled,
+}
+
+/// `sigma_w2 * v + sigma_b2` (the bias term only with biases).
+fn affine(sw: f64, v: Scaled, sb: f64) -> Scaled {
+    v.mul(Scaled::new(sw)).add(Scaled::new(sb))
+}
+
+/// Infinite-width NNGP `K` and NTK `Theta` (the recursions of [`crate::kernel::kernel`], same
+/// arguments and layout) with every variance, covariance and NTK value a [`Scaled`] number:
+/// "log-domain variances" that neither overflow nor underflow at any depth, e.g. ReLU at
+/// sigma_w2 = 1e4 and depth 1000 (`K ~ 10^3700`).
+///
+/// For the ReLU family and linear, `E[phi(u) phi(v)] = sqrt(q1 q2) J(c)` and
+/// `E[phi'(u) phi'(v)] = J'(c)` depend on the scale only through `sqrt(q1 q2)`, so `J` and `J'`
+/// are evaluated at unit variances ([`crate::kernel::moments`] at `(1, 1, c)`) and the scale is
+/// carried exactly. Other activations evaluate the moments at the `f64` variances (bounded for
+/// erf, tanh and sigmoid; an error for gelu once they overflow), and only the NTK, which grows
+/// geometrically in depth for any activation, is scaled.
+///
+/// # Errors
+/// As [`crate::kernel::kernel`]: invalid [`Mlp`] values, shapes, non-finite inputs, quadrature
+/// failures; [`Error::NonFinite`] only for gelu variances beyond `f64`.
+#[allow(clippy::too_many_arguments)]
+pub fn kernel_scaled(
+    mut nngp: Option<&mut [Scaled]>,
+    mut ntk: Option<&mut [Scaled]>,
+    x1: &[f64],
+    x2: Option<&[f64]>,
+    d: usize,
+    mlp: &Mlp<'_>,
+) -> Result<KernelInfo, Error> {
+    for (field, v) in [("sigma_w2", mlp.sigma_w2), ("sigma_b2", mlp.sigma_b2)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::InvalidSpec { field, value: v });
+        }
+    }
+    let standard = mlp.parameterization == Parameterization::Standard;
+    if standard && mlp.depth > 0 {
+        let n = mlp.widths.len();
+        if n != 1 && n != mlp.depth {
+            return Err(Error::InvalidSpec { field: "widths.len", value: n as f64 });
+        }
+        if let Some(&w) = mlp.widths.iter().find(|&&w| w == 0) {
+            return Err(Error::InvalidSpec { field: "widths", value: w as f64 });
+        }
+    }
+    if d == 0 {
+        return Err(Error::InvalidSpec { field: "d", value: 0.0 });
+    }
+    let rows = |what: &'static str, x: &[f64]| -> Result<usize, Error> {
+        check_shape(what, x, x.len() / d * d)?;
+        check_finite(what, x)?;
+        Ok(x.len() / d)
+    };
+    let n1 = rows("x1", x1)?;
+    let (xs2, n2) = match x2 {
+        Some(x2) => (x2, rows("x2", x2)?),
+        None => (x1, n1),
+    };
+    if let Some(k) = nngp.as_deref() {
+        check_shape("nngp", k, n1 * n2)?;
+    }
+    if let Some(t) = ntk.as_deref() {
+        check_shape("ntk", t, n1 * n2)?;
+    }
+    let (sw, act) = (mlp.sigma_w2, mlp.activation);
+    let (sb, beta) = if mlp.bias { (mlp.sigma_b2, 1.0) } else { (0.0, 0.0) };
+    let width =
+        |l: usize| (if mlp.widths.len() == 1 { mlp.widths[0] } else { mlp.widths[l - 1] }) as f64;
+    let mut info = KernelInfo::default();
+    let mut moments = |q1: f64, q2: f64, s: f64| -> Result<crate::kernel::Moments, Error> {
+        let m = crate::kernel::moments(act, q1, q2, s, &mlp.quadrature)?;
+        info.max_quadrature_error = info.max_quadrature_error.max(m.err);
+        info.quadrature_nodes += m.nodes as u64;
+        Ok(m)
+    };
+    let unit = if act.is_homogeneous() { Some(moments(1.0, 1.0, 1.0)?) } else { None };
+    let ip = |x: &[f64], y: &[f64]| Scaled::new(x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>());
+    for i in 0..n1 {
+        let x = &x1[i * d..(i + 1) * d];
+        for j in 0..n2 {
+            let y = &xs2[j * d..(j + 1) * d];
+            let inv_d = Scaled::new(1.0 / d as f64);
+            let first = |v: Scaled| affine(sw, v.mul(inv_d), sb);
+            let mut c = Cov { q1: first(ip(x, x)), q2: first(ip(y, y)), s: first(ip(x, y)) };
+            let mut t = if standard { ip(x, y).add(Scaled::new(beta)) } else { c.s };
+            for l in 1..=mlp.depth {
+                // E[phi phi] for (q1, q2, s) and E[phi' phi'] for the pair.
+                let (pp1, pp2, pps, dd) = match unit {
+                    Some(u) => {
+                        let g = c.q1.mul(c.q2).sqrt();
+                        let corr =
+                            if g.m == 0.0 { 0.0 } else { c.s.div(g).to_f64().clamp(-1.0, 1.0) };
+                        let m = moments(1.0, 1.0, corr)?;
+                        let k = Scaled::new(u.phiphi);
+                        (c.q1.mul(k), c.q2.mul(k), g.mul(Scaled::new(m.phiphi)), m.dphidphi)
+                    }
+                    None => {
+                        let (q1, q2, s) = (c.q1.to_f64(), c.q2.to_f64(), c.s.to_f64());
+                        if !(q1.is_finite() && q2.is_finite()) {
+                            return Err(Error::NonFinite { layer: l, pass: Pass::Kernel });
+                        }
+                        let m = moments(q1, q2, s)?;
+                        let (m1, m2) = (moments(q1, q1, q1)?, moments(q2, q2, q2)?);
+                        let sc = Scaled::new;
+                        (sc(m1.phiphi), sc(m2.phiphi), sc(m.phiphi), m.dphidphi)
+                    }
+                };
+                let sdot_t = t.mul(Scaled::new(sw * dd));
+                let next = Cov {
+                    q1: affine(sw, pp1, sb),
+                    q2: affine(sw, pp2, sb),
+                    s: affine(sw, pps, sb),
+                };
+                t = if standard {
+                    pps.mul(Scaled::new(width(l))).add(Scaled::new(beta)).add(sdot_t)
+                } else {
+                    next.s.add(sdot_t)
+                };
+                c = next;
+            }
+            if let Some(o) = nngp.as_deref_mut() {
+                o[i * n2 + j] = c.s;
+            }
+            if let Some(o) = ntk.as_deref_mut() {
+                o[i * n2 + j] = t;
+            }
+        }
+    }
+    Ok(info)
 }

@@ -78,7 +78,8 @@ fn f32_engine_is_bit_identical_across_thread_counts() {
         for mode in [OutputMode::Full, OutputMode::Trace, OutputMode::Diagonal] {
             let want = ntk(&spec, &p, &x, None, mode);
             for threads in [1, 2] {
-                let got = in_pool(threads, || par_empirical_ntk(&spec, &p, &x, None, mode).unwrap());
+                let got =
+                    in_pool(threads, || par_empirical_ntk(&spec, &p, &x, None, mode).unwrap());
                 assert!(bits(&got) == bits(&want), "{act} {mode:?} threads={threads}");
             }
         }
@@ -116,7 +117,11 @@ fn batched_equals_row_by_row() {
             let mut c1 = vec![0.0; cache_len(&widths, 1)];
             let mut s1 = vec![0.0; forward_scratch(&widths, 1)];
             forward(&spec, &p, xi, 1, &mut c1, &mut s1).unwrap();
-            assert_eq!(bits(output(&spec, &c1, 1)), bits(&batch_f[i * k..(i + 1) * k]), "f row {i}");
+            assert_eq!(
+                bits(output(&spec, &c1, 1)),
+                bits(&batch_f[i * k..(i + 1) * k]),
+                "f row {i}"
+            );
         }
         let full = ntk(&spec, &p, &x1, Some(&x2), OutputMode::Full);
         let trace = ntk(&spec, &p, &x1, Some(&x2), OutputMode::Trace);
@@ -127,7 +132,11 @@ fn batched_equals_row_by_row() {
                 for a in 0..k {
                     for b in 0..k {
                         let got = full[(i * k + a) * n2 * k + j * k + b];
-                        assert_eq!(got.to_bits(), one[a * k + b].to_bits(), "{act} ({i},{a};{j},{b})");
+                        assert_eq!(
+                            got.to_bits(),
+                            one[a * k + b].to_bits(),
+                            "{act} ({i},{a};{j},{b})"
+                        );
                     }
                 }
                 let one = ntk(&spec, &p, xi, Some(xj), OutputMode::Trace);
