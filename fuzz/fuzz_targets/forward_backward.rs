@@ -1,6 +1,7 @@
 //! Invariant: forward, backprop and the empirical NTK never panic on any network or input
 //! (extreme sigma_w2 / sigma_b2, depth up to 1000, NaN / inf data or parameters), and every
-//! `Ok` result is finite: a NaN or infinity only ever comes with an `Error`.
+//! `Ok` result is finite: a NaN or infinity only ever comes with an `Error`. The same holds for
+//! the block floating point NTK (`ntk_core::scaled`), whose mantissas are always finite.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -8,6 +9,7 @@ use libfuzzer_sys::{fuzz_target, Corpus};
 use ntk_core::backward::{loss_and_gradient, param_gradient, param_gradient_scratch, Loss};
 use ntk_core::forward::{cache_len, forward, forward_scratch, output};
 use ntk_core::ntk::{empirical_ntk, empirical_ntk_scratch, OutputMode};
+use ntk_core::scaled::{empirical_ntk_scaled, empirical_ntk_scaled_scratch, Scaled};
 use ntk_core::{Error, Real, Spec};
 use ntk_fuzz::{to_f32, Caps, Inputs, Net};
 
@@ -73,6 +75,15 @@ fuzz_target!(|case: Case| -> Corpus {
         return Corpus::Reject;
     }
     let p = case.net.params(&spec);
+    if !case.f32 {
+        let mode = if case.cross_entropy { OutputMode::Full } else { OutputMode::Trace };
+        let mut out = vec![Scaled::ZERO; mode.len(n, n, spec.output_dim())];
+        let mut s = vec![0.0; empirical_ntk_scaled_scratch(&widths, n, None)];
+        match empirical_ntk_scaled(&spec, &p, &mut out, &x, None, mode, &mut s) {
+            Ok(()) => assert!(out.iter().all(|v| v.is_finite()), "scaled: Ok with non-finite"),
+            Err(e) => assert!(data_error(&e), "scaled: {e:?}"),
+        }
+    }
     if case.f32 {
         check(&spec, &to_f32(&p), &to_f32(&x), n, case.cross_entropy);
     } else {

@@ -2,12 +2,15 @@
 //! error or finite kernels that are symmetric (exactly, for x2 = x1), positive semi-definite,
 //! agree with `kernel_diagonal` on the diagonal, have Theta(x, x) >= K(x, x) (NTK
 //! parameterization), and have K(x, x) nondecreasing in sigma_w2 and sigma_b2 for activations
-//! with phi(0) = 0 and |phi(u)| nondecreasing in |u| (ReLU family, linear, erf, tanh).
+//! with phi(0) = 0 and |phi(u)| nondecreasing in |u| (ReLU family, linear, erf, tanh). The
+//! log-domain recursion (`ntk_core::scaled::kernel_scaled`) never panics, and its `Ok` values
+//! are finite mantissas with K symmetric to 1e-12.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::{fuzz_target, Corpus};
 use ntk_core::kernel::{kernel, kernel_diagonal, kernel_scratch, Mlp};
+use ntk_core::scaled::{kernel_scaled, Scaled};
 use ntk_core::{Activation, Parameterization};
 use ntk_fuzz::{ActChoice, Caps, Inputs, Variance};
 
@@ -65,6 +68,18 @@ fuzz_target!(|case: Case| -> Corpus {
         .with_bias(case.bias);
     if case.standard.is_some() {
         mlp = mlp.standard(&width);
+    }
+    let (mut ks, mut ts) = (vec![Scaled::ZERO; n * n], vec![Scaled::ZERO; n * n]);
+    if kernel_scaled(Some(&mut ks), Some(&mut ts), &x, None, d, &mlp).is_ok() {
+        assert!(ks.iter().chain(&ts).all(|v| v.is_finite()), "scaled: Ok with non-finite");
+        for i in 0..n {
+            for j in 0..n {
+                let (a, b) = (ks[i * n + j], ks[j * n + i]);
+                let diff = a.add(Scaled { m: -b.m, e: b.e });
+                // |a - b| <= 1e-12 |a| (quadrature orders may differ when x and y swap).
+                assert!(diff.m == 0.0 || diff.ln() <= a.ln() + (1e-12f64).ln(), "scaled K not symmetric");
+            }
+        }
     }
     let (mut k, mut t) = (vec![0.0; n * n], vec![0.0; n * n]);
     let mut s = vec![0.0; kernel_scratch(n, 0, depth)];

@@ -301,3 +301,65 @@ mod infinite {
         }
     }
 }
+
+/// Measurement for docs/robustness.md (opt-in: `cargo test -p ntk-tests --test extreme --
+/// --ignored --nocapture`): for each sigma_w2, the largest depth (of a grid up to 1000, width
+/// 32, two inputs, sigma_b2 = 0 with biases) at which the plain forward pass and NTK give a
+/// finite nonzero result, and the same for the scaled NTK and for the infinite-width
+/// recursions, plain and scaled.
+#[test]
+#[ignore]
+fn measure_finite_range() {
+    use ntk_core::kernel::{kernel, kernel_scratch, Mlp};
+    use ntk_core::scaled::kernel_scaled;
+    const DEPTHS: [usize; 18] =
+        [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000];
+    let x = random_inputs(2, 16, 1).concat();
+    println!("| activation | param | sigma_w2 | forward | NTK | scaled NTK | kernel | scaled kernel | ln Theta(x,x) at 1000 |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for act in [Activation::Relu, Activation::Tanh] {
+        for par in [Parameterization::Standard, Parameterization::Ntk] {
+            for sw in [1e-4, 1e-2, 0.5, 1.0, 2.0, 4.0, 10.0, 100.0, 1e4] {
+                let mut best = [0usize; 5];
+                let mut ln_last = f64::NAN;
+                for depth in DEPTHS {
+                    let mut widths = vec![32; depth + 2];
+                    widths[0] = 16;
+                    widths[depth + 1] = 1;
+                    let spec = Spec::new(&widths, act, sw, 0.0, true, par).unwrap();
+                    let p = init(&spec, 7);
+                    let mut cache = vec![0.0; cache_len(&widths, 2)];
+                    let mut s = vec![0.0; forward_scratch(&widths, 2)];
+                    let fwd = forward(&spec, &p, &x, 2, &mut cache, &mut s).is_ok()
+                        && ntk_core::forward::output(&spec, &cache, 2).iter().all(|v| *v != 0.0);
+                    let nt = plain(&spec, &p, &x, None, OutputMode::Trace)
+                        .is_ok_and(|v| v.iter().all(|t| *t != 0.0 && t.is_finite()));
+                    let sc = scaled(&spec, &p, &x, None, OutputMode::Trace);
+                    let sc_ok = sc.iter().all(|t| t.is_finite() && t.m != 0.0);
+                    let mut mlp = Mlp::new(act, depth, sw, 0.0);
+                    let w = [32usize];
+                    if par == Parameterization::Standard {
+                        mlp = mlp.standard(&w);
+                    }
+                    let (mut k, mut t) = ([0.0; 4], [0.0; 4]);
+                    let mut ks = vec![0.0; kernel_scratch(2, 0, depth)];
+                    let kp = kernel(Some(&mut k), Some(&mut t), &x, None, 16, &mlp, &mut ks)
+                        .is_ok_and(|_| t.iter().all(|v| *v != 0.0));
+                    let (mut k2, mut t2) = ([Scaled::ZERO; 4], [Scaled::ZERO; 4]);
+                    let kss = kernel_scaled(Some(&mut k2), Some(&mut t2), &x, None, 16, &mlp)
+                        .is_ok_and(|_| t2.iter().all(|v| v.m != 0.0 && v.is_finite()));
+                    for (b, ok) in best.iter_mut().zip([fwd, nt, sc_ok, kp, kss]) {
+                        if ok {
+                            *b = depth;
+                        }
+                    }
+                    ln_last = sc[0].ln();
+                }
+                println!(
+                    "| {act} | {par} | {sw:e} | {} | {} | {} | {} | {} | {ln_last:.1} |",
+                    best[0], best[1], best[2], best[3], best[4]
+                );
+            }
+        }
+    }
+}
