@@ -15,6 +15,7 @@
 //! Exponents are integers stored in the `f64` scratch (exact below 2^53).
 
 use core::cmp::Ordering;
+use core::ops::{Add, Div, Mul, Neg, Sub};
 
 use crate::activation::Activation;
 use crate::error::{check_len, check_shape, Error, Pass};
@@ -29,7 +30,7 @@ use crate::spec::{max_width, Parameterization, Spec};
 ///
 /// ```
 /// use ntk_core::scaled::Scaled;
-/// let big = Scaled::new(1e300).mul(Scaled::new(1e300)); // 1e600, beyond f64
+/// let big = Scaled::new(1e300) * Scaled::new(1e300); // 1e600, beyond f64
 /// assert!((big.ln() - 600.0 * core::f64::consts::LN_10).abs() < 1e-12);
 /// assert_eq!(big.to_f64(), f64::INFINITY);
 /// ```
@@ -59,11 +60,6 @@ impl Scaled {
         Self { m: f, e: e + k as i64 }
     }
 
-    /// `self * other`.
-    pub fn mul(self, other: Self) -> Self {
-        Self::from_parts(self.m * other.m, self.e + other.e)
-    }
-
     /// `self * 2^k`.
     pub fn mul_pow2(self, k: i64) -> Self {
         if self.m == 0.0 {
@@ -71,24 +67,6 @@ impl Scaled {
         } else {
             Self { m: self.m, e: self.e + k }
         }
-    }
-
-    /// `self + other` (one rounding, as in `f64`, when the exponents are close).
-    pub fn add(self, other: Self) -> Self {
-        if self.m == 0.0 {
-            return other;
-        }
-        if other.m == 0.0 {
-            return self;
-        }
-        let (hi, lo) = if self.e >= other.e { (self, other) } else { (other, self) };
-        let shift = (lo.e - hi.e).max(-2000) as i32;
-        Self::from_parts(hi.m + libm::scalbn(lo.m, shift), hi.e)
-    }
-
-    /// `self / other` (`other` nonzero).
-    pub fn div(self, other: Self) -> Self {
-        Self::from_parts(self.m / other.m, self.e - other.e)
     }
 
     /// The nearest `f64` (`+-inf` or 0 out of range).
@@ -113,10 +91,55 @@ impl Scaled {
     }
 }
 
+impl Mul for Scaled {
+    type Output = Self;
+    /// `self * other`.
+    fn mul(self, other: Self) -> Self {
+        Self::from_parts(self.m * other.m, self.e + other.e)
+    }
+}
+
+impl Add for Scaled {
+    type Output = Self;
+    /// `self + other` (one rounding, as in `f64`, when the exponents are close).
+    fn add(self, other: Self) -> Self {
+        if self.m == 0.0 {
+            return other;
+        }
+        if other.m == 0.0 {
+            return self;
+        }
+        let (hi, lo) = if self.e >= other.e { (self, other) } else { (other, self) };
+        let shift = (lo.e - hi.e).max(-2000) as i32;
+        Self::from_parts(hi.m + libm::scalbn(lo.m, shift), hi.e)
+    }
+}
+
+impl Neg for Scaled {
+    type Output = Self;
+    fn neg(self) -> Self {
+        Self { m: -self.m, e: self.e }
+    }
+}
+
+impl Sub for Scaled {
+    type Output = Self;
+    fn sub(self, other: Self) -> Self {
+        self + (-other)
+    }
+}
+
+impl Div for Scaled {
+    type Output = Self;
+    /// `self / other` (`other` nonzero).
+    fn div(self, other: Self) -> Self {
+        Self::from_parts(self.m / other.m, self.e - other.e)
+    }
+}
+
 impl PartialOrd for Scaled {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        let d = self.add(Scaled { m: -other.m, e: other.e });
-        d.m.partial_cmp(&0.0)
+        (*self - *other).m.partial_cmp(&0.0)
     }
 }
 
@@ -447,7 +470,7 @@ impl<'a> Side<'a> {
 ///
 /// ```
 /// use ntk_core::{scaled::*, ntk::OutputMode, spec::param_count, Activation, Parameterization, Spec};
-/// const W: [usize; 202] = { let mut w = [4usize; 202]; w[201] = 1; w };
+/// const W: [usize; 202] = { let mut w = [16usize; 202]; w[0] = 4; w[201] = 1; w };
 /// let spec = Spec::new(&W, Activation::Relu, 1e4, 0.0, false, Parameterization::Ntk).unwrap();
 /// let mut params = vec![0.0; param_count(&W, false)];
 /// spec.init(&mut params, 3).unwrap();
@@ -474,12 +497,12 @@ pub fn empirical_ntk_scaled(
     let widths = spec.widths;
     let (d, k) = (spec.input_dim(), spec.output_dim());
     check_shape("params", params, spec.param_count())?;
-    if x1.len() % d != 0 {
+    if !x1.len().is_multiple_of(d) {
         return Err(Error::ShapeMismatch { what: "x1", expected: x1.len() / d * d, got: x1.len() });
     }
     let n1 = x1.len() / d;
     let n2 = match x2 {
-        Some(x2) if x2.len() % d != 0 => {
+        Some(x2) if !x2.len().is_multiple_of(d) => {
             return Err(Error::ShapeMismatch {
                 what: "x2",
                 expected: x2.len() / d * d,
@@ -521,10 +544,8 @@ pub fn empirical_ntk_scaled(
         let (a2, a2e, d2, d2e) = (&t.act[..], &t.act_e[..], &t.cur[..], &t.cur_e[..]);
         let pair = |p: usize, q: usize| {
             // (c <a_p, a_q> + s) over 2^(e_p + e_q).
-            let ga =
-                Scaled::new(c * dot(&a1[p * n_in..(p + 1) * n_in], &a2[q * n_in..(q + 1) * n_in]))
-                    .mul_pow2(a1e[p] as i64 + a2e[q] as i64)
-                    .add(Scaled::new(s));
+            let gram = c * dot(&a1[p * n_in..(p + 1) * n_in], &a2[q * n_in..(q + 1) * n_in]);
+            let ga = Scaled::new(gram).mul_pow2(a1e[p] as i64 + a2e[q] as i64) + Scaled::new(s);
             (ga, d1e[p] as i64 + d2e[q] as i64)
         };
         let sig = |p: usize, a: usize, q: usize, b: usize| {
@@ -544,7 +565,7 @@ pub fn empirical_ntk_scaled(
                     OutputMode::Trace | OutputMode::Diagonal => {
                         let gd: f64 = (0..k).map(|a| sig(p, a, q, a)).sum();
                         let idx = if mode == OutputMode::Trace { p * n2 + q } else { p };
-                        out[idx] = out[idx].add(ga.mul(Scaled::new(gd)).mul_pow2(de));
+                        out[idx] = out[idx] + (ga * Scaled::new(gd)).mul_pow2(de);
                     }
                     OutputMode::Full | OutputMode::DiagonalFull => {
                         for a in 0..k {
@@ -554,8 +575,8 @@ pub fn empirical_ntk_scaled(
                                 } else {
                                     (p * k + a) * k + b
                                 };
-                                let term = ga.mul(Scaled::new(sig(p, a, q, b))).mul_pow2(de);
-                                out[idx] = out[idx].add(term);
+                                let term = (ga * Scaled::new(sig(p, a, q, b))).mul_pow2(de);
+                                out[idx] = out[idx] + term;
                             }
                         }
                     }
@@ -571,7 +592,7 @@ pub fn empirical_ntk_scaled(
     }
     if matches!(mode, OutputMode::Trace | OutputMode::Diagonal) && k > 1 {
         let inv = Scaled::new(1.0 / k as f64);
-        out.iter_mut().for_each(|v| *v = v.mul(inv));
+        out.iter_mut().for_each(|v| *v = *v * inv);
     }
     if out.iter().any(|v| !v.is_finite()) {
         return Err(Error::NonFinite { layer: 0, pass: Pass::Ntk });
@@ -601,7 +622,7 @@ struct Cov {
 
 /// `sigma_w2 * v + sigma_b2` (the bias term only with biases).
 fn affine(sw: f64, v: Scaled, sb: f64) -> Scaled {
-    v.mul(Scaled::new(sw)).add(Scaled::new(sb))
+    v * Scaled::new(sw) + Scaled::new(sb)
 }
 
 /// Infinite-width NNGP `K` and NTK `Theta` (the recursions of [`crate::kernel::kernel`], same
@@ -680,19 +701,19 @@ pub fn kernel_scaled(
         for j in 0..n2 {
             let y = &xs2[j * d..(j + 1) * d];
             let inv_d = Scaled::new(1.0 / d as f64);
-            let first = |v: Scaled| affine(sw, v.mul(inv_d), sb);
+            let first = |v: Scaled| affine(sw, v * inv_d, sb);
             let mut c = Cov { q1: first(ip(x, x)), q2: first(ip(y, y)), s: first(ip(x, y)) };
-            let mut t = if standard { ip(x, y).add(Scaled::new(beta)) } else { c.s };
+            let mut t = if standard { ip(x, y) + Scaled::new(beta) } else { c.s };
             for l in 1..=mlp.depth {
                 // E[phi phi] for (q1, q2, s) and E[phi' phi'] for the pair.
                 let (pp1, pp2, pps, dd) = match unit {
                     Some(u) => {
-                        let g = c.q1.mul(c.q2).sqrt();
+                        let g = (c.q1 * c.q2).sqrt();
                         let corr =
-                            if g.m == 0.0 { 0.0 } else { c.s.div(g).to_f64().clamp(-1.0, 1.0) };
+                            if g.m == 0.0 { 0.0 } else { (c.s / g).to_f64().clamp(-1.0, 1.0) };
                         let m = moments(1.0, 1.0, corr)?;
                         let k = Scaled::new(u.phiphi);
-                        (c.q1.mul(k), c.q2.mul(k), g.mul(Scaled::new(m.phiphi)), m.dphidphi)
+                        (c.q1 * k, c.q2 * k, g * Scaled::new(m.phiphi), m.dphidphi)
                     }
                     None => {
                         let (q1, q2, s) = (c.q1.to_f64(), c.q2.to_f64(), c.s.to_f64());
@@ -705,16 +726,16 @@ pub fn kernel_scaled(
                         (sc(m1.phiphi), sc(m2.phiphi), sc(m.phiphi), m.dphidphi)
                     }
                 };
-                let sdot_t = t.mul(Scaled::new(sw * dd));
+                let sdot_t = t * Scaled::new(sw * dd);
                 let next = Cov {
                     q1: affine(sw, pp1, sb),
                     q2: affine(sw, pp2, sb),
                     s: affine(sw, pps, sb),
                 };
                 t = if standard {
-                    pps.mul(Scaled::new(width(l))).add(Scaled::new(beta)).add(sdot_t)
+                    pps * Scaled::new(width(l)) + Scaled::new(beta) + sdot_t
                 } else {
-                    next.s.add(sdot_t)
+                    next.s + sdot_t
                 };
                 c = next;
             }

@@ -49,7 +49,9 @@ fn check<T: Real>(spec: &Spec<'_>, p: &[T], x: &[T], n: usize, ce: bool) {
             let mut grad = vec![T::ZERO; spec.param_count()];
             let mut s = vec![T::ZERO; param_gradient_scratch(w, n)];
             match param_gradient(spec, p, x, n, &cache, &g, &mut grad, &mut s) {
-                Ok(()) => assert!(grad.iter().all(|v| v.is_finite()), "gradient: Ok with non-finite"),
+                Ok(()) => {
+                    assert!(grad.iter().all(|v| v.is_finite()), "gradient: Ok with non-finite")
+                }
                 Err(e) => assert!(data_error(&e), "gradient: {e:?}"),
             }
         }

@@ -78,7 +78,8 @@ fuzz_target!(|case: Case| -> Corpus {
         },
         None => None,
     };
-    let (n1, n2) = (case.x1.n as usize, case.x2.as_ref().map_or(case.x1.n as usize, |i| i.n as usize));
+    let (n1, n2) =
+        (case.x1.n as usize, case.x2.as_ref().map_or(case.x1.n as usize, |i| i.n as usize));
     let mode = match case.mode % 4 {
         0 => OutputMode::Full,
         2 if n1 == n2 => OutputMode::Diagonal,

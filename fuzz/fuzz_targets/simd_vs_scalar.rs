@@ -57,9 +57,30 @@ impl Layout {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Gemm { m: u8, n: u8, k: u8, la: Layout, lb: Layout, lc: Layout, alpha: i8, beta: i8, nan_dst: bool },
-    Gram { m: u8, n: u8, ka: u8, kd: u8, l: [Layout; 5], c: i8, s: i8, symmetric: bool },
-    Dot { len: u16 },
+    Gemm {
+        m: u8,
+        n: u8,
+        k: u8,
+        la: Layout,
+        lb: Layout,
+        lc: Layout,
+        alpha: i8,
+        beta: i8,
+        nan_dst: bool,
+    },
+    Gram {
+        m: u8,
+        n: u8,
+        ka: u8,
+        kd: u8,
+        l: [Layout; 5],
+        c: i8,
+        s: i8,
+        symmetric: bool,
+    },
+    Dot {
+        len: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -129,9 +150,13 @@ fn run<T: Real>(fill: Fill, op: &Op) -> Corpus {
             }
             // Elements outside the view are untouched.
             for (idx, (x, y)) in c1.iter().zip(&c0).enumerate() {
-                let (i, j) = if lc.col_major { (idx % ccs, idx / ccs) } else { (idx / crs, idx % crs) };
+                let (i, j) =
+                    if lc.col_major { (idx % ccs, idx / ccs) } else { (idx / crs, idx % crs) };
                 if i >= m || j >= n {
-                    assert!(x.to_f64().to_bits() == y.to_f64().to_bits(), "gemm wrote padding {idx}");
+                    assert!(
+                        x.to_f64().to_bits() == y.to_f64().to_bits(),
+                        "gemm wrote padding {idx}"
+                    );
                 }
             }
         }
@@ -147,7 +172,12 @@ fn run<T: Real>(fill: Fill, op: &Op) -> Corpus {
             let (a2, d2, la2, ld2) = if symmetric {
                 (a1.clone(), d1.clone(), l[0], l[2])
             } else {
-                (fill.values::<T>(l[1].make(n, ka).0, 2), fill.values::<T>(l[3].make(n, kd).0, 4), l[1], l[3])
+                (
+                    fill.values::<T>(l[1].make(n, ka).0, 2),
+                    fill.values::<T>(l[3].make(n, kd).0, 4),
+                    l[1],
+                    l[3],
+                )
             };
             let (olen, ors, ocs) = l[4].make(m, n);
             let o0 = fill.values::<T>(olen, 5);
@@ -168,7 +198,16 @@ fn run<T: Real>(fill: Fill, op: &Op) -> Corpus {
                 &mut scratch,
             )
             .expect("exact scratch");
-            scalar::gram_hadamard(MatMut::strided(&mut o2, m, n, ors, ocs), a1v, a2v, d1v, d2v, c, s, part);
+            scalar::gram_hadamard(
+                MatMut::strided(&mut o2, m, n, ors, ocs),
+                a1v,
+                a2v,
+                d1v,
+                d2v,
+                c,
+                s,
+                part,
+            );
             for i in 0..m {
                 for j in 0..n {
                     if symmetric && j < i {
@@ -182,7 +221,8 @@ fn run<T: Real>(fill: Fill, op: &Op) -> Corpus {
                     for p in 0..kd {
                         gd += (d1v.at(i, p).to_f64() * d2v.at(j, p).to_f64()).abs();
                     }
-                    let abs = (c.to_f64().abs() * ga + s.to_f64().abs()) * gd + o0[idx].to_f64().abs();
+                    let abs =
+                        (c.to_f64().abs() * ga + s.to_f64().abs()) * gd + o0[idx].to_f64().abs();
                     assert!(
                         close(o1[idx], o2[idx], abs, ka + kd, exact),
                         "gram_hadamard ({i},{j}): {} vs {}",

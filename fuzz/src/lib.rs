@@ -32,7 +32,9 @@ impl ActChoice {
         match self {
             ActChoice::Relu => Activation::Relu,
             ActChoice::Leaky(a) => Activation::LeakyRelu { alpha: a as f64 / 16.0 },
-            ActChoice::AbRelu(a, b) => Activation::AbRelu { a: a as f64 / 16.0, b: b as f64 / 16.0 },
+            ActChoice::AbRelu(a, b) => {
+                Activation::AbRelu { a: a as f64 / 16.0, b: b as f64 / 16.0 }
+            }
             ActChoice::Erf => Activation::Erf,
             ActChoice::Sigmoid => Activation::Sigmoid,
             ActChoice::Tanh => Activation::Tanh,
@@ -211,9 +213,8 @@ impl Inputs {
             return None;
         }
         let scale = self.scale.get();
-        let mut x: Vec<f64> = (0..n * d)
-            .map(|j| scale * ntk_core::rng::normal(self.seed, 77, j as u64))
-            .collect();
+        let mut x: Vec<f64> =
+            (0..n * d).map(|j| scale * ntk_core::rng::normal(self.seed, 77, j as u64)).collect();
         if let (Some((i, s)), false) = (self.special, x.is_empty()) {
             let len = x.len();
             x[i as usize % len] = match s {

@@ -296,7 +296,7 @@ mod infinite {
             assert!((k[0].ln() - ln_k).abs() < 1e-9, "s={s}: ln K {} vs {ln_k}", k[0].ln());
             let ln_t = ln_k + (depth as f64 + 1.0).ln();
             assert!((t[0].ln() - ln_t).abs() < 1e-9, "s={s}: ln Theta {} vs {ln_t}", t[0].ln());
-            let c = k[1].div(k[0].mul(k[3]).sqrt()).to_f64();
+            let c = (k[1] / (k[0] * k[3]).sqrt()).to_f64();
             assert!((c - corr(&k2)).abs() < 1e-12, "s={s}: correlation {c} vs {}", corr(&k2));
         }
     }
