@@ -34,6 +34,8 @@ pub enum Command {
     Kernel(cmd::kernel::KernelArgs),
     /// Time the standard workloads against the GEMM roofline.
     Bench(cmd::bench::BenchArgs),
+    /// Mean-field phase quantities (q*, chi_1, depth scales, phase, edge of chaos).
+    Theory(cmd::theory::TheoryArgs),
 }
 
 /// Runs a parsed command.
@@ -45,6 +47,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Forward(a) => cmd::forward::run(a),
         Command::Kernel(a) => cmd::kernel::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Theory(a) => cmd::theory::run(a),
     }
 }
 
