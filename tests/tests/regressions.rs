@@ -90,3 +90,23 @@ fn subnormal_kernel_is_exact_in_the_log_domain() {
         }
     }
 }
+
+/// fuzz `kernel` (crash on inputs of size 1e294, depth 0, standard parameterization): the
+/// log-domain kernel formed <x, x> in f64, which overflowed, and returned `Ok` with an infinite
+/// mantissa. It now forms inner products over the inputs' exponents: exact scaling
+/// K(c x, c y) = c^2 K(x, y) for the linear model.
+#[test]
+fn log_domain_kernel_of_huge_inputs() {
+    use ntk_core::kernel::Mlp;
+    use ntk_core::scaled::{kernel_scaled, Scaled};
+    let widths = [1usize];
+    let mlp = Mlp::new(Activation::Relu, 0, 1.3, 0.0).with_bias(false).standard(&widths);
+    let x = [1.0, -2.0, 0.5, 3.0];
+    let big: Vec<f64> = x.iter().map(|v| v * 1e294).collect();
+    let (mut t1, mut t2) = ([Scaled::ZERO; 1], [Scaled::ZERO; 1]);
+    kernel_scaled(None, Some(&mut t1), &x, None, 4, &mlp).unwrap();
+    kernel_scaled(None, Some(&mut t2), &big, None, 4, &mlp).unwrap();
+    assert!(t2[0].is_finite());
+    let want = t1[0].ln() + 2.0 * 1e294f64.ln();
+    assert!((t2[0].ln() - want).abs() < 1e-12 * want, "{} vs {want}", t2[0].ln());
+}
