@@ -150,6 +150,9 @@ pub fn par_empirical_ntk<T: Real>(
         )));
     }
     let len = mode.len(n1, n2, k);
+    if len == 0 {
+        return Ok(Vec::new());
+    }
     let mut out = vec![T::ZERO; len];
     let bd = band(n1);
     let band_len = len / n1 * bd;

@@ -56,10 +56,13 @@ pub fn run(cli: Cli) -> CliResult {
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
         }
     };
     match run(cli) {
@@ -69,4 +72,12 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A clap error as one line: the message without clap's usage and `--help` hints, its
+/// remaining lines (e.g. the list of missing flags) joined by spaces.
+fn one_line(rendered: &str) -> String {
+    let msg = rendered.split("\n\nUsage:").next().unwrap_or(rendered);
+    let msg = msg.split("\n\nFor more information").next().unwrap_or(msg);
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }

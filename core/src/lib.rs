@@ -23,6 +23,7 @@ pub mod ntk;
 pub mod phase;
 pub mod real;
 pub mod rng;
+pub mod scaled;
 pub mod simd;
 pub mod spec;
 
