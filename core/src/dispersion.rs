@@ -96,7 +96,7 @@ impl Family {
     /// Scratch elements of [`Family::terms`] for `n` inputs.
     pub const fn terms_scratch(&self, max_depth: usize, n_depths: usize, n: usize) -> usize {
         let m = if self.width > self.input_dim { self.width } else { self.input_dim };
-        max_depth * n * self.width + n * m + 2 * n_depths * n * self.width
+        2 * max_depth * n * self.width + n * m + 2 * n_depths * n * self.width
     }
 
     /// Fills `buf` (`draw_len`) with sample `seed`'s unit draw: hidden weights
@@ -229,6 +229,7 @@ fn terms_impl(op: TermsOp<'_>) -> Result<(), Error> {
     let b0 = fam.weight_offset(lmax);
     let r0 = b0 + lmax * m;
     let (h, rest) = scratch.split_at_mut(lmax * n * m);
+    let (dh, rest) = rest.split_at_mut(lmax * n * m);
     let (prev, rest) = rest.split_at_mut(n * m.max(d));
     let (mut cur, rest) = rest.split_at_mut(nd * n * m);
     let mut next = &mut rest[..nd * n * m];
@@ -256,6 +257,10 @@ fn terms_impl(op: TermsOp<'_>) -> Result<(), Error> {
         if hi.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite { layer: i + 1, pass: Pass::Forward });
         }
+        // phi'(h) once per unit: backprop multiplies by it for every depth of the chunk.
+        for (t, &v) in dh[i * n * m..(i + 1) * n * m].iter_mut().zip(hi.iter()) {
+            *t = act.dphi(v);
+        }
         act.apply(&mut prev[..n * m], hi);
         for j in 0..n {
             a[(i + 1) * n + j] = dot8(&prev[..m], &prev[j * m..(j + 1) * m]);
@@ -266,17 +271,16 @@ fn terms_impl(op: TermsOp<'_>) -> Result<(), Error> {
     g.fill(0.0);
     let mut active = 0;
     for l in (1..=lmax).rev() {
-        let hl = &h[(l - 1) * n * m..l * n * m];
+        let hl = &dh[(l - 1) * n * m..l * n * m];
         if active < nd && depths[nd - 1 - active] == l {
             let di = nd - 1 - active;
             let v = &draw[r0 + di * m..r0 + (di + 1) * m];
             let blk = &mut cur[active * n * m..(active + 1) * n * m];
             for j in 0..n {
                 let row = &mut blk[j * m..(j + 1) * m];
-                for (r, &vi) in row.iter_mut().zip(v) {
-                    *r = sigma_w * vi;
+                for ((r, &vi), &p) in row.iter_mut().zip(v).zip(&hl[j * m..(j + 1) * m]) {
+                    *r = sigma_w * vi * p;
                 }
-                act.mul_dphi(row, &hl[j * m..(j + 1) * m]);
             }
             g[(di * (lmax + 1) + l) * n..(di * (lmax + 1) + l + 1) * n].fill(1.0);
             active += 1;
@@ -293,7 +297,7 @@ fn terms_impl(op: TermsOp<'_>) -> Result<(), Error> {
         }
         // delta^{l-1} = phi'(h^{l-1}) .* (sigma_w Z_{l-1}^T delta^l), Z_{l-1}: n_l x n_{l-1}.
         let w = &draw[fam.weight_offset(l - 1)..fam.weight_offset(l - 1) + m * m];
-        let hp = &h[(l - 2) * n * m..(l - 1) * n * m];
+        let hp = &dh[(l - 2) * n * m..(l - 1) * n * m];
         for r in 0..active * n {
             let src = &cur[r * m..(r + 1) * m];
             let dst = &mut next[r * m..(r + 1) * m];
@@ -305,11 +309,10 @@ fn terms_impl(op: TermsOp<'_>) -> Result<(), Error> {
                     }
                 }
             }
-            for t in dst.iter_mut() {
-                *t *= sigma_w;
-            }
             let j = r % n;
-            act.mul_dphi(dst, &hp[j * m..(j + 1) * m]);
+            for (t, &p) in dst.iter_mut().zip(&hp[j * m..(j + 1) * m]) {
+                *t = *t * sigma_w * p;
+            }
         }
         if next[..active * n * m].iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite { layer: l, pass: Pass::Backward });

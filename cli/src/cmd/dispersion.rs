@@ -799,13 +799,6 @@ fn group_keys(cells: &[Cell]) -> Vec<(String, usize, f64)> {
     g
 }
 
-/// sigma_w2 on the order-to-chaos line chi_1 = 1 at `sigma_b2`, when known in closed form:
-/// the ReLU family has chi_1 = sigma_w2 (a^2 + b^2) / 2 for every sigma_b2 (DESIGN §5).
-pub fn eoc_sigma_w2(act: Activation, sigma_b2: f64) -> Option<f64> {
-    let _ = sigma_b2;
-    act.slopes().map(|(a, b)| 2.0 / (a * a + b * b))
-}
-
 fn phase_figure(plan: &Plan, cells: &[Cell], path: &Path, png: bool) -> CliResult {
     let c = &plan.cfg;
     let mut xs = c.sigma_w2.clone();
@@ -823,7 +816,8 @@ fn phase_figure(plan: &Plan, cells: &[Cell], path: &Path, png: bool) -> CliResul
     let act = plan.activations[0];
     let sb2 = c.sigma_b2[0];
     let mut overlays = Vec::new();
-    if let Some(s) = eoc_sigma_w2(act, sb2) {
+    // The chi_1 = 1 line at this sigma_b2 (DESIGN §5): a vertical line in (sigma_w2, depth).
+    if let Ok(s) = ntk_core::phase::eoc_sigma_w2(act, sb2) {
         if s >= xs[0] && s <= xs[xs.len() - 1] {
             overlays.push(("χ₁ = 1".to_string(), vec![(s, ys[0]), (s, ys[ys.len() - 1])]));
         }
