@@ -552,7 +552,7 @@ impl Plan {
     }
 }
 
-fn progress(run: &RunArgs, total: u64, tasks: usize) -> ProgressBar {
+fn progress(run: &RunArgs, total: u64, cells: usize) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(
         Some(total),
         if run.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
@@ -563,7 +563,7 @@ fn progress(run: &RunArgs, total: u64, tasks: usize) -> ProgressBar {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    pb.set_message(format!("tasks 0/{tasks}"));
+    pb.set_message(format!("cells 0/{cells}"));
     pb
 }
 
@@ -595,13 +595,17 @@ pub fn run_sweep(cfg: &SweepConfig, r: &SweepRunArgs) -> CliResult {
     );
     let total = (todo.len() * cfg.samples) as u64;
     let (done, compute_s) = r.run.in_pool(|| {
-        let pb = progress(&r.run, total, todo.len());
+        let cells_of = |t: &Task| t.depths.len() * cfg.sigma_w2.len();
+        let cells: usize = todo.iter().map(|t| cells_of(t)).sum();
+        let pb = progress(&r.run, total, cells);
         let t0 = std::time::Instant::now();
-        for (i, task) in todo.iter().enumerate() {
+        let mut cells_done = 0;
+        for task in &todo {
             let vals = plan.sample_task(task, &pb)?;
             let rows = plan.rows(task, &vals, &counts);
             sweep::write_part(&r.out_dir, &Part { key: task.key.clone(), rows })?;
-            pb.set_message(format!("tasks {}/{}", i + 1, todo.len()));
+            cells_done += cells_of(task);
+            pb.set_message(format!("cells {cells_done}/{cells}"));
         }
         pb.finish_and_clear();
         Ok((todo.len(), t0.elapsed().as_secs_f64()))
