@@ -154,7 +154,7 @@ impl Family {
     ) -> Result<(), Error> {
         let lmax = check_depths(depths)?;
         let (m, d, nd) = (self.width, self.input_dim, depths.len());
-        if d == 0 || m == 0 || x.is_empty() || x.len() % d != 0 {
+        if d == 0 || m == 0 || x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(Error::ShapeMismatch { what: "x", expected: d.max(1), got: x.len() });
         }
         let n = x.len() / d;
@@ -488,6 +488,7 @@ mod tests {
         p
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         fam: &Family,
         sw2: f64,

@@ -596,7 +596,7 @@ pub fn run_sweep(cfg: &SweepConfig, r: &SweepRunArgs) -> CliResult {
     let total = (todo.len() * cfg.samples) as u64;
     let (done, compute_s) = r.run.in_pool(|| {
         let cells_of = |t: &Task| t.depths.len() * cfg.sigma_w2.len();
-        let cells: usize = todo.iter().map(|t| cells_of(t)).sum();
+        let cells: usize = todo.iter().map(|t| cells_of(t)).sum::<usize>();
         let pb = progress(&r.run, total, cells);
         let t0 = std::time::Instant::now();
         let mut cells_done = 0;
@@ -610,7 +610,7 @@ pub fn run_sweep(cfg: &SweepConfig, r: &SweepRunArgs) -> CliResult {
         pb.finish_and_clear();
         Ok((todo.len(), t0.elapsed().as_secs_f64()))
     })?;
-    let results = finish(&plan, &[r.out_dir.clone()], &r.out_dir, r.png)?;
+    let results = finish(&plan, std::slice::from_ref(&r.out_dir), &r.out_dir, r.png)?;
     let scaled: Vec<_> = plan
         .tasks
         .iter()
