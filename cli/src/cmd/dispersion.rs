@@ -205,6 +205,14 @@ pub struct Task {
     depths: Vec<usize>,
 }
 
+impl Task {
+    /// Relative cost of one sample (layer products: one backprop per depth plus the forward
+    /// pass), the unit of the progress bar so that its ETA holds for deep chunks too.
+    fn work(&self) -> u64 {
+        self.depths.iter().sum::<usize>() as u64 + self.depths[self.depths.len() - 1] as u64
+    }
+}
+
 impl Plan {
     /// Validates `cfg` (reading `--x` for the fixed protocol) and lists the tasks.
     ///
@@ -456,7 +464,7 @@ impl Plan {
                         fam.activation, fam.width, task.sigma_b2
                     )));
                 }
-                pb.inc(1);
+                pb.inc(task.work());
                 Ok(out)
             })
             .collect::<CliResult<_>>()?;
@@ -559,7 +567,7 @@ fn progress(run: &RunArgs, total: u64, cells: usize) -> ProgressBar {
     );
     pb.set_style(
         ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} samples, ETA {eta}",
+            "{msg} [{elapsed_precise}] {wide_bar} {percent}%, ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -593,7 +601,7 @@ pub fn run_sweep(cfg: &SweepConfig, r: &SweepRunArgs) -> CliResult {
         cfg.samples,
         cfg.bootstrap,
     );
-    let total = (todo.len() * cfg.samples) as u64;
+    let total = todo.iter().map(|t| t.work()).sum::<u64>() * cfg.samples as u64;
     let (done, compute_s) = r.run.in_pool(|| {
         let cells_of = |t: &Task| t.depths.len() * cfg.sigma_w2.len();
         let cells: usize = todo.iter().map(|t| cells_of(t)).sum::<usize>();
