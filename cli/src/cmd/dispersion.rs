@@ -89,7 +89,7 @@ pub struct SweepRunArgs {
     #[arg(long, default_value_t = 0.95)]
     pub level: f64,
     /// Depths per task (the unit of sharding and resume; results do not depend on it).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 4)]
     pub depth_chunk: usize,
     /// Run only shard I of N (1-based), e.g. 3/8; merge the shards with `ntk merge`.
     #[arg(long, default_value = "1/1")]
