@@ -41,6 +41,8 @@ pub enum Command {
     Phase(cmd::phase::PhaseArgs),
     /// Merge the output directories of a sharded sweep.
     Merge(cmd::merge::MergeArgs),
+    /// Mean-field phase quantities (q*, chi_1, depth scales, phase, edge of chaos).
+    Theory(cmd::theory::TheoryArgs),
 }
 
 /// Runs a parsed command.
@@ -55,6 +57,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Dispersion(a) => cmd::dispersion::run(a),
         Command::Phase(a) => cmd::phase::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Theory(a) => cmd::theory::run(a),
     }
 }
 

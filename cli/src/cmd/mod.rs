@@ -6,6 +6,7 @@ pub mod forward;
 pub mod kernel;
 pub mod merge;
 pub mod phase;
+pub mod theory;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +21,11 @@ use crate::io::{self, LabelColumn, Layout, Matrix};
 ///
 /// # Errors
 /// A runtime error naming the file (unreadable, malformed, non-finite or no values).
-pub fn read_inputs(flag: &str, path: &Path, label_column: Option<&LabelColumn>) -> CliResult<Matrix> {
+pub fn read_inputs(
+    flag: &str,
+    path: &Path,
+    label_column: Option<&LabelColumn>,
+) -> CliResult<Matrix> {
     let m = io::read_dataset(path, label_column)?.x;
     if m.rows() == 0 || m.cols() == 0 {
         return Err(CliError::Runtime(format!(
