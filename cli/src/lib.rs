@@ -8,6 +8,7 @@ pub mod error;
 pub mod io;
 pub mod plot;
 pub mod runinfo;
+pub mod sweep;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -34,6 +35,12 @@ pub enum Command {
     Kernel(cmd::kernel::KernelArgs),
     /// Time the standard workloads against the GEMM roofline.
     Bench(cmd::bench::BenchArgs),
+    /// NTK statistics at initialization over a grid (mean, variance, dispersion, log-moments).
+    Dispersion(cmd::dispersion::DispersionArgs),
+    /// Phase diagram: log2 dispersion of Theta(x, x) over sigma_w2 x depth.
+    Phase(cmd::phase::PhaseArgs),
+    /// Merge the output directories of a sharded sweep.
+    Merge(cmd::merge::MergeArgs),
     /// Mean-field phase quantities (q*, chi_1, depth scales, phase, edge of chaos).
     Theory(cmd::theory::TheoryArgs),
 }
@@ -47,6 +54,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Forward(a) => cmd::forward::run(a),
         Command::Kernel(a) => cmd::kernel::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Dispersion(a) => cmd::dispersion::run(a),
+        Command::Phase(a) => cmd::phase::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
         Command::Theory(a) => cmd::theory::run(a),
     }
 }

@@ -16,6 +16,7 @@ extern crate std;
 
 pub mod activation;
 pub mod backward;
+pub mod dispersion;
 pub mod error;
 pub mod forward;
 pub mod kernel;
@@ -26,6 +27,7 @@ pub mod rng;
 pub mod scaled;
 pub mod simd;
 pub mod spec;
+pub mod stats;
 
 pub use activation::Activation;
 pub use error::{Error, Pass};

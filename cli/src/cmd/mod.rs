@@ -1,8 +1,11 @@
 //! One module per command, plus what several commands share: loading inputs and networks.
 
 pub mod bench;
+pub mod dispersion;
 pub mod forward;
 pub mod kernel;
+pub mod merge;
+pub mod phase;
 pub mod theory;
 
 use std::path::{Path, PathBuf};
