@@ -18,11 +18,13 @@ pub mod activation;
 pub mod backward;
 pub mod error;
 pub mod forward;
+pub mod linearized;
 pub mod ntk;
 pub mod real;
 pub mod rng;
 pub mod simd;
 pub mod spec;
+pub mod train;
 
 pub use activation::Activation;
 pub use error::{Error, Pass};
