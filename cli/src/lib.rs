@@ -1,4 +1,69 @@
-//! Library behind the `ntk` command: one module per command, plus file formats (`io`),
-//! figures (`plot`) and sweeps (`sweep`).
+//! Library behind the `ntk` command: one module per command (`cmd`), plus file formats
+//! (`io`), figures (`plot`), the parallel NTK engine (`engine`) and shared flags (`args`).
 
+pub mod args;
+pub mod cmd;
+pub mod engine;
+pub mod error;
 pub mod io;
+pub mod plot;
+pub mod runinfo;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use error::{CliError, CliResult};
+
+/// ntk: when does Neural Tangent Kernel theory describe finite networks?
+#[derive(Parser, Debug)]
+#[command(name = "ntk", version, about, long_about = None)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `ntk`.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a network on inputs and write its outputs (a smoke test of a setup).
+    Forward(cmd::forward::ForwardArgs),
+    /// Empirical (finite network) or infinite-width NTK / NNGP of input sets.
+    Kernel(cmd::kernel::KernelArgs),
+    /// Time the standard workloads against the GEMM roofline.
+    Bench(cmd::bench::BenchArgs),
+}
+
+/// Runs a parsed command.
+///
+/// # Errors
+/// Whatever the command returns.
+pub fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Forward(a) => cmd::forward::run(a),
+        Command::Kernel(a) => cmd::kernel::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    }
+}
+
+/// Parses `args`, runs, prints `error: ...` on failure; exit code 2 for usage errors and 1 for
+/// runtime errors.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -265,22 +265,51 @@ pub fn accumulate<T: Real>(
     symmetric: bool,
     scratch: &mut [T],
 ) -> Result<(), Error> {
+    accumulate_rows(out, mode, a1, a2, d1, d2, k, n_out, c, s, symmetric, 0, scratch)
+}
+
+/// [`accumulate`] for a band of rows: `a1` / `d1` are the inputs `row0..row0 + a1.rows` of
+/// the first set and `out` holds exactly those rows of the output (all columns, row-major),
+/// while `a2` / `d2` are the whole second set. Every entry gets the same value as in the
+/// unbanded call, so bands can run on different threads with bit-identical results.
+///
+/// # Errors
+/// [`Error::ShortBuffer`] if `scratch` is short.
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_rows<T: Real>(
+    out: &mut [T],
+    mode: OutputMode,
+    a1: MatRef<'_, T>,
+    a2: MatRef<'_, T>,
+    d1: &[T],
+    d2: &[T],
+    k: usize,
+    n_out: usize,
+    c: T,
+    s: T,
+    symmetric: bool,
+    row0: usize,
+    scratch: &mut [T],
+) -> Result<(), Error> {
     let (n1, n2) = (a1.rows, a2.rows);
+    // Symmetric: only columns from row0 on are needed (the rest is mirrored).
+    let col0 = if symmetric { row0 } else { 0 };
+    let (a2_all, d2_all) = (a2, d2);
+    let (a2, d2) = (a2.rows(col0, n2 - col0), &d2[col0 * k * n_out..]);
+    let m2 = n2 - col0;
+    let part = if symmetric { Part::Upper } else { Part::Full };
     match mode {
-        OutputMode::Trace => {
-            let part = if symmetric { Part::Upper } else { Part::Full };
-            gram_hadamard(
-                MatMut::row_major(out, n1, n2),
-                a1,
-                a2,
-                MatRef::row_major(d1, n1, k * n_out),
-                MatRef::row_major(d2, n2, k * n_out),
-                c,
-                s,
-                part,
-                scratch,
-            )
-        }
+        OutputMode::Trace => gram_hadamard(
+            MatMut::strided(&mut out[col0..], n1, m2, n2, 1),
+            a1,
+            a2,
+            MatRef::row_major(d1, n1, k * n_out),
+            MatRef::row_major(d2, m2, k * n_out),
+            c,
+            s,
+            part,
+            scratch,
+        ),
         OutputMode::Full => {
             let nk2 = n2 * k;
             for a in 0..k {
@@ -288,14 +317,16 @@ pub fn accumulate<T: Real>(
                     if symmetric && b < a {
                         continue;
                     }
-                    let part = if symmetric && a == b { Part::Upper } else { Part::Full };
-                    let base = a * nk2 + b;
+                    // Off-diagonal output blocks (a < b) are mirrored whole: all columns.
+                    let (c0, a2, d2, part) =
+                        if a == b { (col0, a2, d2, part) } else { (0, a2_all, d2_all, Part::Full) };
+                    let m2 = n2 - c0;
                     gram_hadamard(
-                        MatMut::strided(&mut out[base..], n1, n2, k * nk2, k),
+                        MatMut::strided(&mut out[a * nk2 + c0 * k + b..], n1, m2, k * nk2, k),
                         a1,
                         a2,
                         MatRef::strided(&d1[a * n_out..], n1, n_out, k * n_out, 1),
-                        MatRef::strided(&d2[b * n_out..], n2, n_out, k * n_out, 1),
+                        MatRef::strided(&d2[b * n_out..], m2, n_out, k * n_out, 1),
                         c,
                         s,
                         part,
@@ -306,11 +337,13 @@ pub fn accumulate<T: Real>(
             Ok(())
         }
         OutputMode::Diagonal | OutputMode::DiagonalFull => {
+            // Input row0 + i of set 1 pairs with input row0 + i of set 2 (local row i of a2).
+            let a2 = if symmetric { a2 } else { a2.rows(row0, n1) };
+            let d2 = if symmetric { d2 } else { &d2[row0 * k * n_out..] };
             for i in 0..n1 {
-                let ga = c * dot(
-                    &a1.data[i * a1.rs..i * a1.rs + a1.cols],
-                    &a2.data[i * a2.rs..i * a2.rs + a2.cols],
-                ) + s;
+                let ra1 = &a1.data[i * a1.rs..i * a1.rs + a1.cols];
+                let ra2 = &a2.data[i * a2.rs..i * a2.rs + a2.cols];
+                let ga = c * dot(ra1, ra2) + s;
                 let r1 = &d1[i * k * n_out..(i + 1) * k * n_out];
                 let r2 = &d2[i * k * n_out..(i + 1) * k * n_out];
                 if mode == OutputMode::Diagonal {

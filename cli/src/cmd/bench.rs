@@ -1,0 +1,268 @@
+//! `ntk bench`: the standard empirical-NTK workloads of DESIGN §9 timed against the GEMM
+//! roofline measured in the same process (the `gemm` crate, same precision and threads).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use ntk_core::ntk::OutputMode;
+use ntk_core::{Activation, Parameterization, Real, Spec};
+use serde::Serialize;
+
+use crate::args::Precision;
+use crate::error::{CliError, CliResult};
+
+/// A standard workload (DESIGN §9): ReLU MLP, scalar output, x2 = x1.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// Name (`W1` ...).
+    pub name: &'static str,
+    /// Input dimension.
+    pub d: usize,
+    /// Hidden width.
+    pub width: usize,
+    /// Hidden layers.
+    pub depth: usize,
+    /// Inputs.
+    pub n: usize,
+}
+
+/// The workloads of DESIGN §9.
+pub const WORKLOADS: [Workload; 4] = [
+    Workload { name: "W1", d: 64, width: 512, depth: 3, n: 256 },
+    Workload { name: "W2", d: 64, width: 1024, depth: 3, n: 512 },
+    Workload { name: "W3", d: 64, width: 256, depth: 10, n: 256 },
+    Workload { name: "W4", d: 32, width: 2048, depth: 2, n: 128 },
+];
+
+impl Workload {
+    /// `[d, width, ..., width, 1]`.
+    pub fn widths(&self) -> Vec<usize> {
+        let mut w = vec![self.d];
+        w.extend(std::iter::repeat_n(self.width, self.depth));
+        w.push(1);
+        w
+    }
+}
+
+/// FLOPs of the empirical NTK by DESIGN §3 (a multiply-add counts 2): forward
+/// `2 N sum n_{l-1} n_l`, backward `2 N k sum_{l>=2} n_{l-1} n_l`, Grams
+/// `pairs * sum_l (n_{l-1} + k_D n_l)` with `pairs = N (N + 1)` (symmetric) or `2 N1 N2`.
+pub fn ntk_flops(widths: &[usize], n1: usize, n2: Option<usize>, k_d: usize) -> f64 {
+    let k = *widths.last().unwrap_or(&1) as f64;
+    let n_total = (n1 + n2.unwrap_or(0)) as f64;
+    let mut fwd = 0.0;
+    let mut bwd = 0.0;
+    let mut gram = 0.0;
+    for l in 1..widths.len() {
+        let (a, b) = (widths[l - 1] as f64, widths[l] as f64);
+        fwd += 2.0 * n_total * a * b;
+        if l >= 2 {
+            bwd += 2.0 * n_total * k * a * b;
+        }
+        gram += a + k_d as f64 * b;
+    }
+    let pairs = match n2 {
+        None => (n1 * (n1 + 1)) as f64,
+        Some(n2) => 2.0 * (n1 * n2) as f64,
+    };
+    fwd + bwd + pairs * gram
+}
+
+/// Flags of `ntk bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Workloads to run (W1, W2, W3, W4), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4")]
+    pub workload: Vec<String>,
+    /// Precisions, comma separated.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "f32,f64")]
+    pub precision: Vec<Precision>,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Minimum seconds of timed repetitions per workload (at least 5 repetitions).
+    #[arg(long, default_value_t = 1.0)]
+    pub min_time: f64,
+    /// Write the results as a JSON list to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One row of `ntk bench`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    /// Workload name.
+    pub workload: String,
+    /// `f32` or `f64`.
+    pub precision: String,
+    /// Threads used.
+    pub threads: usize,
+    /// Median seconds per call after the first.
+    pub median_s: f64,
+    /// Seconds of the first call (no warm-up).
+    pub first_s: f64,
+    /// Repetitions timed.
+    pub reps: usize,
+    /// FLOPs per call (DESIGN §3).
+    pub flops: f64,
+    /// FLOPs / median_s / 1e9.
+    pub gflops: f64,
+    /// GEMM rate measured in this process with the `gemm` crate (GFLOP/s).
+    pub gemm_gflops: f64,
+    /// Roofline time (flops / gemm rate) over the median time: 1 is at the roofline.
+    pub roofline_ratio: f64,
+    /// median_s divided by the roofline time (the issue's "x roofline").
+    pub x_roofline: f64,
+}
+
+/// Median of a non-empty slice.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Times `f`: (first call, median of the repetitions after it, repetitions).
+pub fn time_it(min_time: f64, mut f: impl FnMut() -> CliResult) -> CliResult<(f64, f64, usize)> {
+    let t = Instant::now();
+    f()?;
+    let first = t.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || (start.elapsed().as_secs_f64() < min_time && times.len() < 200) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let reps = times.len();
+    Ok((first, median(&mut times), reps))
+}
+
+/// GFLOP/s of a square GEMM of size `m` through the `gemm` crate with `threads` threads.
+pub fn gemm_rate<T: Real>(m: usize, threads: usize, min_time: f64) -> CliResult<f64> {
+    let a: Vec<T> = (0..m * m).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
+    let b = a.clone();
+    let mut c = vec![T::ZERO; m * m];
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let (_, med, _) = time_it(min_time, || {
+        // SAFETY: the three buffers are m x m, column-major with column stride m, and live
+        // through the call; dst does not alias the inputs.
+        unsafe {
+            gemm::gemm(
+                m,
+                m,
+                m,
+                c.as_mut_ptr(),
+                m as isize,
+                1,
+                false,
+                a.as_ptr(),
+                m as isize,
+                1,
+                b.as_ptr(),
+                m as isize,
+                1,
+                T::ZERO,
+                T::ONE,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        Ok(())
+    })?;
+    Ok(2.0 * (m * m * m) as f64 / med / 1e9)
+}
+
+fn run_workload<T: Real>(
+    w: &Workload,
+    threads: usize,
+    min_time: f64,
+    gemm_gflops: f64,
+) -> CliResult<BenchRow> {
+    let widths = w.widths();
+    let spec = Spec::new(&widths, Activation::Relu, 2.0, 0.0, true, Parameterization::Ntk)?;
+    let mut params = vec![T::ZERO; spec.param_count()];
+    spec.init(&mut params, 0)?;
+    let mut x = vec![T::ZERO; w.n * w.d];
+    ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
+    let (first, med, reps) = time_it(min_time, || {
+        let out = crate::engine::par_empirical_ntk(&spec, &params, &x, None, OutputMode::Trace)?;
+        std::hint::black_box(out);
+        Ok(())
+    })?;
+    let flops = ntk_flops(&widths, w.n, None, 1);
+    let roof = flops / (gemm_gflops * 1e9);
+    Ok(BenchRow {
+        workload: w.name.into(),
+        precision: T::NAME.into(),
+        threads,
+        median_s: med,
+        first_s: first,
+        reps,
+        flops,
+        gflops: flops / med / 1e9,
+        gemm_gflops,
+        roofline_ratio: roof / med,
+        x_roofline: med / roof,
+    })
+}
+
+/// Runs `ntk bench`.
+///
+/// # Errors
+/// Usage errors for unknown workloads or zero threads.
+pub fn run(a: BenchArgs) -> CliResult {
+    let threads = match a.threads {
+        Some(0) => return Err(CliError::flag("--threads", 0, "must be at least 1")),
+        Some(t) => t,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut chosen = Vec::new();
+    for name in &a.workload {
+        let w = WORKLOADS.iter().find(|w| w.name.eq_ignore_ascii_case(name.trim())).ok_or_else(
+            || CliError::flag("--workload", name, "unknown workload (expected W1, W2, W3 or W4)"),
+        )?;
+        chosen.push(*w);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start {threads} threads: {e}")))?;
+    let rows =
+        pool.install(|| -> CliResult<Vec<BenchRow>> {
+            let mut rows = Vec::new();
+            for &p in &a.precision {
+                let g = match p {
+                    Precision::F32 => gemm_rate::<f32>(2048, threads, a.min_time)?,
+                    Precision::F64 => gemm_rate::<f64>(2048, threads, a.min_time)?,
+                };
+                eprintln!("gemm crate, {p:?}, {threads} thread(s), 2048^3: {g:.1} GFLOP/s");
+                for w in &chosen {
+                    let row = match p {
+                        Precision::F32 => run_workload::<f32>(w, threads, a.min_time, g)?,
+                        Precision::F64 => run_workload::<f64>(w, threads, a.min_time, g)?,
+                    };
+                    println!(
+                    "{:<3} {:<3} threads={} median={:>9.3} ms first={:>9.3} ms {:>7.1} GFLOP/s \
+                     gemm={:>6.1} GFLOP/s  {:.2}x roofline",
+                    row.workload, row.precision, row.threads, row.median_s * 1e3,
+                    row.first_s * 1e3, row.gflops, row.gemm_gflops, row.x_roofline
+                );
+                    rows.push(row);
+                }
+            }
+            Ok(rows)
+        })?;
+    if let Some(path) = &a.json {
+        let v = serde_json::to_value(&rows).map_err(|e| CliError::Runtime(e.to_string()))?;
+        crate::io::write_json_atomic(path, &v)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The parallel empirical NTK: the core's layer kernels over fixed row blocks and output row
+//! bands, run by rayon. Block boundaries do not depend on the thread count and every kernel
+//! gives an entry the same value wherever it sits, so results are bit-identical for any
+//! `--threads`.
+
+use ntk_core::backward::{signals_init, signals_step, signals_step_scratch};
+use ntk_core::forward::{
+    activations, cache_offset, check_finite, forward_layer, forward_layer_scratch,
+};
+use ntk_core::ntk::{accumulate_rows, mirror, OutputMode};
+use ntk_core::simd::{gram_hadamard_scratch, MatRef};
+use ntk_core::spec::{max_width, units};
+use ntk_core::{Real, Spec};
+use rayon::prelude::*;
+
+use crate::error::CliResult;
+
+/// Inputs per forward / backward work item.
+pub const ROW_BLOCK: usize = 32;
+/// Output rows (inputs of the first set) per Gram work item.
+pub const BAND: usize = 32;
+
+/// Forward pass of `n` inputs, layer by layer, row blocks in parallel: returns the cache of
+/// pre-activations (layout of [`ntk_core::forward::forward`]).
+///
+/// # Errors
+/// Non-finite inputs or overflow, naming the layer.
+pub fn par_forward<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T], n: usize) -> CliResult<Vec<T>> {
+    let w = spec.widths;
+    check_finite("x", x)?;
+    let mut cache = vec![T::ZERO; n * units(w)];
+    let mut act = vec![T::ZERO; n * max_width(w)];
+    for i in 0..spec.layers() {
+        let (done, rest) = cache.split_at_mut(cache_offset(w, n, i));
+        let h = &mut rest[..n * w[i + 1]];
+        let input: &[T] = if i == 0 {
+            x
+        } else {
+            let prev = &done[cache_offset(w, n, i - 1)..];
+            let a = &mut act[..n * w[i]];
+            a.par_chunks_mut(ROW_BLOCK * w[i])
+                .zip(prev.par_chunks(ROW_BLOCK * w[i]))
+                .for_each(|(a, p)| activations(spec, a, p));
+            &act[..n * w[i]]
+        };
+        h.par_chunks_mut(ROW_BLOCK * w[i + 1])
+            .zip(input.par_chunks(ROW_BLOCK * w[i]))
+            .try_for_each_init(
+                || vec![T::ZERO; forward_layer_scratch(w, ROW_BLOCK)],
+                |gs, (h, a)| {
+                    let rows = a.len() / w[i];
+                    forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
+                },
+            )?;
+    }
+    Ok(cache)
+}
+
+/// One input set during the parallel NTK.
+struct Set<'x, T> {
+    x: &'x [T],
+    n: usize,
+    cache: Vec<T>,
+    act: Vec<T>,
+    cur: Vec<T>,
+    next: Vec<T>,
+}
+
+impl<'x, T: Real> Set<'x, T> {
+    fn new(spec: &Spec<'_>, params: &[T], x: &'x [T]) -> CliResult<Self> {
+        let (d, k, m) = (spec.input_dim(), spec.output_dim(), max_width(spec.widths));
+        let n = x.len() / d;
+        let cache = par_forward(spec, params, x, n)?;
+        let mut cur = vec![T::ZERO; n * k * m];
+        signals_init(&mut cur[..n * k * k], n, k);
+        Ok(Self { x, n, cache, act: vec![T::ZERO; n * m], cur, next: vec![T::ZERO; n * k * m] })
+    }
+
+    /// Computes layer `i`'s inputs into `act` (parallel over row blocks).
+    fn prepare(&mut self, spec: &Spec<'_>, i: usize) {
+        if i > 0 {
+            let (w, n) = (spec.widths, self.n);
+            let off = cache_offset(w, n, i - 1);
+            let prev = &self.cache[off..off + n * w[i]];
+            self.act[..n * w[i]]
+                .par_chunks_mut(ROW_BLOCK * w[i])
+                .zip(prev.par_chunks(ROW_BLOCK * w[i]))
+                .for_each(|(a, p)| activations(spec, a, p));
+        }
+    }
+
+    fn inputs(&self, spec: &Spec<'_>, i: usize) -> &[T] {
+        if i == 0 {
+            self.x
+        } else {
+            &self.act[..self.n * spec.widths[i]]
+        }
+    }
+
+    /// Backprop through layer `i` (parallel over row blocks of inputs).
+    fn step(&mut self, spec: &Spec<'_>, params: &[T], i: usize) -> CliResult {
+        let (w, n, k) = (spec.widths, self.n, spec.output_dim());
+        let off = cache_offset(w, n, i - 1);
+        let h_prev = &self.cache[off..off + n * w[i]];
+        let rows = ROW_BLOCK * k;
+        self.next[..n * k * w[i]]
+            .par_chunks_mut(rows * w[i])
+            .zip(self.cur[..n * k * w[i + 1]].par_chunks(rows * w[i + 1]))
+            .zip(h_prev.par_chunks(ROW_BLOCK * w[i]))
+            .try_for_each_init(
+                || vec![T::ZERO; signals_step_scratch(w, rows)],
+                |gs, ((dst, src), h)| signals_step(spec, params, i, dst, src, h, k, gs),
+            )?;
+        std::mem::swap(&mut self.cur, &mut self.next);
+        Ok(())
+    }
+}
+
+/// The empirical NTK between `x1` and `x2` (`None`: `x2 = x1`, with symmetry) in `mode`,
+/// using the current rayon pool. Same values, bit for bit, as
+/// [`ntk_core::ntk::empirical_ntk`] with any number of threads.
+///
+/// # Errors
+/// Non-finite inputs, overflow (naming layer and pass), shape errors.
+pub fn par_empirical_ntk<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    x1: &[T],
+    x2: Option<&[T]>,
+    mode: OutputMode,
+) -> CliResult<Vec<T>> {
+    let (d, k) = (spec.input_dim(), spec.output_dim());
+    let mut s1 = Set::new(spec, params, x1)?;
+    let mut s2 = match x2 {
+        Some(x2) => Some(Set::new(spec, params, x2)?),
+        None => None,
+    };
+    let (n1, n2) = (x1.len() / d, x2.map_or(x1.len() / d, |x| x.len() / d));
+    if matches!(mode, OutputMode::Diagonal | OutputMode::DiagonalFull) && n1 != n2 {
+        return Err(crate::CliError::Usage(format!(
+            "--output-mode diagonal needs as many inputs in --x2 ({n2}) as in --x1 ({n1})"
+        )));
+    }
+    let len = mode.len(n1, n2, k);
+    let mut out = vec![T::ZERO; len];
+    let band_len = len / n1 * BAND;
+    let symmetric = x2.is_none();
+    let m = max_width(spec.widths);
+    let gs_len = gram_hadamard_scratch(BAND * k, n2 * k, m, k * m);
+    let s =
+        T::from_f64(if spec.bias { spec.bias_multiplier() * spec.bias_multiplier() } else { 0.0 });
+    for i in (0..spec.layers()).rev() {
+        let c = T::from_f64(spec.weight_multiplier(i) * spec.weight_multiplier(i));
+        let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
+        s1.prepare(spec, i);
+        if let Some(s2) = s2.as_mut() {
+            s2.prepare(spec, i);
+        }
+        {
+            let a1 = s1.inputs(spec, i);
+            let d1 = &s1.cur[..n1 * k * n_out];
+            let (a2, d2) = match &s2 {
+                Some(s2) => (s2.inputs(spec, i), &s2.cur[..n2 * k * n_out]),
+                None => (a1, d1),
+            };
+            let a2 = MatRef::row_major(a2, n2, n_in);
+            out.par_chunks_mut(band_len).enumerate().try_for_each_init(
+                || vec![T::ZERO; gs_len],
+                |gs, (b, band)| {
+                    let row0 = b * BAND;
+                    let rows = band.len() / (len / n1);
+                    let a1b = MatRef::row_major(&a1[row0 * n_in..(row0 + rows) * n_in], rows, n_in);
+                    let d1b = &d1[row0 * k * n_out..(row0 + rows) * k * n_out];
+                    accumulate_rows(
+                        band, mode, a1b, a2, d1b, d2, k, n_out, c, s, symmetric, row0, gs,
+                    )
+                },
+            )?;
+        }
+        if i > 0 {
+            s1.step(spec, params, i)?;
+            if let Some(s2) = s2.as_mut() {
+                s2.step(spec, params, i)?;
+            }
+        }
+    }
+    if symmetric {
+        mirror(&mut out, mode, n1, k);
+    }
+    if matches!(mode, OutputMode::Trace | OutputMode::Diagonal) && k > 1 {
+        let inv = T::ONE / T::from_f64(k as f64);
+        out.iter_mut().for_each(|v| *v *= inv);
+    }
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Ntk }.into());
+    }
+    Ok(out)
+}

@@ -1,0 +1,47 @@
+//! The parallel engine of the CLI gives the core's single-thread NTK bit for bit, for any
+//! thread count, in every output mode (N not a multiple of the band size).
+
+use ntk_cli::engine::par_empirical_ntk;
+use ntk_core::ntk::{empirical_ntk, empirical_ntk_scratch, OutputMode};
+use ntk_core::{Activation, Parameterization, Spec};
+use ntk_tests::{random_inputs, test_seed};
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+}
+
+#[test]
+fn parallel_engine_is_bit_identical_to_core() {
+    let seed = test_seed();
+    let widths = [6usize, 40, 33, 3];
+    let (n1, n2) = (70, 37);
+    let x1 = random_inputs(n1, 6, seed).concat();
+    let x2 = random_inputs(n2, 6, seed + 1).concat();
+    for act in [Activation::Relu, Activation::Tanh] {
+        let spec = Spec::new(&widths, act, 1.8, 0.2, true, Parameterization::Standard).unwrap();
+        let mut p = vec![0.0f64; spec.param_count()];
+        spec.init(&mut p, seed).unwrap();
+        for mode in
+            [OutputMode::Full, OutputMode::Trace, OutputMode::Diagonal, OutputMode::DiagonalFull]
+        {
+            for cross in [false, true] {
+                if cross && matches!(mode, OutputMode::Diagonal | OutputMode::DiagonalFull) {
+                    continue;
+                }
+                let x2o = if cross { Some(&x2[..]) } else { None };
+                let m2 = if cross { n2 } else { n1 };
+                let mut want = vec![0.0; mode.len(n1, m2, 3)];
+                let mut s = vec![0.0; empirical_ntk_scratch(&widths, n1, x2o.map(|_| m2))];
+                empirical_ntk(&spec, &p, &mut want, &x1, x2o, mode, &mut s).unwrap();
+                for threads in [1, 2, 3] {
+                    let got =
+                        in_pool(threads, || par_empirical_ntk(&spec, &p, &x1, x2o, mode).unwrap());
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{act} {mode:?} cross={cross} threads={threads}"
+                    );
+                }
+            }
+        }
+    }
+}
