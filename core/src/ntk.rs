@@ -174,12 +174,12 @@ pub fn empirical_ntk<T: Real>(
     let widths = spec.widths;
     let (d, k) = (spec.input_dim(), spec.output_dim());
     check_shape("params", params, spec.param_count())?;
-    if x1.len() % d != 0 {
+    if !x1.len().is_multiple_of(d) {
         return Err(Error::ShapeMismatch { what: "x1", expected: x1.len() / d * d, got: x1.len() });
     }
     let n1 = x1.len() / d;
     let n2 = match x2 {
-        Some(x2) if x2.len() % d != 0 => {
+        Some(x2) if !x2.len().is_multiple_of(d) => {
             return Err(Error::ShapeMismatch {
                 what: "x2",
                 expected: x2.len() / d * d,

@@ -79,10 +79,18 @@ pub trait Real:
     /// `self * a + b` with one rounding.
     fn mul_add(self, a: Self, b: Self) -> Self;
 
+    /// `true` for NaN.
+    #[inline]
+    fn is_nan_(self) -> bool {
+        #[allow(clippy::eq_op)]
+        let nan = self != self;
+        nan
+    }
+
     /// Larger of two values (NaN-ignoring, as `libm::fmax`).
     #[inline]
     fn max(self, other: Self) -> Self {
-        if self >= other || other != other {
+        if self >= other || other.is_nan_() {
             self
         } else {
             other
@@ -91,7 +99,7 @@ pub trait Real:
     /// Smaller of two values (NaN-ignoring).
     #[inline]
     fn min(self, other: Self) -> Self {
-        if self <= other || other != other {
+        if self <= other || other.is_nan_() {
             self
         } else {
             other
