@@ -3,9 +3,11 @@
 
 pub mod args;
 pub mod cmd;
+pub mod datasets;
 pub mod engine;
 pub mod error;
 pub mod io;
+pub mod linear_model;
 pub mod plot;
 pub mod runinfo;
 
@@ -34,6 +36,8 @@ pub enum Command {
     Kernel(cmd::kernel::KernelArgs),
     /// Time the standard workloads against the GEMM roofline.
     Bench(cmd::bench::BenchArgs),
+    /// Train a network and its linearization, tracking the NTK change (studies A and B).
+    Train(cmd::train::TrainArgs),
 }
 
 /// Runs a parsed command.
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Forward(a) => cmd::forward::run(a),
         Command::Kernel(a) => cmd::kernel::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Train(a) => cmd::train::run(a),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod forward;
 pub mod kernel;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
