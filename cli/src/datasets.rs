@@ -106,7 +106,10 @@ pub fn split(
         return Err(CliError::flag(
             "--train-size",
             n_train,
-            format!("with --test-size {n_test} needs {} rows; the data has {rows}", n_train + n_test),
+            format!(
+                "with --test-size {n_test} needs {} rows; the data has {rows}",
+                n_train + n_test
+            ),
         ));
     }
     let tk = targets.len() / rows;
@@ -151,7 +154,13 @@ pub fn digits_split(n_train: usize, n_test: usize, seed: u64) -> CliResult<Split
 ///
 /// # Errors
 /// A usage error for `--input-dim 0`.
-pub fn sphere_split(n_train: usize, n_test: usize, d: usize, k: usize, seed: u64) -> CliResult<Split> {
+pub fn sphere_split(
+    n_train: usize,
+    n_test: usize,
+    d: usize,
+    k: usize,
+    seed: u64,
+) -> CliResult<Split> {
     if d == 0 {
         return Err(CliError::flag("--input-dim", 0, "must be positive"));
     }

@@ -197,13 +197,13 @@ mod tests {
         let (n, m) = (5, 3);
         let big = spd(n + m, 8);
         let theta: Vec<f64> = (0..n * n).map(|i| big[(i / n) * (n + m) + i % n]).collect();
-        let theta_tx: Vec<f64> =
-            (0..m * n).map(|i| big[(n + i / n) * (n + m) + i % n]).collect();
+        let theta_tx: Vec<f64> = (0..m * n).map(|i| big[(n + i / n) * (n + m) + i % n]).collect();
         let e = SymEigen::new(&theta, n).unwrap();
         let y: Vec<f64> = (0..n).map(|i| (i as f64).sin()).collect();
         let f0x = vec![0.1; n];
         let f0t = vec![0.0; m];
-        let (fx, ft) = linearized_outputs(&e, &theta_tx, &f0x, &f0t, &y, 1, decay(1.0, n, 1e9, false));
+        let (fx, ft) =
+            linearized_outputs(&e, &theta_tx, &f0x, &f0t, &y, 1, decay(1.0, n, 1e9, false));
         for (a, b) in fx.iter().zip(&y) {
             assert!((a - b).abs() < 1e-9);
         }

@@ -456,15 +456,35 @@ pub fn train_run<T: Real>(
         let (r_net, r_lin) = rayon::join(
             || {
                 train_step(
-                    spec, Model::Network, &cfg.opt, cfg.loss, &mut params, &mut state, &x, &y, n,
-                    t, &mut perm1, &mut s1,
+                    spec,
+                    Model::Network,
+                    &cfg.opt,
+                    cfg.loss,
+                    &mut params,
+                    &mut state,
+                    &x,
+                    &y,
+                    n,
+                    t,
+                    &mut perm1,
+                    &mut s1,
                 )
             },
             || {
                 if cfg.linearized {
                     train_step(
-                        spec, lin, &cfg.opt, cfg.loss, &mut delta, &mut lin_state, &x, &y, n, t,
-                        &mut perm2, &mut s2,
+                        spec,
+                        lin,
+                        &cfg.opt,
+                        cfg.loss,
+                        &mut delta,
+                        &mut lin_state,
+                        &x,
+                        &y,
+                        n,
+                        t,
+                        &mut perm2,
+                        &mut s2,
                     )
                     .map(Some)
                 } else {
@@ -511,7 +531,8 @@ pub fn train_run<T: Real>(
             }
         }
     }
-    let test_outputs = if nt > 0 { outputs(spec, Model::Network, &params, &xt)? } else { Vec::new() };
+    let test_outputs =
+        if nt > 0 { outputs(spec, Model::Network, &params, &xt)? } else { Vec::new() };
     Ok(TrainOutcome {
         rows,
         steps,
@@ -544,14 +565,23 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
 ///
 /// # Errors
 /// Usage errors naming --batch-size or --lr.
-pub fn optimizer(kind: OptArg, lr: f64, batch_size: Option<usize>, seed: u64) -> CliResult<Optimizer> {
+pub fn optimizer(
+    kind: OptArg,
+    lr: f64,
+    batch_size: Option<usize>,
+    seed: u64,
+) -> CliResult<Optimizer> {
     if batch_size == Some(0) {
         return Err(CliError::flag("--batch-size", 0, "must be positive"));
     }
     let (method, batch) = match kind {
         OptArg::Gd => {
             if let Some(bs) = batch_size {
-                return Err(CliError::flag("--batch-size", bs, "gd is full batch; use --optimizer sgd"));
+                return Err(CliError::flag(
+                    "--batch-size",
+                    bs,
+                    "gd is full batch; use --optimizer sgd",
+                ));
             }
             (Method::Sgd, 0)
         }
@@ -742,7 +772,8 @@ fn write_outputs(a: &TrainArgs, o: &TrainOutcome) -> CliResult {
         series: loss_series,
     }
     .write(&dir.join("loss.svg"), a.png)?;
-    let mut change = vec![series("||Theta_t - Theta_0||_F / ||Theta_0||_F", |r| r.ntk_change, false)];
+    let mut change =
+        vec![series("||Theta_t - Theta_0||_F / ||Theta_0||_F", |r| r.ntk_change, false)];
     if !a.no_linearized {
         change.push(series("||f - f_lin|| / ||f_lin|| (test)", |r| r.lin_distance, false));
     }
@@ -779,7 +810,10 @@ fn write_outputs(a: &TrainArgs, o: &TrainOutcome) -> CliResult {
         let idx: Vec<f64> = (0..p).map(|i| i as f64).collect();
         for (name, z, when) in [("ntk_0.svg", z0, "initialization"), ("ntk_final.svg", z1, "end")] {
             Heatmap {
-                title: format!("NTK on the probe set at {when} (step {})", if when == "end" { o.steps } else { 0 }),
+                title: format!(
+                    "NTK on the probe set at {when} (step {})",
+                    if when == "end" { o.steps } else { 0 }
+                ),
                 x_label: "probe input (sorted by class)".into(),
                 y_label: "probe input (sorted by class)".into(),
                 z_label: "log10 |Theta|".into(),
