@@ -5,15 +5,7 @@ use ntk_core::{Activation, Parameterization, Spec};
 
 use crate::error::{CliError, CliResult};
 
-/// Floating-point precision of a computation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Single precision.
-    F32,
-    /// Double precision.
-    F64,
-}
+pub use crate::io::Precision;
 
 /// Weight parameterization (DESIGN §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -171,11 +163,3 @@ impl RunArgs {
     }
 }
 
-impl From<Precision> for crate::io::Precision {
-    fn from(p: Precision) -> Self {
-        match p {
-            Precision::F32 => crate::io::Precision::F32,
-            Precision::F64 => crate::io::Precision::F64,
-        }
-    }
-}

@@ -139,7 +139,7 @@ pub fn run(a: KernelArgs) -> CliResult {
             return Err(CliError::flag("--method", "infinite", "not available in this build"));
         }
     };
-    io::write_matrix(&a.out, &ntk, a.run.precision.into())?;
+    io::write_matrix(&a.out, &ntk, a.run.precision)?;
     info.write(
         dir_of(&a.out),
         json!({ "ntk_shape": [rows, cols], "wall_time_compute_s": info.elapsed_s() }),
