@@ -162,4 +162,3 @@ impl RunArgs {
         self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 }
-

@@ -38,6 +38,8 @@ pub enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Train a network and its linearization, tracking the NTK change (studies A and B).
     Train(cmd::train::TrainArgs),
+    /// Study A's training grid: NTK change and minimal loss over sigma_w2 x sigma_b2.
+    Drift(cmd::drift::DriftArgs),
 }
 
 /// Runs a parsed command.
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Kernel(a) => cmd::kernel::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Drift(a) => cmd::drift::run(a),
     }
 }
 

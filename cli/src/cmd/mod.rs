@@ -1,6 +1,7 @@
 //! One module per command, plus what several commands share: loading inputs and networks.
 
 pub mod bench;
+pub mod drift;
 pub mod forward;
 pub mod kernel;
 pub mod train;
@@ -18,7 +19,11 @@ use crate::io::{self, LabelColumn, Layout, Matrix};
 ///
 /// # Errors
 /// A runtime error naming the file (unreadable, malformed, non-finite or no values).
-pub fn read_inputs(flag: &str, path: &Path, label_column: Option<&LabelColumn>) -> CliResult<Matrix> {
+pub fn read_inputs(
+    flag: &str,
+    path: &Path,
+    label_column: Option<&LabelColumn>,
+) -> CliResult<Matrix> {
     let m = io::read_dataset(path, label_column)?.x;
     if m.rows() == 0 || m.cols() == 0 {
         return Err(CliError::Runtime(format!(

@@ -30,9 +30,7 @@ pub use self::weights::{
 pub use self::write::{atomic_write, write_json_atomic, write_matrix};
 
 /// Floating-point precision of a computation and of written numbers (`--precision`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// IEEE single precision (`<f4` in `.npy`).
