@@ -40,6 +40,8 @@ pub enum Command {
     Train(cmd::train::TrainArgs),
     /// Study A's training grid: NTK change and minimal loss over sigma_w2 x sigma_b2.
     Drift(cmd::drift::DriftArgs),
+    /// Study A's output variance (Theorem 3) beside the NTK-GP and trained ensembles.
+    Variance(cmd::variance::VarianceArgs),
 }
 
 /// Runs a parsed command.
@@ -53,6 +55,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Drift(a) => cmd::drift::run(a),
+        Command::Variance(a) => cmd::variance::run(a),
     }
 }
 

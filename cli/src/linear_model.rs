@@ -138,18 +138,40 @@ pub fn ntk_gp(
     y: &[f64],
     cols: usize,
 ) -> (Vec<f64>, Vec<f64>) {
+    ntk_gp_at(theta, theta_tx, k_xx, k_tx, k_tt, y, cols, |_| 1.0)
+}
+
+/// The NTK-GP at a finite time: as [`ntk_gp`] with `B = Theta_*X V diag(g(lambda) / lambda) V^T`,
+/// `g` from [`decay`] (Lee et al. 2019, eq. 15; `g = 1` is t = infinity).
+#[allow(clippy::too_many_arguments)]
+pub fn ntk_gp_at(
+    theta: &SymEigen,
+    theta_tx: &[f64],
+    k_xx: &[f64],
+    k_tx: &[f64],
+    k_tt: &[f64],
+    y: &[f64],
+    cols: usize,
+    g: impl Fn(f64) -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let b = gp_operator(theta, theta_tx, g);
+    let (d, m) = (theta.dim(), b.nrows());
+    let mean = from_mat(&(&b * to_mat(y, d, cols)));
+    let bkx = &b * to_mat(k_tx, m, d).transpose();
+    let cov = to_mat(k_tt, m, m) + &b * to_mat(k_xx, d, d) * b.transpose() - &bkx - bkx.transpose();
+    (mean, from_mat(&cov))
+}
+
+/// `B = Theta_*X V diag(g(lambda) / lambda) V^T` (M x D): the linear map from training
+/// residuals to test-point outputs of the linearized model (eigenvalues below
+/// `1e-12 lambda_max` dropped).
+pub fn gp_operator(theta: &SymEigen, theta_tx: &[f64], g: impl Fn(f64) -> f64) -> Mat<f64> {
     let d = theta.dim();
     let m = theta_tx.len() / d.max(1);
     let cut = 1e-12 * theta.lambda_max().abs();
-    let inv = |l: f64| if l > cut { 1.0 / l } else { 0.0 };
-    // B^T = Theta^{-1} Theta_X* (D x M).
     let theta_xt: Vec<f64> = from_mat(&to_mat(theta_tx, m, d).transpose().to_owned());
-    let bt = to_mat(&theta.apply(&theta_xt, m, inv), d, m);
-    let b = bt.transpose().to_owned();
-    let mean = from_mat(&(&b * to_mat(y, d, cols)));
-    let bkx = &b * to_mat(k_tx, m, d).transpose();
-    let cov = to_mat(k_tt, m, m) + &b * to_mat(k_xx, d, d) * &bt - &bkx - bkx.transpose();
-    (mean, from_mat(&cov))
+    let bt = to_mat(&theta.apply(&theta_xt, m, |l| if l > cut { g(l) / l } else { 0.0 }), d, m);
+    bt.transpose().to_owned()
 }
 
 #[cfg(test)]

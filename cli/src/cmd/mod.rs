@@ -5,6 +5,7 @@ pub mod drift;
 pub mod forward;
 pub mod kernel;
 pub mod train;
+pub mod variance;
 
 use std::path::{Path, PathBuf};
 
