@@ -29,7 +29,8 @@ fn step<T: Real>(c: &mut Criterion) {
     spec.init(&mut p0, 0).unwrap();
     let mut x = vec![T::ZERO; N * D];
     ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
-    let y: Vec<T> = (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
+    let y: Vec<T> =
+        (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
     let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
     // A learning rate small enough that repeated steps stay finite.
     let opt = Optimizer::gd(1e-7);
@@ -40,8 +41,21 @@ fn step<T: Real>(c: &mut Criterion) {
     let mut p = p0.clone();
     group.bench_function("gd_network", |b| {
         b.iter(|| {
-            train_step(&spec, Model::Network, &opt, Loss::Mse, &mut p, &mut [], &x, &y, N, 0, &mut [], &mut s)
-                .unwrap()
+            train_step(
+                &spec,
+                Model::Network,
+                &opt,
+                Loss::Mse,
+                &mut p,
+                &mut [],
+                &x,
+                &y,
+                N,
+                0,
+                &mut [],
+                &mut s,
+            )
+            .unwrap()
         })
     });
     group.throughput(Throughput::Elements(3 * fwd + 2 * sig));
@@ -49,8 +63,21 @@ fn step<T: Real>(c: &mut Criterion) {
     let lin = Model::Linearized { params0: &p0 };
     group.bench_function("gd_linearized", |b| {
         b.iter(|| {
-            train_step(&spec, lin, &opt, Loss::Mse, &mut delta, &mut [], &x, &y, N, 0, &mut [], &mut s)
-                .unwrap()
+            train_step(
+                &spec,
+                lin,
+                &opt,
+                Loss::Mse,
+                &mut delta,
+                &mut [],
+                &x,
+                &y,
+                N,
+                0,
+                &mut [],
+                &mut s,
+            )
+            .unwrap()
         })
     });
     group.finish();

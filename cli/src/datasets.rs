@@ -88,6 +88,7 @@ fn class_count(labels: &[f64]) -> Option<usize> {
 ///
 /// # Errors
 /// A usage error naming `--train-size` / `--test-size` if there are not enough rows.
+#[allow(clippy::too_many_arguments)]
 pub fn split(
     x: &[f64],
     targets: &[f64],

@@ -476,6 +476,7 @@ mod tests {
         (spec, p, x, y)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         spec: &Spec<'_>,
         model: Model<'_, f64>,

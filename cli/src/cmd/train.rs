@@ -507,7 +507,7 @@ pub fn train_run<T: Real>(
         min_loss = min_loss.min(loss);
         let plateau = stop_rule.as_mut().is_some_and(|r| r.observe(loss));
         let last = plateau || steps == cfg.max_steps;
-        if last || (cfg.track_every > 0 && steps % cfg.track_every == 0) {
+        if last || (cfg.track_every > 0 && steps.is_multiple_of(cfg.track_every)) {
             last_theta = match probe_ntk(&params) {
                 Ok(th) => th,
                 Err(_) => {

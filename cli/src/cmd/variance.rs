@@ -193,6 +193,7 @@ pub struct EnsembleStats {
 ///
 /// # Errors
 /// Buffer or data errors of the core (divergence only excludes the member).
+#[allow(clippy::too_many_arguments)]
 pub fn ensemble(
     act: Activation,
     depth: usize,
@@ -254,9 +255,10 @@ pub fn ensemble(
             Ok(Some((ft, cv)))
         })
         .collect::<CliResult<_>>()?;
-    let ok: Vec<&(Vec<f64>, Vec<f64>)> = results.iter().flatten().collect();
+    type Member = (Vec<f64>, Vec<f64>);
+    let ok: Vec<&Member> = results.iter().flatten().collect();
     let e = ok.len();
-    let mean = |sel: &dyn Fn(&(Vec<f64>, Vec<f64>)) -> &Vec<f64>| -> Vec<f64> {
+    let mean = |sel: &dyn Fn(&Member) -> &Vec<f64>| -> Vec<f64> {
         (0..m).map(|i| ok.iter().map(|r| sel(r)[i]).sum::<f64>() / e as f64).collect()
     };
     let (mu, mu_cv) = (mean(&|r| &r.0), mean(&|r| &r.1));
@@ -309,7 +311,8 @@ pub fn run(a: VarianceArgs) -> CliResult {
         }),
     );
     let bar = progress((sws.len() * a.widths.len()) as u64, a.run.quiet, "ensembles");
-    let mut rows = Vec::new();
+    type Row = (f64, f64, f64, EnsembleStats);
+    let mut rows: Vec<Row> = Vec::new();
     let mut table = String::from(
         "sigma_w2,sigma_b2,chi_1,phase,width,members,steps,lr,var_theorem3,var_gp_t,var_gp_inf,\
          var_ensemble,mean_dist,mean_dist_cv,q,q_sr,kappa_ratio,A\n",
@@ -348,7 +351,7 @@ pub fn run(a: VarianceArgs) -> CliResult {
     let mut series = Vec::new();
     for &sw in &sws {
         let mine: Vec<_> = rows.iter().filter(|r| r.0 == sw).collect();
-        let pts = |f: &dyn Fn(&(f64, f64, f64, EnsembleStats)) -> f64| -> Vec<(f64, f64)> {
+        let pts = |f: &dyn Fn(&Row) -> f64| -> Vec<(f64, f64)> {
             mine.iter().map(|r| (r.3.width as f64, f(r))).collect()
         };
         series.push(Series {
