@@ -42,6 +42,8 @@ pub enum Command {
     Drift(cmd::drift::DriftArgs),
     /// Study A's output variance (Theorem 3) beside the NTK-GP and trained ensembles.
     Variance(cmd::variance::VarianceArgs),
+    /// Mean-field phase quantities (q*, chi_1, depth scales, phase, edge of chaos).
+    Theory(cmd::theory::TheoryArgs),
 }
 
 /// Runs a parsed command.
@@ -56,6 +58,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Train(a) => cmd::train::run(a),
         Command::Drift(a) => cmd::drift::run(a),
         Command::Variance(a) => cmd::variance::run(a),
+        Command::Theory(a) => cmd::theory::run(a),
     }
 }
 

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod drift;
 pub mod forward;
 pub mod kernel;
+pub mod theory;
 pub mod train;
 pub mod variance;
 

@@ -540,8 +540,97 @@ pub fn kernel(
     let per = 2 * (pr.depth + 1);
     let extra = if x2.is_some() { n2 } else { 0 };
     check_len("scratch", scratch, kernel_scratch(n1, extra, pr.depth))?;
-    let mut info = KernelInfo::default();
     let (c1, c2) = scratch[..(n1 + extra) * per].split_at_mut(n1 * per);
+    let mut info = kernel_chains(c1, x1, d, mlp)?;
+    if let Some(x2) = x2 {
+        let i2 = kernel_chains(c2, x2, d, mlp)?;
+        info.max_quadrature_error = info.max_quadrature_error.max(i2.max_quadrature_error);
+        info.quadrature_nodes += i2.quadrature_nodes;
+    }
+    let c2: Option<&[f64]> = if x2.is_some() { Some(c2) } else { None };
+    let i3 = kernel_rows(nngp.as_deref_mut(), ntk.as_deref_mut(), 0, x1, c1, x2, c2, d, mlp)?;
+    info.max_quadrature_error = info.max_quadrature_error.max(i3.max_quadrature_error);
+    info.quadrature_nodes += i3.quadrature_nodes;
+    if x2.is_none() {
+        for o in [nngp, ntk].into_iter().flatten() {
+            for i in 0..n1 {
+                for j in 0..i {
+                    o[i * n1 + j] = o[j * n1 + i];
+                }
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l)` for l = 1..=L+1,
+/// `2 (L + 1)` values per input, into `chains` (the per-input part of [`kernel_scratch`]).
+///
+/// # Errors
+/// As [`kernel`].
+pub fn kernel_chains(
+    chains: &mut [f64],
+    x: &[f64],
+    d: usize,
+    mlp: &Mlp,
+) -> Result<KernelInfo, Error> {
+    let pr = mlp.prepare()?;
+    if d == 0 {
+        return Err(Error::InvalidSpec { field: "d", value: 0.0 });
+    }
+    let n = rows("x", x, d)?;
+    let per = 2 * (pr.depth + 1);
+    check_len("chains", chains, n * per)?;
+    let mut info = KernelInfo::default();
+    for i in 0..n {
+        pr.diag(&x[i * d..(i + 1) * d], Some(&mut chains[i * per..(i + 1) * per]), &mut info)?;
+    }
+    Ok(info)
+}
+
+/// A band of rows of [`kernel`]: rows `row0..row0 + n` where `x1_rows` (n x d) and
+/// `c1_rows` are those inputs and their [`kernel_chains`]. `x2` / `c2` are the whole second set;
+/// `x2 = None` means the second set is `x1_all`/`c1_all` = the symmetric case, where only the
+/// entries with column >= row are written (the caller mirrors). Outputs are `n x N2`
+/// row-major. Entries equal those of [`kernel`] bit for bit, so bands can run in parallel.
+///
+/// # Errors
+/// As [`kernel`].
+#[allow(clippy::too_many_arguments)]
+pub fn kernel_rows(
+    mut nngp: Option<&mut [f64]>,
+    mut ntk: Option<&mut [f64]>,
+    row0: usize,
+    x1_all: &[f64],
+    c1_all: &[f64],
+    x2: Option<&[f64]>,
+    c2: Option<&[f64]>,
+    d: usize,
+    mlp: &Mlp,
+) -> Result<KernelInfo, Error> {
+    let pr = mlp.prepare()?;
+    if d == 0 {
+        return Err(Error::InvalidSpec { field: "d", value: 0.0 });
+    }
+    let per = 2 * (pr.depth + 1);
+    let (x2, c2, symmetric) = match (x2, c2) {
+        (Some(x2), Some(c2)) => (x2, c2, false),
+        _ => (x1_all, c1_all, true),
+    };
+    let n_all1 = rows("x1", x1_all, d)?;
+    let n2 = rows("x2", x2, d)?;
+    check_len("chains", c1_all, n_all1 * per)?;
+    check_len("chains", c2, n2 * per)?;
+    let out_len = nngp.as_deref().or(ntk.as_deref()).map_or(0, |o| o.len());
+    let n = out_len / n2.max(1);
+    if row0 + n > n_all1 {
+        return Err(Error::ShapeMismatch {
+            what: "rows",
+            expected: n_all1 - row0.min(n_all1),
+            got: n,
+        });
+    }
+    let mut info = KernelInfo::default();
     let mut put = |i: usize, j: usize, (k, t): (f64, f64)| {
         if let Some(o) = nngp.as_deref_mut() {
             o[i * n2 + j] = k;
@@ -550,36 +639,20 @@ pub fn kernel(
             o[i * n2 + j] = t;
         }
     };
-    for i in 0..n1 {
-        let r =
-            pr.diag(&x1[i * d..(i + 1) * d], Some(&mut c1[i * per..(i + 1) * per]), &mut info)?;
-        if x2.is_none() {
-            put(i, i, r);
-        }
-    }
-    match x2 {
-        None => {
-            for i in 0..n1 {
-                let (xi, ci) = (&x1[i * d..(i + 1) * d], &c1[i * per..(i + 1) * per]);
-                for j in i + 1..n1 {
-                    let (xj, cj) = (&x1[j * d..(j + 1) * d], &c1[j * per..(j + 1) * per]);
-                    let r = pr.pair(xi, xj, ci, cj, &mut info)?;
-                    put(i, j, r);
-                    put(j, i, r);
-                }
-            }
-        }
-        Some(x2) => {
-            for j in 0..n2 {
-                pr.diag(&x2[j * d..(j + 1) * d], Some(&mut c2[j * per..(j + 1) * per]), &mut info)?;
-            }
-            for i in 0..n1 {
-                let (xi, ci) = (&x1[i * d..(i + 1) * d], &c1[i * per..(i + 1) * per]);
-                for j in 0..n2 {
-                    let (xj, cj) = (&x2[j * d..(j + 1) * d], &c2[j * per..(j + 1) * per]);
-                    put(i, j, pr.pair(xi, xj, ci, cj, &mut info)?);
-                }
-            }
+    for r in 0..n {
+        let i = row0 + r;
+        let (xi, ci) = (&x1_all[i * d..(i + 1) * d], &c1_all[i * per..(i + 1) * per]);
+        let j0 = if symmetric { i } else { 0 };
+        for j in j0..n2 {
+            let (xj, cj) = (&x2[j * d..(j + 1) * d], &c2[j * per..(j + 1) * per]);
+            let v = if symmetric && j == i {
+                // The diagonal from the chain: exact (c = 1, theta = 0) and bit-identical to
+                // kernel_diagonal.
+                pr.diag(xi, None, &mut info)?
+            } else {
+                pr.pair(xi, xj, ci, cj, &mut info)?
+            };
+            put(r, j, v);
         }
     }
     Ok(info)
