@@ -3,9 +3,11 @@
 
 pub mod args;
 pub mod cmd;
+pub mod datasets;
 pub mod engine;
 pub mod error;
 pub mod io;
+pub mod linear_model;
 pub mod plot;
 pub mod runinfo;
 pub mod sweep;
@@ -41,6 +43,12 @@ pub enum Command {
     Phase(cmd::phase::PhaseArgs),
     /// Merge the output directories of a sharded sweep.
     Merge(cmd::merge::MergeArgs),
+    /// Train a network and its linearization, tracking the NTK change (studies A and B).
+    Train(cmd::train::TrainArgs),
+    /// Study A's training grid: NTK change and minimal loss over sigma_w2 x sigma_b2.
+    Drift(cmd::drift::DriftArgs),
+    /// Study A's output variance (Theorem 3) beside the NTK-GP and trained ensembles.
+    Variance(cmd::variance::VarianceArgs),
     /// Mean-field phase quantities (q*, chi_1, depth scales, phase, edge of chaos).
     Theory(cmd::theory::TheoryArgs),
 }
@@ -57,6 +65,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Dispersion(a) => cmd::dispersion::run(a),
         Command::Phase(a) => cmd::phase::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Drift(a) => cmd::drift::run(a),
+        Command::Variance(a) => cmd::variance::run(a),
         Command::Theory(a) => cmd::theory::run(a),
     }
 }

@@ -2,11 +2,14 @@
 
 pub mod bench;
 pub mod dispersion;
+pub mod drift;
 pub mod forward;
 pub mod kernel;
 pub mod merge;
 pub mod phase;
 pub mod theory;
+pub mod train;
+pub mod variance;
 
 use std::path::{Path, PathBuf};
 
