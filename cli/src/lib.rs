@@ -8,6 +8,7 @@ pub mod error;
 pub mod io;
 pub mod plot;
 pub mod runinfo;
+pub mod studyc;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -34,6 +35,12 @@ pub enum Command {
     Kernel(cmd::kernel::KernelArgs),
     /// Time the standard workloads against the GEMM roofline.
     Bench(cmd::bench::BenchArgs),
+    /// Study C: NTK spectrum, kernel-regime GD loss and Gauss-Newton step vs width and depth.
+    Spectrum(cmd::spectrum::SpectrumArgs),
+    /// Study C: NTK-GP, linearized Laplace and deep-ensemble uncertainty vs width.
+    Uncertainty(cmd::uncertainty::UncertaintyArgs),
+    /// Study C: catastrophic forgetting vs width against the linearized (NTK) model.
+    Forgetting(cmd::forgetting::ForgettingArgs),
 }
 
 /// Runs a parsed command.
@@ -45,6 +52,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Forward(a) => cmd::forward::run(a),
         Command::Kernel(a) => cmd::kernel::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Spectrum(a) => cmd::spectrum::run(a),
+        Command::Uncertainty(a) => cmd::uncertainty::run(a),
+        Command::Forgetting(a) => cmd::forgetting::run(a),
     }
 }
 

@@ -1,8 +1,11 @@
 //! One module per command, plus what several commands share: loading inputs and networks.
 
 pub mod bench;
+pub mod forgetting;
 pub mod forward;
 pub mod kernel;
+pub mod spectrum;
+pub mod uncertainty;
 
 use std::path::{Path, PathBuf};
 
