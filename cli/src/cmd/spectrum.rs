@@ -25,7 +25,7 @@ use crate::error::{CliError, CliResult};
 use crate::plot::{LineChart, Series};
 use crate::runinfo::RunInfo;
 use crate::studyc::data::{load_digits, Labelled, CLASSES};
-use crate::studyc::linalg::sym_eig;
+use crate::studyc::linalg::{sym_eig, sym_eigenvalues};
 use crate::studyc::net::{accuracy, mse, Net, Optimizer};
 use crate::studyc::{finish, run_cells, width_figure, Cell, StudyArgs, Table};
 
@@ -98,8 +98,32 @@ pub struct SpectrumCell {
     pub checkpoints: Vec<Checkpoint>,
     /// Eigenvalues of the NTK at the end of training, ascending.
     pub eig_final: Vec<f64>,
+    /// `||f_T - f_lin,T|| / ||f_0 - y||` on the training inputs after GD: the distance of the
+    /// network from its linearization (the kernel regime: 0), relative to the initial residual.
+    pub function_gap: f64,
+    /// Seconds spent in empirical NTKs, eigendecompositions and training (forward/backward).
+    pub phase_s: Phases,
     /// Wall time of the cell.
     pub time_s: f64,
+}
+
+/// Where a cell's time went.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Phases {
+    /// Empirical NTKs.
+    pub ntk: f64,
+    /// Eigendecompositions.
+    pub eig: f64,
+    /// Training and the Gauss-Newton step (forward and backward passes).
+    pub train: f64,
+}
+
+/// Runs `f`, adding its wall time to `acc`.
+pub fn timed<R>(acc: &mut f64, f: impl FnOnce() -> R) -> R {
+    let t = std::time::Instant::now();
+    let r = f();
+    *acc += t.elapsed().as_secs_f64();
+    r
 }
 
 impl SpectrumCell {
@@ -132,8 +156,9 @@ pub fn spectrum_cell(
     let k = net.output_dim();
     let n = y.len() / k;
     let nk = n * k;
-    let theta0 = net.ntk(x, None, OutputMode::Full)?;
-    let eig = sym_eig(&theta0, nk)?;
+    let mut ph = Phases::default();
+    let theta0 = timed(&mut ph.ntk, || net.ntk(x, None, OutputMode::Full))?;
+    let eig = timed(&mut ph.eig, || sym_eig(&theta0, nk))?;
     let trace_init = (0..nk).map(|i| theta0[i * nk + i]).sum();
     let lmax = eig.max();
     let eta = lr_scale * n as f64 / lmax;
@@ -150,15 +175,17 @@ pub fn spectrum_cell(
     let cut = rcond * lmax;
     let minus_r0: Vec<f64> = r0.iter().map(|v| -v).collect();
     let v = eig.apply(&minus_r0, 1, |l| if l > cut { 1.0 / l } else { 0.0 });
-    let dtheta = net.vjp(x, &v)?;
-    let mut gn = net.clone();
-    gn.params.iter_mut().zip(&dtheta).for_each(|(p, d)| *p += d);
-    let f_gn = gn.predict(x)?;
+    let f_gn = timed(&mut ph.train, || -> CliResult<Vec<f64>> {
+        let dtheta = net.vjp(x, &v)?;
+        let mut gn = net.clone();
+        gn.params.iter_mut().zip(&dtheta).for_each(|(p, d)| *p += d);
+        gn.predict(x)
+    })?;
     let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
     let r_gn: Vec<f64> = f_gn.iter().zip(y).map(|(f, t)| f - t).collect();
     let gn_residual = norm(&r_gn) / norm(&r0);
     let kept: f64 = eig.values.iter().zip(&coef).filter(|(&l, _)| l <= cut).map(|(_, &c2)| c2).sum();
-    let gn_residual_kernel = kept.sqrt() / norm(&r0);
+    let gn_residual_kernel = kept.max(0.0).sqrt() / norm(&r0);
     let gn_loss = mse(&f_gn, y, n);
 
     // GD with checkpoints of the NTK in the middle and at the end.
@@ -170,29 +197,38 @@ pub fn spectrum_cell(
     let segments = if mid > 0 && mid < steps { vec![mid, steps - mid] } else { vec![steps] };
     let mut done = 0;
     for seg in segments {
-        net.train(x, y, seg, Optimizer::Gd { lr: eta }, |t, l| {
-            let s = done + t;
-            if (t > 0 || done == 0) && (s % log_every == 0 || s == steps) {
-                curve.push((s, l, predict(s)));
-            }
+        timed(&mut ph.train, || {
+            net.train(x, y, seg, Optimizer::Gd { lr: eta }, |t, l| {
+                let s = done + t;
+                if (t > 0 || done == 0) && (s % log_every == 0 || s == steps) {
+                    curve.push((s, l, predict(s)));
+                }
+            })
         })?;
         done += seg;
-        let theta = net.ntk(x, None, OutputMode::Full)?;
-        let e = sym_eig(&theta, nk)?;
+        let theta = timed(&mut ph.ntk, || net.ntk(x, None, OutputMode::Full))?;
+        let mut values = timed(&mut ph.eig, || sym_eigenvalues(&theta, nk))?;
+        values.sort_by(f64::total_cmp);
+        let (lo, hi) = (values[0], values[nk - 1]);
         checkpoints.push(Checkpoint {
             step: done,
-            lambda_max: e.max(),
-            lambda_min: e.min(),
-            cond: e.max() / e.min(),
+            lambda_max: hi,
+            lambda_min: lo,
+            cond: hi / lo,
             rel_change: frob_rel(&theta, &theta0),
         });
         if done == steps {
-            eig_final = e.values;
+            eig_final = values;
         }
     }
+    // The linearized model after `steps` GD steps: f_lin - y = (I - eta Theta_0 / N)^T (f_0 - y).
+    let r_lin = eig.apply(&r0, 1, |l| (1.0 - eta * l / n as f64).powi(steps as i32));
+    let f_t = net.predict(x)?;
+    let gap: f64 = f_t.iter().zip(y).zip(&r_lin).map(|((f, t), r)| (f - t - r) * (f - t - r)).sum();
+    let function_gap = gap.sqrt() / norm(&r0);
     let logs: Vec<f64> = curve.iter().map(|&(_, m, p)| (m / p).log10().abs()).collect();
     let curve_log_error = logs.iter().sum::<f64>() / logs.len().max(1) as f64;
-    let train_accuracy = accuracy(&net.predict(x)?, y, k);
+    let train_accuracy = accuracy(&f_t, y, k);
     Ok(SpectrumCell {
         params: net.params.len(),
         eig_init: eig.values,
@@ -206,6 +242,8 @@ pub fn spectrum_cell(
         gn_loss,
         checkpoints,
         eig_final,
+        function_gap,
+        phase_s: ph,
         time_s: start.elapsed().as_secs_f64(),
     })
 }
@@ -257,7 +295,8 @@ pub fn run(a: SpectrumArgs) -> CliResult {
             json!({"width": c.width, "depth": c.depth, "seed": c.seed, "cond_init": r.cond_init(),
                 "gn_residual": r.gn_residual, "curve_log_error": r.curve_log_error,
                 "loss_final": r.curve.last().map(|v| v.1), "loss_final_kernel": r.curve.last().map(|v| v.2),
-                "ntk_rel_change": r.checkpoints.last().map(|c| c.rel_change), "time_s": r.time_s})
+                "ntk_rel_change": r.checkpoints.last().map(|c| c.rel_change), "function_gap": r.function_gap,
+                "phase_s": r.phase_s, "time_s": r.time_s})
         })
         .collect();
     finish(s, &info, &sweep, json!({"cells": summary}))
@@ -269,7 +308,8 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
         "width", "depth", "seed", "params", "n_k", "lambda_max_init", "lambda_min_init", "cond_init",
         "trace_init", "eta", "loss_init", "loss_final", "loss_final_kernel", "curve_log_error",
         "train_accuracy", "gn_residual", "gn_residual_kernel", "gn_loss", "lambda_max_final",
-        "cond_final", "ntk_rel_change_mid", "ntk_rel_change_final", "time_s",
+        "cond_final", "ntk_rel_change_mid", "ntk_rel_change_final", "function_gap", "ntk_s", "eig_s",
+        "train_s", "time_s",
     ]);
     let mut curves = Table::new(&["width", "depth", "seed", "step", "loss", "loss_kernel"]);
     let mut eigs = Table::new(&["width", "depth", "seed", "stage", "rank", "eigenvalue"]);
@@ -285,7 +325,8 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
             r.cond_init(), r.trace_init, r.eta, first.1, last.1, last.2, r.curve_log_error, r.train_accuracy,
             r.gn_residual, r.gn_residual_kernel, r.gn_loss,
             fin.map_or(f64::NAN, |c| c.lambda_max), fin.map_or(f64::NAN, |c| c.cond),
-            ck(0).map_or(f64::NAN, |c| c.rel_change), fin.map_or(f64::NAN, |c| c.rel_change), r.time_s,
+            ck(0).map_or(f64::NAN, |c| c.rel_change), fin.map_or(f64::NAN, |c| c.rel_change), r.function_gap,
+            r.phase_s.ntk, r.phase_s.eig, r.phase_s.train, r.time_s,
         ]);
         for &(t, m, p) in &r.curve {
             curves.push(&[w, d, sd, t as f64, m, p]);
@@ -310,6 +351,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
     width_figure(s, done, "loss_prediction_error_vs_width.svg",
         "GD loss vs kernel-regime prediction: mean |log10(measured / predicted)|", "mean |log10 ratio|", true,
         &[("GD", &|r: &SpectrumCell| r.curve_log_error, false)])?;
+    width_figure(s, done, "function_gap_vs_width.svg",
+        "Network vs linearized model after GD (kernel regime: 0)", "||f_T - f_lin,T|| / ||f_0 - y||", true,
+        &[("gap", &|r: &SpectrumCell| r.function_gap, false)])?;
     width_figure(s, done, "ntk_change_vs_width.svg", "Relative NTK change during GD (dashed: middle)",
         "||Theta_t - Theta_0||_F / ||Theta_0||_F", true,
         &[("end", &|r: &SpectrumCell| r.checkpoints.last().map_or(f64::NAN, |c| c.rel_change), false),

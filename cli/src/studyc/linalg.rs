@@ -44,19 +44,36 @@ pub struct SymEig {
 /// # Errors
 /// A runtime error if the QR iteration does not converge or `a` is not finite.
 pub fn sym_eig(a: &[f64], n: usize) -> CliResult<SymEig> {
-    if let Some(i) = a.iter().position(|v| !v.is_finite()) {
-        return Err(CliError::Runtime(format!(
-            "kernel matrix has a non-finite entry at ({}, {})",
-            i / n,
-            i % n
-        )));
-    }
+    check_finite(a, n)?;
     let m = to_mat(a, n, n);
     let e = m
         .self_adjoint_eigen(Side::Lower)
         .map_err(|e| CliError::Runtime(format!("symmetric eigendecomposition failed: {e:?}")))?;
     let values = e.S().column_vector().iter().copied().collect();
     Ok(SymEig { values, vectors: e.U().to_owned() })
+}
+
+/// Eigenvalues (ascending) of the symmetric `n x n` row-major `a`,
+/// without eigenvectors (about three times cheaper than [`sym_eig`]).
+///
+/// # Errors
+/// As [`sym_eig`].
+pub fn sym_eigenvalues(a: &[f64], n: usize) -> CliResult<Vec<f64>> {
+    check_finite(a, n)?;
+    to_mat(a, n, n)
+        .self_adjoint_eigenvalues(Side::Lower)
+        .map_err(|e| CliError::Runtime(format!("symmetric eigenvalue computation failed: {e:?}")))
+}
+
+fn check_finite(a: &[f64], n: usize) -> CliResult {
+    match a.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(CliError::Runtime(format!(
+            "kernel matrix has a non-finite entry at ({}, {})",
+            i / n,
+            i % n
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl SymEig {
@@ -154,6 +171,10 @@ mod tests {
         let rec = e.apply(&id, n, |l| l);
         let err = rec.iter().zip(&a).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
         assert!(err < 1e-12 * e.max(), "{err}");
+        let only = sym_eigenvalues(&a, n).unwrap();
+        for (p, q) in only.iter().zip(&e.values) {
+            assert!((p - q).abs() < 1e-12 * e.max(), "{p} {q}");
+        }
     }
 
     #[test]
