@@ -11,7 +11,7 @@ const N: usize = 1 << 20;
 fn bench_type<T: Real>(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("fill_normal_{}", T::NAME));
     group.throughput(Throughput::Elements(N as u64));
-    let mut out = vec![T::ZERO; N];
+    let mut out: Vec<T> = std::iter::repeat_n(T::ZERO, N).collect();
     group.bench_function(BenchmarkId::new("libm_scalar", N), |b| {
         b.iter(|| fill_normal_libm(black_box(&mut out[..]), black_box(42), 3, 0))
     });

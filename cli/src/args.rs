@@ -5,15 +5,7 @@ use ntk_core::{Activation, Parameterization, Spec};
 
 use crate::error::{CliError, CliResult};
 
-/// Floating-point precision of a computation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Single precision.
-    F32,
-    /// Double precision.
-    F64,
-}
+pub use crate::io::Precision;
 
 /// Weight parameterization (DESIGN §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -168,14 +160,5 @@ impl RunArgs {
     /// The number of threads `in_pool` uses.
     pub fn thread_count(&self) -> usize {
         self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-}
-
-impl From<Precision> for crate::io::Precision {
-    fn from(p: Precision) -> Self {
-        match p {
-            Precision::F32 => crate::io::Precision::F32,
-            Precision::F64 => crate::io::Precision::F64,
-        }
     }
 }

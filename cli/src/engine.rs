@@ -196,3 +196,62 @@ pub fn par_empirical_ntk<T: Real>(
     }
     Ok(out)
 }
+
+/// The infinite-width NNGP and NTK (`n1 x n2` each, `x2 = None`: symmetric) of `mlp`, row
+/// bands in parallel; bit-identical to [`ntk_core::kernel::kernel`] for any thread count.
+/// Returns (nngp, ntk, largest quadrature error estimate).
+///
+/// # Errors
+/// Typed core errors (non-finite inputs, overflow, quadrature failure) as runtime errors.
+pub fn par_infinite_kernel(
+    mlp: &ntk_core::kernel::Mlp<'_>,
+    x1: &[f64],
+    x2: Option<&[f64]>,
+    d: usize,
+) -> CliResult<(Vec<f64>, Vec<f64>, f64)> {
+    use ntk_core::kernel::{kernel_chains, kernel_rows};
+    let per = 2 * (mlp.depth + 1);
+    let n1 = x1.len() / d;
+    let chains = |x: &[f64]| -> CliResult<(Vec<f64>, f64)> {
+        let n = x.len() / d;
+        let mut c = vec![0.0; n * per];
+        let errs = c
+            .par_chunks_mut(ROW_BLOCK * per)
+            .zip(x.par_chunks(ROW_BLOCK * d))
+            .map(|(c, x)| kernel_chains(c, x, d, mlp).map(|i| i.max_quadrature_error))
+            .collect::<Result<Vec<f64>, _>>()?;
+        Ok((c, errs.into_iter().fold(0.0, f64::max)))
+    };
+    let (c1, mut err) = chains(x1)?;
+    let c2 = match x2 {
+        Some(x2) => {
+            let (c, e) = chains(x2)?;
+            err = err.max(e);
+            Some(c)
+        }
+        None => None,
+    };
+    let n2 = x2.map_or(n1, |x| x.len() / d);
+    let mut k = vec![0.0; n1 * n2];
+    let mut t = vec![0.0; n1 * n2];
+    let errs = k
+        .par_chunks_mut(BAND * n2)
+        .zip(t.par_chunks_mut(BAND * n2))
+        .enumerate()
+        .map(|(b, (kb, tb))| {
+            kernel_rows(Some(kb), Some(tb), b * BAND, x1, &c1, x2, c2.as_deref(), d, mlp)
+                .map(|i| i.max_quadrature_error)
+        })
+        .collect::<Result<Vec<f64>, _>>()?;
+    err = errs.into_iter().fold(err, f64::max);
+    if x2.is_none() {
+        for o in [&mut k, &mut t] {
+            for i in 0..n1 {
+                for j in 0..i {
+                    o[i * n1 + j] = o[j * n1 + i];
+                }
+            }
+        }
+    }
+    Ok((k, t, err))
+}

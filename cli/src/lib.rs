@@ -41,6 +41,8 @@ pub enum Command {
     Uncertainty(cmd::uncertainty::UncertaintyArgs),
     /// Study C: catastrophic forgetting vs width against the linearized (NTK) model.
     Forgetting(cmd::forgetting::ForgettingArgs),
+    /// Mean-field phase quantities (q*, chi_1, depth scales, phase, edge of chaos).
+    Theory(cmd::theory::TheoryArgs),
 }
 
 /// Runs a parsed command.
@@ -55,6 +57,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Spectrum(a) => cmd::spectrum::run(a),
         Command::Uncertainty(a) => cmd::uncertainty::run(a),
         Command::Forgetting(a) => cmd::forgetting::run(a),
+        Command::Theory(a) => cmd::theory::run(a),
     }
 }
 

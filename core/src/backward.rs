@@ -100,7 +100,10 @@ pub enum Loss {
 /// If the lengths differ or are not a multiple of `n`.
 #[track_caller]
 pub fn loss_and_gradient<T: Real>(loss: Loss, g: &mut [T], f: &[T], y: &[T], n: usize) -> f64 {
-    assert!(g.len() == f.len() && f.len() == y.len() && n > 0 && f.len().is_multiple_of(n), "loss: shapes");
+    assert!(
+        g.len() == f.len() && f.len() == y.len() && n > 0 && f.len().is_multiple_of(n),
+        "loss: shapes"
+    );
     let k = f.len() / n;
     let inv_n = 1.0 / n as f64;
     let mut total = 0.0f64;

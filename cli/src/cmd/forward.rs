@@ -49,7 +49,7 @@ pub fn run(a: ForwardArgs) -> CliResult {
         Precision::F32 => typed::<f32>(&spec, &a, &x)?,
         Precision::F64 => typed::<f64>(&spec, &a, &x)?,
     };
-    io::write_matrix(&a.out, &f, a.run.precision.into())?;
+    io::write_matrix(&a.out, &f, a.run.precision)?;
     info.write(dir_of(&a.out), json!({ "outputs": [f.rows(), f.cols()] }))
 }
 

@@ -124,6 +124,7 @@ pub fn run(a: KernelArgs) -> CliResult {
         OutputMode::Diagonal => (n1, 1),
         OutputMode::DiagonalFull => (n1, k * k),
     };
+    let mut quadrature_error = None;
     let ntk = match a.method {
         Method::Empirical => {
             if a.nngp_out.is_some() {
@@ -136,13 +137,29 @@ pub fn run(a: KernelArgs) -> CliResult {
             Matrix::new(rows, cols, v)
         }
         Method::Infinite => {
-            return Err(CliError::flag("--method", "infinite", "not available in this build"));
+            if a.weights.weights.is_some() {
+                return Err(CliError::flag("--weights", "", "only with --method empirical"));
+            }
+            let mlp = ntk_core::kernel::Mlp::from_spec(&spec);
+            let xs2 = x2.as_ref().map(|m| m.as_slice());
+            let (k_nngp, k_ntk, err) = a.run.in_pool(|| {
+                crate::engine::par_infinite_kernel(&mlp, x1.as_slice(), xs2, spec.input_dim())
+            })?;
+            quadrature_error = Some(err);
+            if let Some(p) = &a.nngp_out {
+                io::write_matrix(p, &expand(&k_nngp, n1, n2, k, mode), a.run.precision)?;
+            }
+            expand(&k_ntk, n1, n2, k, mode)
         }
     };
-    io::write_matrix(&a.out, &ntk, a.run.precision.into())?;
+    io::write_matrix(&a.out, &ntk, a.run.precision)?;
     info.write(
         dir_of(&a.out),
-        json!({ "ntk_shape": [rows, cols], "wall_time_compute_s": info.elapsed_s() }),
+        json!({
+            "ntk_shape": [rows, cols],
+            "wall_time_compute_s": info.elapsed_s(),
+            "max_quadrature_error": quadrature_error,
+        }),
     )
 }
 
@@ -159,4 +176,34 @@ fn empirical<T: Real>(
         .run
         .in_pool(|| crate::engine::par_empirical_ntk(spec, &params, &x1, x2.as_deref(), mode))?;
     Ok(out.iter().map(|v| v.to_f64()).collect())
+}
+
+/// Arranges a scalar-output infinite-width kernel (N1 x N2) per output mode: the k outputs
+/// are independent and identically distributed, so `full` is `Theta (x) I_k` and `trace` is
+/// Theta itself.
+fn expand(t: &[f64], n1: usize, n2: usize, k: usize, mode: OutputMode) -> Matrix {
+    match mode {
+        OutputMode::Trace => Matrix::new(n1, n2, t.to_vec()),
+        OutputMode::Full => {
+            let mut m = Matrix::zeros(n1 * k, n2 * k);
+            for i in 0..n1 {
+                for j in 0..n2 {
+                    for a in 0..k {
+                        m[(i * k + a, j * k + a)] = t[i * n2 + j];
+                    }
+                }
+            }
+            m
+        }
+        OutputMode::Diagonal => Matrix::new(n1, 1, (0..n1).map(|i| t[i * n2 + i]).collect()),
+        OutputMode::DiagonalFull => {
+            let mut m = Matrix::zeros(n1, k * k);
+            for i in 0..n1 {
+                for a in 0..k {
+                    m[(i, a * k + a)] = t[i * n2 + i];
+                }
+            }
+            m
+        }
+    }
 }

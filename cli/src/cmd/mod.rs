@@ -5,6 +5,7 @@ pub mod forgetting;
 pub mod forward;
 pub mod kernel;
 pub mod spectrum;
+pub mod theory;
 pub mod uncertainty;
 
 use std::path::{Path, PathBuf};
@@ -12,34 +13,23 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use ntk_core::{Real, Spec};
 
-use crate::args::NetArgs;
 use crate::error::{CliError, CliResult};
-use crate::io::{self, CsvOptions, LabelColumn, Layout, Matrix};
+use crate::io::{self, LabelColumn, Layout, Matrix};
 
 /// Reads an `N x d` input matrix from `.npy`, `.csv` or `.csv.gz` (labels split off with
-/// `label_column`); `flag` names the option in errors.
+/// `label_column`), rejecting empty data; `flag` names the option in errors.
 ///
 /// # Errors
-/// A runtime error naming the file (unreadable, malformed, non-finite values); a usage error
-/// for an unknown extension.
+/// A runtime error naming the file (unreadable, malformed, non-finite or no values).
 pub fn read_inputs(
     flag: &str,
     path: &Path,
     label_column: Option<&LabelColumn>,
 ) -> CliResult<Matrix> {
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    let m = if name.ends_with(".npy") {
-        io::read_npy(path)?
-    } else if name.ends_with(".csv") || name.ends_with(".csv.gz") {
-        let opts = CsvOptions { label_column: label_column.cloned() };
-        io::read_csv(path, &opts)?.features
-    } else {
-        return Err(CliError::flag(flag, path.display(), "expected a .npy, .csv or .csv.gz file"));
-    };
-    io::check_finite(path, &m)?;
+    let m = io::read_dataset(path, label_column)?.x;
     if m.rows() == 0 || m.cols() == 0 {
         return Err(CliError::Runtime(format!(
-            "{}: no data ({} x {})",
+            "{flag} {}: no data ({} x {})",
             path.display(),
             m.rows(),
             m.cols()
@@ -120,12 +110,4 @@ pub fn check_dim(flag: &str, path: &Path, x: &Matrix, d: usize) -> CliResult {
         ));
     }
     Ok(())
-}
-
-/// The network flags' widths and spec for input dimension `d` (helper for commands).
-///
-/// # Errors
-/// Usage errors naming the flag.
-pub fn widths_for(net: &NetArgs, d: usize) -> CliResult<Vec<usize>> {
-    net.widths(d)
 }

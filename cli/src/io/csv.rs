@@ -389,8 +389,10 @@ mod tests {
         write_csv(&mut buf, &m, Some(&h), Precision::F32).unwrap();
         let d = parse_csv_bytes(&buf, &opts(Some("y"))).unwrap();
         assert_eq!(d.header, Some(vec!["x0".to_string()]));
-        assert_eq!(d.features.data, vec![0.1f32 as f64, 123456789.0f32 as f64]);
-        assert_eq!(d.labels, Some(vec![-1e-300f32 as f64, 2.5]));
+        // F32 output is the shortest text for the f32 value: it reads back to the same f32.
+        let as_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        assert_eq!(as_f32(&d.features.data), vec![0.1f32, 123456789.0f32]);
+        assert_eq!(as_f32(d.labels.as_ref().unwrap()), vec![-1e-300f64 as f32, 2.5]);
     }
 
     #[test]

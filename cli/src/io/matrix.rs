@@ -102,8 +102,7 @@ impl Matrix {
 
     /// Iterator over the rows.
     pub fn iter_rows(&self) -> impl ExactSizeIterator<Item = &[f64]> + '_ {
-        // `max(1)` keeps `chunks_exact` valid for 0-column matrices; `take` fixes the count.
-        self.data.chunks_exact(self.cols.max(1)).take(if self.cols == 0 { 0 } else { self.rows })
+        (0..self.rows).map(move |r| &self.data[r * self.cols..(r + 1) * self.cols])
     }
 
     /// Column `c`, copied.

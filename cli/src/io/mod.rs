@@ -29,8 +29,9 @@ pub use self::weights::{
 };
 pub use self::write::{atomic_write, write_json_atomic, write_matrix};
 
-/// Floating-point precision of written numbers (`--precision`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// Floating-point precision of a computation and of written numbers (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// IEEE single precision (`<f4` in `.npy`).
     F32,
@@ -222,5 +223,56 @@ mod tests {
         assert_eq!(layers[0].bias, Some(vec![0.5; 4]));
         let e = load_weights(&dir.path().join("w.pt"), Layout::OutIn).unwrap_err().to_string();
         assert!(e.ends_with("w.pt: unsupported file extension (expected .safetensors or .npz)"));
+    }
+
+    /// Random mutations of valid files: every parser returns, none panics.
+    #[test]
+    fn parsers_survive_random_mutations() {
+        let m = Matrix::new(2, 3, vec![1.0, -2.0, 3.5, 0.0, 1e-3, 7.0]);
+        let mut npy = Vec::new();
+        write_npy(&mut npy, &m, Precision::F32).unwrap();
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &m, Some(&["a".into(), "b".into(), "c".into()]), Precision::F64)
+            .unwrap();
+        let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zw.start_file("a.npy", zip::write::SimpleFileOptions::default()).unwrap();
+        std::io::Write::write_all(&mut zw, &npy).unwrap();
+        let npz = zw.finish().unwrap().into_inner();
+        let st = safetensors::serialize(
+            [(
+                "w",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::U8,
+                    vec![4],
+                    &[1, 2, 3, 4],
+                )
+                .unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let opts = CsvOptions { label_column: Some(LabelColumn::Name("b".into())) };
+        for seed in [&npy, &csv, &npz, &st] {
+            for _ in 0..500 {
+                let mut b = seed.clone();
+                for _ in 0..1 + next() % 4 {
+                    let i = (next() % b.len() as u64) as usize;
+                    b[i] = next() as u8;
+                }
+                let cut = b.len() - (next() % 3) as usize;
+                let b = &b[..cut];
+                let _ = parse_npy_bytes(b);
+                let _ = parse_csv_bytes(b, &opts);
+                let _ = parse_npz_bytes(b);
+                let _ = parse_safetensors_bytes(b);
+            }
+        }
     }
 }

@@ -3,7 +3,11 @@
 //! Every kernel here has a plain scalar twin in [`scalar`] that is its test oracle.
 //! Matrices are strided views ([`MatRef`], [`MatMut`]) over caller-owned slices.
 
+mod elem;
+mod kernel;
 pub mod scalar;
+#[cfg(test)]
+mod tests;
 
 use crate::error::{check_len, Error};
 use crate::real::Real;
@@ -180,16 +184,91 @@ pub trait SimdReal: Sized + Copy {
     fn simd_dot(a: &[Self], b: &[Self]) -> Self;
 }
 
-/// Scratch elements [`gemm`] needs for an `m x k` times `k x n` product.
-pub const fn gemm_scratch(m: usize, n: usize, k: usize) -> usize {
-    let _ = (m, n, k);
-    0
+// Blocking (in elements). The scratch sizes below hold for every instruction set pulp may pick:
+// vectors have 1, 2, 4, 8 or 16 lanes (so packed lhs panels round up to 16) and micro-tiles
+// are NR_WIDE (32 vector registers) or NR_NARROW columns wide.
+/// Most lanes of any pulp vector (`f32` on AVX-512).
+const LANES_MAX: usize = 16;
+/// Vectors per micro-tile column with 32 vector registers (AVX-512, NEON).
+const MV_WIDE: usize = 4;
+/// Micro-tile columns with 32 vector registers.
+const NR_WIDE: usize = 6;
+/// Vectors per micro-tile column with 16 vector registers (AVX2, scalar).
+const MV_NARROW: usize = 3;
+/// Micro-tile columns with 16 vector registers.
+const NR_NARROW: usize = 4;
+/// Rows of lhs per packed block of [`gemm`].
+const MC: usize = 192;
+/// Columns of rhs per packed block of [`gemm`] (a multiple of both NRs).
+const NC: usize = 1020;
+/// Inner-dimension block for `f64` (packed panels of [`gemm`], register passes of
+/// [`gram_hadamard`]).
+const KC_F64: usize = 256;
+/// Inner-dimension block for `f32`.
+const KC_F32: usize = 512;
+/// Rows of `a1`/`d1` per packed block of [`gram_hadamard`].
+const MC_GRAM: usize = 192;
+/// Rows of `a2`/`d2` per packed block of [`gram_hadamard`] (a multiple of both NRs).
+const NC_GRAM: usize = 504;
+
+const fn min(a: usize, b: usize) -> usize {
+    if a < b {
+        a
+    } else {
+        b
+    }
 }
 
-/// Scratch elements [`gram_hadamard`] needs.
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+const fn round_up(x: usize, g: usize) -> usize {
+    x.div_ceil(g) * g
+}
+
+/// `n` rounded up to whole micro-tile columns, for either micro-tile width.
+const fn pad_nr(n: usize) -> usize {
+    max(round_up(n, NR_WIDE), round_up(n, NR_NARROW))
+}
+
+/// Packed lhs block plus packed rhs block for one orientation and one K block.
+const fn gemm_scratch_oriented(m: usize, n: usize, k: usize, kc: usize) -> usize {
+    (round_up(min(m, MC), LANES_MAX) + pad_nr(min(n, NC))) * min(k, kc)
+}
+
+/// Scratch elements [`gemm`] needs for an `m x k` times `k x n` product (`f32` or `f64`):
+/// one packed block of at most `192 x KC` of `lhs` and `KC x 1020` of `rhs` (`KC` = 256 for
+/// `f64`, 512 for `f32`), padded to whole micro-panels, for either orientation.
+pub const fn gemm_scratch(m: usize, n: usize, k: usize) -> usize {
+    if m == 0 || n == 0 || k == 0 {
+        return 0;
+    }
+    max(
+        max(gemm_scratch_oriented(m, n, k, KC_F64), gemm_scratch_oriented(n, m, k, KC_F64)),
+        max(gemm_scratch_oriented(m, n, k, KC_F32), gemm_scratch_oriented(n, m, k, KC_F32)),
+    )
+}
+
+/// Packed blocks of both sides over `ka + kd`, and two partial Gram tiles of the block.
+const fn gram_hadamard_scratch_oriented(m: usize, n: usize, ka: usize, kd: usize) -> usize {
+    let mb = round_up(min(m, MC_GRAM), LANES_MAX);
+    let nb = pad_nr(min(n, NC_GRAM));
+    (mb + nb) * (ka + kd) + 2 * mb * nb
+}
+
+/// Scratch elements [`gram_hadamard`] needs (`f32` or `f64`): packed blocks of at most 192
+/// rows of `a1`, `d1` and 504 rows of `a2`, `d2` (all of `ka + kd`), plus the two partial
+/// Gram tiles of one such block, for either orientation.
 pub const fn gram_hadamard_scratch(m: usize, n: usize, ka: usize, kd: usize) -> usize {
-    let _ = (m, n, ka, kd);
-    0
+    if m == 0 || n == 0 {
+        return 0;
+    }
+    max(gram_hadamard_scratch_oriented(m, n, ka, kd), gram_hadamard_scratch_oriented(n, m, ka, kd))
 }
 
 /// `dst = beta * dst + alpha * lhs * rhs` (`dst` m x n, `lhs` m x k, `rhs` k x n).
@@ -263,8 +342,7 @@ pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     T::simd_dot(a, b)
 }
 
-// Placeholder dispatch to the scalar twins until the pulp kernels land.
-macro_rules! impl_simd_real_scalar {
+macro_rules! impl_simd_real {
     ($t:ty) => {
         impl SimdReal for $t {
             fn simd_gemm(
@@ -273,9 +351,9 @@ macro_rules! impl_simd_real_scalar {
                 lhs: MatRef<'_, Self>,
                 rhs: MatRef<'_, Self>,
                 beta: Self,
-                _scratch: &mut [Self],
+                scratch: &mut [Self],
             ) {
-                scalar::gemm(dst, alpha, lhs, rhs, beta)
+                kernel::gemm(dst, alpha, lhs, rhs, beta, scratch)
             }
             fn simd_gram_hadamard(
                 dst: MatMut<'_, Self>,
@@ -286,15 +364,15 @@ macro_rules! impl_simd_real_scalar {
                 c: Self,
                 s: Self,
                 part: Part,
-                _scratch: &mut [Self],
+                scratch: &mut [Self],
             ) {
-                scalar::gram_hadamard(dst, a1, a2, d1, d2, c, s, part)
+                kernel::gram_hadamard(dst, a1, a2, d1, d2, c, s, part, scratch)
             }
             fn simd_dot(a: &[Self], b: &[Self]) -> Self {
-                scalar::dot(a, b)
+                kernel::dot(a, b)
             }
         }
     };
 }
-impl_simd_real_scalar!(f32);
-impl_simd_real_scalar!(f64);
+impl_simd_real!(f32);
+impl_simd_real!(f64);

@@ -1,0 +1,704 @@
+//! Infinite-width kernels of a fully connected network: the NNGP kernel K and the NTK Theta
+//! (DESIGN §4), allocation-free, in f64.
+//!
+//! NTK parameterization, for a pair (x, x') and (u, v) ~ N(0, Sigma^l) (a 2 x 2 covariance):
+//!
+//! ```text
+//! Sigma^1 = sigma_w^2 <x, x'> / d + sigma_b^2,      Theta^1 = Sigma^1
+//! Sigma^{l+1} = sigma_w^2 E[phi(u) phi(v)] + sigma_b^2
+//! Theta^{l+1} = Sigma^{l+1} + sigma_w^2 E[phi'(u) phi'(v)] Theta^l
+//! K = Sigma^{L+1}, Theta = Theta^{L+1}
+//! ```
+//!
+//! This is neural-tangents'
+//! `stax.serial(stax.Dense(n, W_std=sigma_w, b_std=sigma_b, parameterization='ntk'), stax.Relu(),
+//! ... (L times) ..., stax.Dense(k, W_std=sigma_w, b_std=sigma_b, parameterization='ntk'))`
+//! with `kernel_fn(x1, x2, ('nngp', 'ntk'))` (per output; the kernels are `K I_k`, `Theta I_k`);
+//! without biases pass `b_std=None`. Standard parameterization (`parameterization='standard'`,
+//! whose `Dense` out_dim is the width n_l): the NNGP recursion is the same, and the NTK, from
+//! the empirical NTK of DESIGN §3 (weight gradients give <x^{l-1}, x'^{l-1}>, which tends to
+//! n_{l-1} E[phi(u) phi(v)], bias gradients give 1), is
+//!
+//! ```text
+//! Theta^1 = <x, x'> + 1,   Theta^{l+1} = n_l E[phi(u) phi(v)] + 1 + sigma_w^2 E[phi'(u) phi'(v)] Theta^l
+//! ```
+//!
+//! Without biases every sigma_b^2 and `+ 1` is dropped. Gaussian expectations use closed forms
+//! for the ReLU family, linear, erf and GELU ([`moments`]) and the trapezoid rule of
+//! [`quadrature_moments`] for tanh and sigmoid.
+//!
+//! Numerics: c = s / sqrt(q1 q2) is clamped to [-1, 1]; theta = atan2(sqrt((1 - c)(1 + c)), c)
+//! and pi - theta = atan2(sqrt((1 - c)(1 + c)), -c), so neither end cancels; a pair with c = 1
+//! (the diagonal) gets theta = 0 exactly. neural-tangents' ReLU diagonal carries ~1e-8 round-off
+//! (arctan2 of the square root of a difference of nearly equal numbers); ours is exact. A zero
+//! variance uses the convention theta = pi / 2 (c = 0), as neural-tangents.
+
+mod closed;
+mod quad;
+#[cfg(test)]
+mod tests;
+
+use crate::activation::Activation;
+use crate::error::{check_len, check_shape, Error, Pass};
+use crate::spec::{Parameterization, Spec};
+
+/// Trapezoid-rule settings for activations without a closed form (tanh, sigmoid).
+///
+/// The step is h = pi a / (ln(1 / tol) + 5), a = 0.8 min(d / sqrt(q), 2) with d the distance of
+/// phi's nearest complex singularity from the real axis (pi / 2 for tanh), over |z| <= Z,
+/// Z = sqrt(2 (ln(1 / tol) + 12)); so the rule of step 2 h already reaches `tol`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quadrature {
+    /// Target absolute error of the rule of step 2 h (default 1e-10).
+    pub tol: f64,
+    /// Largest number of nodes per half-axis and dimension (default 2048).
+    pub max_nodes: usize,
+    /// A kernel evaluation fails with [`Error::NoConvergence`] when an error estimate exceeds
+    /// this (default 1e-6; reached only at very large variances, q > ~1e3 for tanh).
+    pub max_error: f64,
+}
+
+impl Default for Quadrature {
+    fn default() -> Self {
+        Self { tol: 1e-10, max_nodes: 2048, max_error: 1e-6 }
+    }
+}
+
+impl Quadrature {
+    fn check(&self) -> Result<(), Error> {
+        if !(self.tol > 0.0 && self.tol < 1.0) {
+            return Err(Error::InvalidSpec { field: "quadrature.tol", value: self.tol });
+        }
+        if self.max_nodes < 2 {
+            return Err(Error::InvalidSpec {
+                field: "quadrature.max_nodes",
+                value: self.max_nodes as f64,
+            });
+        }
+        if self.max_error.is_nan() || self.max_error <= 0.0 {
+            return Err(Error::InvalidSpec {
+                field: "quadrature.max_error",
+                value: self.max_error,
+            });
+        }
+        Ok(())
+    }
+
+    /// Step h and nodes per half-axis n (h n = Z) for an analyticity strip |Im z| < `strip`.
+    pub fn step(&self, strip: f64) -> (f64, usize) {
+        quad::grid(strip, self)
+    }
+}
+
+/// The two Gaussian expectations of one covariance: E[phi(u) phi(v)] and E[phi'(u) phi'(v)].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Moments {
+    /// E[phi(u) phi(v)].
+    pub phiphi: f64,
+    /// E[phi'(u) phi'(v)].
+    pub dphidphi: f64,
+    /// Estimated absolute error of either (0 for closed forms): |T_h - T_2h|.
+    pub err: f64,
+    /// Function evaluations (0 for closed forms).
+    pub nodes: usize,
+}
+
+/// The covariance [[q1, s], [s, q2]] in the form the formulas use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub(crate) q1: f64,
+    pub(crate) q2: f64,
+    pub(crate) s: f64,
+    /// sqrt(q1 q2), exactly q1 when q1 == q2.
+    pub(crate) g: f64,
+    /// s / g clamped to [-1, 1]; 0 when g = 0.
+    pub(crate) c: f64,
+    /// sqrt((1 - c)(1 + c)) = sin theta.
+    pub(crate) sn: f64,
+}
+
+impl Geometry {
+    #[inline(always)]
+    pub(crate) fn new(q1: f64, q2: f64, s: f64, sq1: f64, sq2: f64) -> Self {
+        // One rounding less than sq1 * sq2 when the product is representable.
+        let p = q1 * q2;
+        let g = if q1 == q2 {
+            q1
+        } else if p.is_finite() && p >= f64::MIN_POSITIVE {
+            libm::sqrt(p)
+        } else {
+            sq1 * sq2
+        };
+        let c = if g > 0.0 { (s / g).clamp(-1.0, 1.0) } else { 0.0 };
+        Self { q1, q2, s, g, c, sn: libm::sqrt((1.0 - c) * (1.0 + c)) }
+    }
+}
+
+#[inline(always)]
+fn pair_moments(act: Activation, p: &Geometry, quad: &Quadrature) -> Result<Moments, Error> {
+    let done =
+        |(phiphi, dphidphi): (f64, f64)| Ok(Moments { phiphi, dphidphi, err: 0.0, nodes: 0 });
+    match act {
+        Activation::Erf => done(closed::erf(p)),
+        Activation::Gelu => done(closed::gelu(p)),
+        Activation::Tanh | Activation::Sigmoid => {
+            let m = quad::pair(act, p, quad);
+            if m.err > quad.max_error || !(m.phiphi.is_finite() && m.dphidphi.is_finite()) {
+                return Err(Error::NoConvergence { what: "gaussian quadrature" });
+            }
+            Ok(m)
+        }
+        _ => {
+            let (a, b) = act.slopes().unwrap_or((1.0, 1.0));
+            done(closed::piecewise_linear(a, b, p))
+        }
+    }
+}
+
+fn check_covariance(q1: f64, q2: f64, s: f64) -> Result<(), Error> {
+    for (field, v) in [("q1", q1), ("q2", q2)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::InvalidSpec { field, value: v });
+        }
+    }
+    if !s.is_finite() {
+        return Err(Error::InvalidSpec { field: "s", value: s });
+    }
+    Ok(())
+}
+
+fn check_activation(act: Activation) -> Result<(), Error> {
+    match act {
+        Activation::LeakyRelu { alpha } if !alpha.is_finite() => {
+            Err(Error::InvalidSpec { field: "activation", value: alpha })
+        }
+        Activation::AbRelu { a, b } if !(a.is_finite() && b.is_finite()) => {
+            Err(Error::InvalidSpec { field: "activation", value: a + b })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// E[phi(u) phi(v)] and E[phi'(u) phi'(v)] for (u, v) ~ N(0, [[q1, s], [s, q2]]): closed forms
+/// for the ReLU family, linear, erf and GELU, the trapezoid rule for tanh and sigmoid.
+///
+/// ReLU: sqrt(q1 q2) (sin theta + (pi - theta) c) / (2 pi) and (pi - theta) / (2 pi) (Cho & Saul
+/// 2009); erf: (2 / pi) asin(2 s / sqrt((1 + 2 q1)(1 + 2 q2))) (Williams 1997); GELU: derived
+/// here by Stein's lemma and the bivariate orthant probability (see the source of `closed`).
+///
+/// ```
+/// use ntk_core::kernel::{moments, Quadrature};
+/// use ntk_core::Activation;
+/// let m = moments(Activation::Relu, 2.0, 2.0, 2.0, &Quadrature::default()).unwrap();
+/// assert_eq!((m.phiphi, m.dphidphi), (1.0, 0.5)); // exact on the diagonal
+/// let t = moments(Activation::Tanh, 12.0, 12.0, 6.0, &Quadrature::default()).unwrap();
+/// assert!(t.err < 1e-10);
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidSpec`] for a negative or non-finite variance or covariance;
+/// [`Error::NoConvergence`] when the quadrature's error estimate exceeds `quad.max_error`.
+pub fn moments(
+    act: Activation,
+    q1: f64,
+    q2: f64,
+    s: f64,
+    quad: &Quadrature,
+) -> Result<Moments, Error> {
+    check_covariance(q1, q2, s)?;
+    check_activation(act)?;
+    quad.check()?;
+    pair_moments(act, &Geometry::new(q1, q2, s, libm::sqrt(q1), libm::sqrt(q2)), quad)
+}
+
+/// E[phi(u)^2] and E[phi'(u)^2] for u ~ N(0, q): [`moments`] at q1 = q2 = s = q (bit for bit).
+///
+/// # Errors
+/// As [`moments`].
+pub fn moments_diag(act: Activation, q: f64, quad: &Quadrature) -> Result<Moments, Error> {
+    moments(act, q, q, q, quad)
+}
+
+/// [`moments`] by the tensor trapezoid rule for every activation (no closed form used), with
+/// its error estimate |T_h - T_2h|. Exponentially convergent for analytic phi (tanh, sigmoid,
+/// erf, GELU); only algebraically for the kinked ReLU family.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] for bad variances or settings.
+pub fn quadrature_moments(
+    act: Activation,
+    q1: f64,
+    q2: f64,
+    s: f64,
+    quad: &Quadrature,
+) -> Result<Moments, Error> {
+    check_covariance(q1, q2, s)?;
+    check_activation(act)?;
+    quad.check()?;
+    Ok(quad::pair(act, &Geometry::new(q1, q2, s, libm::sqrt(q1), libm::sqrt(q2)), quad))
+}
+
+/// The architecture whose infinite-width kernels are computed (DESIGN §2, §4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mlp<'a> {
+    /// Activation of the hidden layers (the readout is linear).
+    pub activation: Activation,
+    /// Number of hidden layers L (0 is a linear model).
+    pub depth: usize,
+    /// Weight variance sigma_w^2 (every layer, the readout included).
+    pub sigma_w2: f64,
+    /// Bias variance sigma_b^2.
+    pub sigma_b2: f64,
+    /// Whether layers have (trainable) biases.
+    pub bias: bool,
+    /// NTK or standard parameterization.
+    pub parameterization: Parameterization,
+    /// Hidden widths n_1..n_L (standard parameterization only): `depth` values, or one value
+    /// for all layers.
+    pub widths: &'a [usize],
+    /// Quadrature settings for tanh and sigmoid.
+    pub quadrature: Quadrature,
+}
+
+impl<'a> Mlp<'a> {
+    /// NTK parameterization with biases and the default quadrature.
+    pub const fn new(activation: Activation, depth: usize, sigma_w2: f64, sigma_b2: f64) -> Self {
+        Self {
+            activation,
+            depth,
+            sigma_w2,
+            sigma_b2,
+            bias: true,
+            parameterization: Parameterization::Ntk,
+            widths: &[],
+            quadrature: Quadrature { tol: 1e-10, max_nodes: 2048, max_error: 1e-6 },
+        }
+    }
+
+    /// Standard parameterization with hidden widths `widths` (`depth` values or one for all).
+    pub const fn standard(mut self, widths: &'a [usize]) -> Self {
+        self.parameterization = Parameterization::Standard;
+        self.widths = widths;
+        self
+    }
+
+    /// With or without biases.
+    pub const fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// With quadrature settings `quadrature`.
+    pub const fn with_quadrature(mut self, quadrature: Quadrature) -> Self {
+        self.quadrature = quadrature;
+        self
+    }
+
+    /// The architecture of `spec` (its input dimension is the `d` of [`kernel`]; its output
+    /// dimension does not enter: the kernels are per output).
+    pub fn from_spec(spec: &Spec<'a>) -> Self {
+        let l = spec.depth();
+        Self {
+            activation: spec.activation,
+            depth: l,
+            sigma_w2: spec.sigma_w2,
+            sigma_b2: spec.sigma_b2,
+            bias: spec.bias,
+            parameterization: spec.parameterization,
+            widths: &spec.widths[1..=l],
+            quadrature: Quadrature::default(),
+        }
+    }
+
+    fn prepare(&self) -> Result<Prepared<'a>, Error> {
+        for (field, v) in [("sigma_w2", self.sigma_w2), ("sigma_b2", self.sigma_b2)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::InvalidSpec { field, value: v });
+            }
+        }
+        check_activation(self.activation)?;
+        self.quadrature.check()?;
+        let standard = self.parameterization == Parameterization::Standard;
+        if standard && self.depth > 0 {
+            let n = self.widths.len();
+            if n != 1 && n != self.depth {
+                return Err(Error::InvalidSpec { field: "widths.len", value: n as f64 });
+            }
+            if let Some(&w) = self.widths.iter().find(|&&w| w == 0) {
+                return Err(Error::InvalidSpec { field: "widths", value: w as f64 });
+            }
+        }
+        Ok(Prepared {
+            act: self.activation,
+            depth: self.depth,
+            sw: self.sigma_w2,
+            sb: if self.bias { self.sigma_b2 } else { 0.0 },
+            beta: if self.bias { 1.0 } else { 0.0 },
+            standard,
+            widths: self.widths,
+            quad: self.quadrature,
+        })
+    }
+}
+
+/// Facts about a kernel computation that are not errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KernelInfo {
+    /// Largest quadrature error estimate of any Gaussian expectation (0 for closed forms).
+    pub max_quadrature_error: f64,
+    /// Total quadrature function evaluations.
+    pub quadrature_nodes: u64,
+}
+
+impl KernelInfo {
+    #[inline(always)]
+    fn add(&mut self, m: &Moments) {
+        if m.err > self.max_quadrature_error {
+            self.max_quadrature_error = m.err;
+        }
+        self.quadrature_nodes += m.nodes as u64;
+    }
+}
+
+struct Prepared<'a> {
+    act: Activation,
+    depth: usize,
+    sw: f64,
+    sb: f64,
+    beta: f64,
+    standard: bool,
+    widths: &'a [usize],
+    quad: Quadrature,
+}
+
+impl Prepared<'_> {
+    /// n_l for l = 1..=L.
+    #[inline(always)]
+    fn width(&self, l: usize) -> f64 {
+        (if self.widths.len() == 1 { self.widths[0] } else { self.widths[l - 1] }) as f64
+    }
+
+    /// (Sigma^1, Theta^1) from <x, x'>.
+    #[inline(always)]
+    fn first(&self, ip: f64, d: usize) -> (f64, f64) {
+        let s = self.sw * (ip / d as f64) + self.sb;
+        (s, if self.standard { ip + self.beta } else { s })
+    }
+
+    /// One layer: (Sigma^{l+1}, Theta^{l+1}) from the moments at layer l.
+    #[inline(always)]
+    fn step(&self, l: usize, m: &Moments, theta: f64) -> (f64, f64) {
+        let s = self.sw * m.phiphi + self.sb;
+        let sdot = self.sw * m.dphidphi;
+        let t = if self.standard {
+            self.width(l) * m.phiphi + self.beta + sdot * theta
+        } else {
+            s + sdot * theta
+        };
+        (s, t)
+    }
+
+    /// The diagonal chain of one input: (K, Theta), storing (q^l, sqrt q^l), l = 1..=L+1.
+    fn diag(
+        &self,
+        x: &[f64],
+        mut store: Option<&mut [f64]>,
+        info: &mut KernelInfo,
+    ) -> Result<(f64, f64), Error> {
+        let (mut q, mut t) = self.first(dot(x, x), x.len());
+        for l in 0..=self.depth {
+            if !(q.is_finite() && t.is_finite()) {
+                return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
+            }
+            let sq = libm::sqrt(q);
+            if let Some(st) = store.as_deref_mut() {
+                st[2 * l] = q;
+                st[2 * l + 1] = sq;
+            }
+            if l == self.depth {
+                break;
+            }
+            let m = pair_moments(self.act, &Geometry::new(q, q, q, sq, sq), &self.quad)?;
+            info.add(&m);
+            (q, t) = self.step(l + 1, &m, t);
+        }
+        Ok((q, t))
+    }
+
+    /// The 2 x 2 recursion of one pair, given both diagonal chains.
+    #[inline(always)]
+    fn pair(
+        &self,
+        x: &[f64],
+        y: &[f64],
+        cx: &[f64],
+        cy: &[f64],
+        info: &mut KernelInfo,
+    ) -> Result<(f64, f64), Error> {
+        let (mut s, mut t) = self.first(dot(x, y), x.len());
+        for l in 0..self.depth {
+            if !(s.is_finite() && t.is_finite()) {
+                return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
+            }
+            let p = Geometry::new(cx[2 * l], cy[2 * l], s, cx[2 * l + 1], cy[2 * l + 1]);
+            let m = pair_moments(self.act, &p, &self.quad)?;
+            info.add(&m);
+            (s, t) = self.step(l + 1, &m, t);
+        }
+        if !(s.is_finite() && t.is_finite()) {
+            return Err(Error::NonFinite { layer: self.depth + 1, pass: Pass::Kernel });
+        }
+        Ok((s, t))
+    }
+}
+
+/// <x, y> with four accumulators (the same summation order for every pair, so that
+/// <x, x> is bit-identical whichever side x is on).
+#[inline(always)]
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (xc, xr) = x.split_at(x.len() & !3);
+    let (yc, yr) = y.split_at(xc.len());
+    for (a, b) in xc.chunks_exact(4).zip(yc.chunks_exact(4)) {
+        for k in 0..4 {
+            acc[k] += a[k] * b[k];
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (a, b) in xr.iter().zip(yr) {
+        s += a * b;
+    }
+    s
+}
+
+fn rows(what: &'static str, x: &[f64], d: usize) -> Result<usize, Error> {
+    let n = x.len() / d;
+    check_shape(what, x, n * d)?;
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFiniteInput { what, index });
+    }
+    Ok(n)
+}
+
+/// Scratch length (f64 values) for [`kernel`]: 2 (L + 1) per input of x1 and x2; pass
+/// `n2 = 0` when x2 is `None`.
+pub const fn kernel_scratch(n1: usize, n2: usize, depth: usize) -> usize {
+    (n1 + n2) * (depth + 1) * 2
+}
+
+/// NNGP `K(x1_i, x2_j)` and NTK `Theta(x1_i, x2_j)` of [`Mlp`] into `nngp` and `ntk`
+/// (N1 x N2, row-major; either may be `None`), for x1 (N1 x d) and x2 (N2 x d) row-major;
+/// `x2 = None` means x2 = x1 (symmetric: half the pairs, diagonal from the diagonal chain).
+///
+/// Cost: one diagonal chain per input, then L Gaussian-moment evaluations per pair. The
+/// neural-tangents equivalent is `kernel_fn(x1, x2, ('nngp', 'ntk'))` of the `stax.serial`
+/// stack described in the module documentation.
+///
+/// ```
+/// use ntk_core::kernel::{kernel, kernel_scratch, Mlp};
+/// use ntk_core::Activation;
+/// let x = [1.0, 0.0, 0.6, 0.8]; // two inputs in R^2
+/// let mlp = Mlp::new(Activation::Relu, 3, 2.0, 0.0);
+/// let (mut k, mut t) = ([0.0; 4], [0.0; 4]);
+/// let mut scratch = [0.0; kernel_scratch(2, 0, 3)];
+/// kernel(Some(&mut k), Some(&mut t), &x, None, 2, &mlp, &mut scratch).unwrap();
+/// // sigma_w^2 = 2, sigma_b^2 = 0: K(x, x) = 2 ||x||^2 / d at every depth, Theta(x, x) = (L + 1) K.
+/// assert_eq!(k[0], 1.0);
+/// assert_eq!(t[0], 4.0);
+/// assert_eq!(k[1], k[2]);
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidSpec`] for a bad [`Mlp`] or `d = 0`; [`Error::ShapeMismatch`] when a length
+/// is not a multiple of `d` or an output is not N1 x N2; [`Error::ShortBuffer`] for short
+/// scratch; [`Error::NonFiniteInput`]; [`Error::NonFinite`] when the recursion overflows;
+/// [`Error::NoConvergence`] from the quadrature.
+pub fn kernel(
+    mut nngp: Option<&mut [f64]>,
+    mut ntk: Option<&mut [f64]>,
+    x1: &[f64],
+    x2: Option<&[f64]>,
+    d: usize,
+    mlp: &Mlp,
+    scratch: &mut [f64],
+) -> Result<KernelInfo, Error> {
+    let pr = mlp.prepare()?;
+    if d == 0 {
+        return Err(Error::InvalidSpec { field: "d", value: 0.0 });
+    }
+    let n1 = rows("x1", x1, d)?;
+    let n2 = match x2 {
+        Some(x2) => rows("x2", x2, d)?,
+        None => n1,
+    };
+    if let Some(k) = nngp.as_deref() {
+        check_shape("nngp", k, n1 * n2)?;
+    }
+    if let Some(t) = ntk.as_deref() {
+        check_shape("ntk", t, n1 * n2)?;
+    }
+    let per = 2 * (pr.depth + 1);
+    let extra = if x2.is_some() { n2 } else { 0 };
+    check_len("scratch", scratch, kernel_scratch(n1, extra, pr.depth))?;
+    let (c1, c2) = scratch[..(n1 + extra) * per].split_at_mut(n1 * per);
+    let mut info = kernel_chains(c1, x1, d, mlp)?;
+    if let Some(x2) = x2 {
+        let i2 = kernel_chains(c2, x2, d, mlp)?;
+        info.max_quadrature_error = info.max_quadrature_error.max(i2.max_quadrature_error);
+        info.quadrature_nodes += i2.quadrature_nodes;
+    }
+    let c2: Option<&[f64]> = if x2.is_some() { Some(c2) } else { None };
+    let i3 = kernel_rows(nngp.as_deref_mut(), ntk.as_deref_mut(), 0, x1, c1, x2, c2, d, mlp)?;
+    info.max_quadrature_error = info.max_quadrature_error.max(i3.max_quadrature_error);
+    info.quadrature_nodes += i3.quadrature_nodes;
+    if x2.is_none() {
+        for o in [nngp, ntk].into_iter().flatten() {
+            for i in 0..n1 {
+                for j in 0..i {
+                    o[i * n1 + j] = o[j * n1 + i];
+                }
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l)` for l = 1..=L+1,
+/// `2 (L + 1)` values per input, into `chains` (the per-input part of [`kernel_scratch`]).
+///
+/// # Errors
+/// As [`kernel`].
+pub fn kernel_chains(
+    chains: &mut [f64],
+    x: &[f64],
+    d: usize,
+    mlp: &Mlp,
+) -> Result<KernelInfo, Error> {
+    let pr = mlp.prepare()?;
+    if d == 0 {
+        return Err(Error::InvalidSpec { field: "d", value: 0.0 });
+    }
+    let n = rows("x", x, d)?;
+    let per = 2 * (pr.depth + 1);
+    check_len("chains", chains, n * per)?;
+    let mut info = KernelInfo::default();
+    for i in 0..n {
+        pr.diag(&x[i * d..(i + 1) * d], Some(&mut chains[i * per..(i + 1) * per]), &mut info)?;
+    }
+    Ok(info)
+}
+
+/// A band of rows of [`kernel`]: rows `row0..row0 + n` where `x1_rows` (n x d) and
+/// `c1_rows` are those inputs and their [`kernel_chains`]. `x2` / `c2` are the whole second set;
+/// `x2 = None` means the second set is `x1_all`/`c1_all` = the symmetric case, where only the
+/// entries with column >= row are written (the caller mirrors). Outputs are `n x N2`
+/// row-major. Entries equal those of [`kernel`] bit for bit, so bands can run in parallel.
+///
+/// # Errors
+/// As [`kernel`].
+#[allow(clippy::too_many_arguments)]
+pub fn kernel_rows(
+    mut nngp: Option<&mut [f64]>,
+    mut ntk: Option<&mut [f64]>,
+    row0: usize,
+    x1_all: &[f64],
+    c1_all: &[f64],
+    x2: Option<&[f64]>,
+    c2: Option<&[f64]>,
+    d: usize,
+    mlp: &Mlp,
+) -> Result<KernelInfo, Error> {
+    let pr = mlp.prepare()?;
+    if d == 0 {
+        return Err(Error::InvalidSpec { field: "d", value: 0.0 });
+    }
+    let per = 2 * (pr.depth + 1);
+    let (x2, c2, symmetric) = match (x2, c2) {
+        (Some(x2), Some(c2)) => (x2, c2, false),
+        _ => (x1_all, c1_all, true),
+    };
+    let n_all1 = rows("x1", x1_all, d)?;
+    let n2 = rows("x2", x2, d)?;
+    check_len("chains", c1_all, n_all1 * per)?;
+    check_len("chains", c2, n2 * per)?;
+    let out_len = nngp.as_deref().or(ntk.as_deref()).map_or(0, |o| o.len());
+    let n = out_len / n2.max(1);
+    if row0 + n > n_all1 {
+        return Err(Error::ShapeMismatch {
+            what: "rows",
+            expected: n_all1 - row0.min(n_all1),
+            got: n,
+        });
+    }
+    let mut info = KernelInfo::default();
+    let mut put = |i: usize, j: usize, (k, t): (f64, f64)| {
+        if let Some(o) = nngp.as_deref_mut() {
+            o[i * n2 + j] = k;
+        }
+        if let Some(o) = ntk.as_deref_mut() {
+            o[i * n2 + j] = t;
+        }
+    };
+    for r in 0..n {
+        let i = row0 + r;
+        let (xi, ci) = (&x1_all[i * d..(i + 1) * d], &c1_all[i * per..(i + 1) * per]);
+        let j0 = if symmetric { i } else { 0 };
+        for j in j0..n2 {
+            let (xj, cj) = (&x2[j * d..(j + 1) * d], &c2[j * per..(j + 1) * per]);
+            let v = if symmetric && j == i {
+                // The diagonal from the chain: exact (c = 1, theta = 0) and bit-identical to
+                // kernel_diagonal.
+                pr.diag(xi, None, &mut info)?
+            } else {
+                pr.pair(xi, xj, ci, cj, &mut info)?
+            };
+            put(r, j, v);
+        }
+    }
+    Ok(info)
+}
+
+/// The diagonal K(x_i, x_i) and Theta(x_i, x_i) (length N each; either may be `None`) of
+/// [`Mlp`] for x (N x d, row-major): one-dimensional expectations only, no scratch.
+///
+/// ```
+/// use ntk_core::kernel::{kernel_diagonal, Mlp};
+/// use ntk_core::Activation;
+/// let mlp = Mlp::new(Activation::Erf, 2, 1.5, 0.1);
+/// let mut t = [0.0; 2];
+/// kernel_diagonal(None, Some(&mut t), &[1.0, 2.0, 0.0, 0.0], 2, &mlp).unwrap();
+/// assert!(t[0] > t[1] && t[1] > 0.0);
+/// ```
+///
+/// # Errors
+/// As [`kernel`].
+pub fn kernel_diagonal(
+    mut nngp: Option<&mut [f64]>,
+    mut ntk: Option<&mut [f64]>,
+    x: &[f64],
+    d: usize,
+    mlp: &Mlp,
+) -> Result<KernelInfo, Error> {
+    let pr = mlp.prepare()?;
+    if d == 0 {
+        return Err(Error::InvalidSpec { field: "d", value: 0.0 });
+    }
+    let n = rows("x", x, d)?;
+    if let Some(k) = nngp.as_deref() {
+        check_shape("nngp", k, n)?;
+    }
+    if let Some(t) = ntk.as_deref() {
+        check_shape("ntk", t, n)?;
+    }
+    let mut info = KernelInfo::default();
+    for i in 0..n {
+        let (k, t) = pr.diag(&x[i * d..(i + 1) * d], None, &mut info)?;
+        if let Some(o) = nngp.as_deref_mut() {
+            o[i] = k;
+        }
+        if let Some(o) = ntk.as_deref_mut() {
+            o[i] = t;
+        }
+    }
+    Ok(info)
+}

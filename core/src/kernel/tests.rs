@@ -1,0 +1,549 @@
+//! Tests of the infinite-width kernels against an independent reference (nested tanh-sinh
+//! quadrature split at every kink), Monte Carlo, exact identities and edge cases.
+//!
+//! Tolerances: closed forms and the trapezoid rule vs reference 1e-10 relative to
+//! sqrt(E[phi(u)^2] E[phi(v)^2]); Monte Carlo 5 standard errors of 10^6 pairs; the error
+//! estimate must bound the actual error; kernels symmetric bit for bit, PSD to -1e-12 of the
+//! largest eigenvalue.
+
+use std::vec;
+use std::vec::Vec;
+
+use super::*;
+use crate::activation::ALL;
+use crate::rng;
+
+const PI: f64 = core::f64::consts::PI;
+
+/// Tanh-sinh rule on [a, b] (step 1/32, |t| <= 3.3): double-exponential convergence for
+/// integrands analytic inside, whatever happens at the ends.
+fn ts(f: &dyn Fn(f64) -> f64, a: f64, b: f64) -> f64 {
+    if b <= a {
+        return 0.0;
+    }
+    let r = 0.5 * (b - a);
+    let h = 1.0 / 32.0;
+    let n = (3.3 / h) as i32;
+    let mut sum = 0.0;
+    for k in -n..=n {
+        let t = k as f64 * h;
+        let s = 0.5 * PI * libm::sinh(t);
+        let ch = libm::cosh(s);
+        let w = 0.5 * PI * libm::cosh(t) / (ch * ch);
+        // Distance from the nearer end, without cancellation: r (1 - tanh|s|).
+        let delta = r * 2.0 / (1.0 + libm::exp(2.0 * libm::fabs(s)));
+        let x = if t < 0.0 { a + delta } else { b - delta };
+        sum += w * f(x);
+    }
+    h * r * sum
+}
+
+const ZMAX: f64 = 9.0;
+
+fn gauss_pdf(z: f64) -> f64 {
+    libm::exp(-0.5 * z * z) / libm::sqrt(2.0 * PI)
+}
+
+/// Reference (E[phi phi], E[phi' phi']): outer over z1 split at 0, inner over z2 split at the
+/// point where v changes sign.
+fn reference(act: Activation, q1: f64, q2: f64, s: f64) -> (f64, f64) {
+    let (sq1, sq2) = (libm::sqrt(q1), libm::sqrt(q2));
+    // c as the library forms it (c near +-1 is ill-conditioned in s: both must see the same c).
+    let c = if q1 > 0.0 && q2 > 0.0 {
+        let g = if q1 == q2 { q1 } else { libm::sqrt(q1 * q2) };
+        (s / g).clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let sn = libm::sqrt((1.0 - c) * (1.0 + c));
+    let integrate = |deriv: bool| {
+        let g = |x: f64| if deriv { act.dphi(x) } else { act.phi(x) };
+        let outer = |z1: f64| {
+            let gu = g(sq1 * z1);
+            let inner = if sn == 0.0 {
+                g(sq2 * c * z1)
+            } else {
+                let f = |z2: f64| gauss_pdf(z2) * g(sq2 * (c * z1 + sn * z2));
+                let zs = (-c * z1 / sn).clamp(-ZMAX, ZMAX);
+                ts(&f, -ZMAX, zs) + ts(&f, zs, ZMAX)
+            };
+            gauss_pdf(z1) * gu * inner
+        };
+        ts(&outer, -ZMAX, 0.0) + ts(&outer, 0.0, ZMAX)
+    };
+    (integrate(false), integrate(true))
+}
+
+fn covariances() -> Vec<(f64, f64, f64)> {
+    let mut v = Vec::new();
+    for &(q1, q2) in &[(0.1, 0.1), (1.0, 1.0), (0.5, 3.7), (12.0, 12.0), (12.0, 2.0), (50.0, 200.0)]
+    {
+        for &c in &[-1.0, -0.999, -0.7, 0.0, 0.3, 0.9, 0.99999, 1.0] {
+            let s = if c == 1.0 && q1 == q2 { q1 } else { c * libm::sqrt(q1 * q2) };
+            v.push((q1, q2, s));
+        }
+    }
+    v
+}
+
+/// sqrt(E[phi(u)^2] E[phi(v)^2]) and its phi' twin: the Cauchy–Schwarz scale of the moments.
+fn scale(act: Activation, q1: f64, q2: f64) -> (f64, f64) {
+    let quad = Quadrature::default();
+    let a = quadrature_moments(act, q1, q1, q1, &quad).unwrap();
+    let b = quadrature_moments(act, q2, q2, q2, &quad).unwrap();
+    (libm::sqrt(a.phiphi * b.phiphi), libm::sqrt(a.dphidphi * b.dphidphi))
+}
+
+#[test]
+fn closed_forms_match_reference_quadrature() {
+    let acts = [
+        Activation::Relu,
+        Activation::LeakyRelu { alpha: 0.1 },
+        Activation::AbRelu { a: -0.5, b: 1.5 },
+        Activation::Linear,
+        Activation::Erf,
+        Activation::Gelu,
+    ];
+    let quad = Quadrature::default();
+    for act in acts {
+        for (q1, q2, s) in covariances() {
+            let m = moments(act, q1, q2, s, &quad).unwrap();
+            let r = reference(act, q1, q2, s);
+            let (s0, s1) = scale(act, q1, q2);
+            assert!(
+                libm::fabs(m.phiphi - r.0) <= 1e-10 * s0,
+                "{act} {q1} {q2} {s}: E[phi phi] {} vs {}",
+                m.phiphi,
+                r.0
+            );
+            assert!(
+                libm::fabs(m.dphidphi - r.1) <= 1e-10 * s1,
+                "{act} {q1} {q2} {s}: E[phi' phi'] {} vs {}",
+                m.dphidphi,
+                r.1
+            );
+        }
+    }
+}
+
+#[test]
+fn trapezoid_rule_converges_and_its_estimate_is_honest() {
+    let quad = Quadrature::default();
+    for act in [Activation::Tanh, Activation::Sigmoid, Activation::Erf, Activation::Gelu] {
+        for (q1, q2, s) in covariances() {
+            let m = quadrature_moments(act, q1, q2, s, &quad).unwrap();
+            let r = reference(act, q1, q2, s);
+            let (s0, s1) = scale(act, q1, q2);
+            let (e0, e1) = (libm::fabs(m.phiphi - r.0), libm::fabs(m.dphidphi - r.1));
+            assert!(e0 <= 1e-10 * s0 && e1 <= 1e-10 * s1, "{act} {q1} {q2} {s}: {e0} {e1}");
+            // T_2h must meet the tolerance, so the estimate is at most a few tol (x the scale of
+            // the unbounded GELU).
+            assert!(m.err <= 1e-9 * (1.0 + s0), "{act} {q1} {q2} {s}: estimate {}", m.err);
+        }
+    }
+    // Coarse tolerances: the estimate bounds the actual error.
+    for tol in [1e-2, 1e-4, 1e-6, 1e-8] {
+        let quad = Quadrature { tol, ..Quadrature::default() };
+        for act in [Activation::Tanh, Activation::Sigmoid, Activation::Erf] {
+            for &(q1, q2, s) in
+                &[(1.0, 1.0, 0.5), (12.0, 12.0, 11.0), (0.3, 5.0, -0.9), (30.0, 30.0, 30.0)]
+            {
+                let m = quadrature_moments(act, q1, q2, s, &quad).unwrap();
+                let r = reference(act, q1, q2, s);
+                let actual = libm::fmax(libm::fabs(m.phiphi - r.0), libm::fabs(m.dphidphi - r.1));
+                assert!(
+                    actual <= m.err + 1e-14,
+                    "{act} tol {tol} ({q1}, {q2}, {s}): {actual} > {}",
+                    m.err
+                );
+                assert!(m.err <= 10.0 * tol, "{act} tol {tol}: estimate {} too large", m.err);
+            }
+        }
+    }
+}
+
+/// DESIGN §4: Gauss–Hermite of degree 300 is off by ~1e-4 for tanh at q ~ 12; the trapezoid
+/// rule is not, and it needs few nodes.
+#[test]
+fn tanh_at_large_variance() {
+    let m = moments(Activation::Tanh, 12.0, 12.0, 12.0, &Quadrature::default()).unwrap();
+    let r = reference(Activation::Tanh, 12.0, 12.0, 12.0);
+    assert!(libm::fabs(m.phiphi - r.0) < 1e-13 && libm::fabs(m.dphidphi - r.1) < 1e-13);
+    assert!(m.nodes < 1000, "{}", m.nodes);
+}
+
+/// Monte Carlo of 10^6 Gaussian pairs from `rng::normal`: within 5 standard errors.
+#[test]
+fn moments_match_monte_carlo() {
+    const N: u64 = 1_000_000;
+    for (case, &(q1, q2, c)) in
+        [(1.0, 1.0, 0.5), (3.0, 0.7, -0.8), (10.0, 10.0, 0.95)].iter().enumerate()
+    {
+        let s = c * libm::sqrt(q1 * q2);
+        for act in ALL {
+            let m = moments(act, q1, q2, s, &Quadrature::default()).unwrap();
+            let (mut a, mut a2, mut b, mut b2) = (0.0, 0.0, 0.0, 0.0);
+            for i in 0..N {
+                let z1 = rng::normal(7, case as u64, 2 * i);
+                let z2 = rng::normal(7, case as u64, 2 * i + 1);
+                let u = libm::sqrt(q1) * z1;
+                let v = libm::sqrt(q2) * (c * z1 + libm::sqrt(1.0 - c * c) * z2);
+                let f = act.phi(u) * act.phi(v);
+                let g = act.dphi(u) * act.dphi(v);
+                a += f;
+                a2 += f * f;
+                b += g;
+                b2 += g * g;
+            }
+            let n = N as f64;
+            let (ma, mb) = (a / n, b / n);
+            let sea = libm::sqrt((a2 / n - ma * ma) / n);
+            let seb = libm::sqrt((b2 / n - mb * mb) / n);
+            assert!(
+                libm::fabs(ma - m.phiphi) <= 5.0 * sea + 1e-12,
+                "{act} case {case}: {ma} vs {}",
+                m.phiphi
+            );
+            assert!(
+                libm::fabs(mb - m.dphidphi) <= 5.0 * seb + 1e-12,
+                "{act} case {case}: {mb} vs {}",
+                m.dphidphi
+            );
+        }
+    }
+}
+
+#[test]
+fn relu_is_exact_on_the_diagonal_and_continuous_near_it() {
+    let quad = Quadrature::default();
+    for q in [1e-200, 1e-3, 0.7, 1.0, 3.0, 1e200] {
+        let m = moments(Activation::Relu, q, q, q, &quad).unwrap();
+        assert_eq!((m.phiphi, m.dphidphi), (0.5 * q, 0.5));
+        // c = 1 with different variances: theta = 0 too (exact when q1 q2 is representable).
+        if (1e-100..1e100).contains(&q) {
+            let m = moments(Activation::Relu, q, 4.0 * q, 2.0 * q, &quad).unwrap();
+            assert_eq!(m.dphidphi, 0.5);
+        }
+    }
+    // Near c = 1: (pi - theta) / (2 pi) with theta ~ sqrt(2 delta), no loss to cancellation.
+    for delta in [1e-4, 1e-8, 1e-12] {
+        let m = moments(Activation::Relu, 1.0, 1.0, 1.0 - delta, &quad).unwrap();
+        let theta = libm::acos(1.0 - delta);
+        assert!(libm::fabs(m.dphidphi - (PI - theta) / (2.0 * PI)) < 1e-15);
+    }
+    // Near c = -1: pi - theta ~ sqrt(2 delta) is computed directly.
+    for delta in [1e-6, 1e-10] {
+        let m = moments(Activation::Relu, 1.0, 1.0, -1.0 + delta, &quad).unwrap();
+        let expect = libm::acos(1.0 - delta) / (2.0 * PI); // (pi - theta) = arccos(-c)
+        assert!(libm::fabs(m.dphidphi / expect - 1.0) < 1e-6, "{} {expect}", m.dphidphi);
+        assert!(m.phiphi >= 0.0 && m.phiphi < 1e-8);
+    }
+    // |s| slightly beyond sqrt(q1 q2) (round-off) is clamped.
+    let m = moments(Activation::Relu, 1.0, 1.0, 1.0 + 1e-15, &quad).unwrap();
+    assert_eq!(m.dphidphi, 0.5);
+}
+
+#[test]
+fn extreme_variances_are_finite_or_typed_errors() {
+    let quad = Quadrature::default();
+    for act in ALL {
+        for q in [0.0, 1e-200, 1e-20, 1e20, 1e200] {
+            for c in [-1.0, -0.5, 0.0, 0.5, 1.0] {
+                let s = if c == 1.0 { q } else { c * q };
+                match moments(act, q, q, s, &quad) {
+                    Ok(m) => assert!(
+                        m.phiphi.is_finite() && m.dphidphi.is_finite(),
+                        "{act} q {q} c {c}: {m:?}"
+                    ),
+                    Err(e) => {
+                        assert!(matches!(e, Error::NoConvergence { .. }), "{act} q {q}: {e:?}")
+                    }
+                }
+            }
+        }
+    }
+    assert!(matches!(
+        moments(Activation::Relu, -1.0, 1.0, 0.0, &quad),
+        Err(Error::InvalidSpec { field: "q1", .. })
+    ));
+    assert!(moments(Activation::Relu, 1.0, f64::NAN, 0.0, &quad).is_err());
+}
+
+/// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations.
+fn eigenvalues(a: &[f64], n: usize) -> Vec<f64> {
+    let mut a = a.to_vec();
+    for _ in 0..100 {
+        let mut off = 0.0;
+        for p in 0..n {
+            for q in p + 1..n {
+                off += a[p * n + q] * a[p * n + q];
+            }
+        }
+        if off < 1e-30 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (libm::fabs(theta) + libm::sqrt(theta * theta + 1.0));
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / libm::sqrt(t * t + 1.0);
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| a[i * n + i]).collect()
+}
+
+fn inputs(n: usize, d: usize, seed: u64) -> Vec<f64> {
+    let mut x: Vec<f64> = (0..n * d).map(|i| rng::normal(seed, 99, i as u64)).collect();
+    // A duplicate row, a scaled row and a zero row.
+    let row0: Vec<f64> = x[..d].to_vec();
+    x[d..2 * d].copy_from_slice(&row0);
+    for k in 0..d {
+        x[2 * d + k] = -3.0 * row0[k];
+        x[3 * d + k] = 0.0;
+    }
+    x
+}
+
+fn configs() -> Vec<Mlp<'static>> {
+    let mut v = Vec::new();
+    for act in ALL {
+        v.push(Mlp::new(act, 3, 1.7, 0.2));
+        v.push(Mlp::new(act, 2, 2.0, 0.0).with_bias(false));
+        v.push(Mlp::new(act, 3, 1.3, 0.1).standard(&[50, 20, 80]));
+        v.push(Mlp::new(act, 1, 2.5, 0.0).standard(&[100]));
+    }
+    v
+}
+
+#[test]
+fn kernel_matrices_are_symmetric_and_psd() {
+    let (n, d) = (7, 5);
+    let x = inputs(n, d, 3);
+    for mlp in configs() {
+        let (mut k, mut t) = (vec![0.0; n * n], vec![0.0; n * n]);
+        let mut scratch = vec![0.0; kernel_scratch(n, 0, mlp.depth)];
+        kernel(Some(&mut k), Some(&mut t), &x, None, d, &mlp, &mut scratch).unwrap();
+        for m in [&k, &t] {
+            for i in 0..n {
+                for j in 0..n {
+                    assert_eq!(m[i * n + j], m[j * n + i]);
+                    assert!(m[i * n + j].is_finite());
+                }
+            }
+            let ev = eigenvalues(m, n);
+            let max = ev.iter().cloned().fold(0.0, f64::max);
+            let min = ev.iter().cloned().fold(f64::INFINITY, f64::min);
+            assert!(min >= -1e-12 * max, "{mlp:?}: eigenvalues {ev:?}");
+        }
+        // Duplicate rows give equal rows; the cross kernel of x with itself and the diagonal
+        // function agree with the symmetric one.
+        for j in 0..n {
+            assert_eq!(k[j], k[n + j]);
+            assert_eq!(t[j], t[n + j]);
+        }
+        let (mut k2, mut t2) = (vec![0.0; n * n], vec![0.0; n * n]);
+        let mut scratch = vec![0.0; kernel_scratch(n, n, mlp.depth)];
+        kernel(Some(&mut k2), Some(&mut t2), &x, Some(&x), d, &mlp, &mut scratch).unwrap();
+        for i in 0..n * n {
+            assert!(libm::fabs(k2[i] - k[i]) <= 1e-12 * libm::fabs(k[i]), "{mlp:?}");
+            assert!(libm::fabs(t2[i] - t[i]) <= 1e-12 * libm::fabs(t[i]), "{mlp:?}");
+        }
+        for i in 0..n {
+            assert_eq!(k2[i * n + i], k[i * n + i]);
+        }
+        let (mut kd, mut td) = (vec![0.0; n], vec![0.0; n]);
+        kernel_diagonal(Some(&mut kd), Some(&mut td), &x, d, &mlp).unwrap();
+        for i in 0..n {
+            assert_eq!((kd[i], td[i]), (k[i * n + i], t[i * n + i]));
+        }
+    }
+}
+
+/// Cross kernels: rows of x1 against rows of x2, equal to the blocks of the joint kernel.
+#[test]
+fn cross_kernel_is_a_block_of_the_joint_kernel() {
+    let d = 4;
+    let x = inputs(6, d, 11);
+    let mlp = Mlp::new(Activation::Gelu, 4, 1.4, 0.3).standard(&[64]);
+    let mut joint = vec![0.0; 36];
+    let mut scratch = vec![0.0; kernel_scratch(6, 0, 4)];
+    kernel(None, Some(&mut joint), &x, None, d, &mlp, &mut scratch).unwrap();
+    let (x1, x2) = x.split_at(2 * d);
+    let mut cross = vec![0.0; 2 * 4];
+    let mut scratch = vec![0.0; kernel_scratch(2, 4, 4)];
+    kernel(None, Some(&mut cross), x1, Some(x2), d, &mlp, &mut scratch).unwrap();
+    for i in 0..2 {
+        for j in 0..4 {
+            assert_eq!(cross[i * 4 + j], joint[i * 6 + 2 + j]);
+        }
+    }
+}
+
+/// DESIGN §6 (standard parameterization, ReLU, sigma_b^2 = 0, bias gradients, l hidden layers
+/// of width M): Theta(x, x) = r^l ||x||^2 (1 + l M / n0) + sum_{j=0}^{l} r^j, r = sigma_w^2 / 2.
+/// NTK parameterization, sigma_w^2 = 2, no bias: K = ||x||^2 2 / d and Theta = (L + 1) K.
+#[test]
+fn exact_relu_values() {
+    let (d, m) = (10usize, 100usize);
+    let x: Vec<f64> = (0..d).map(|i| rng::normal(5, 0, i as u64)).collect();
+    let norm2: f64 = x.iter().map(|v| v * v).sum();
+    for l in [1usize, 2, 5, 20] {
+        for sw in [0.5, 1.0, 2.0, 3.5] {
+            let widths = [m];
+            let mlp = Mlp::new(Activation::Relu, l, sw, 0.0).standard(&widths);
+            let mut t = [0.0];
+            kernel_diagonal(None, Some(&mut t), &x, d, &mlp).unwrap();
+            let r: f64 = sw / 2.0;
+            let expect = libm::pow(r, l as f64) * norm2 * (1.0 + (l * m) as f64 / d as f64)
+                + (0..=l).map(|j| libm::pow(r, j as f64)).sum::<f64>();
+            assert!(libm::fabs(t[0] / expect - 1.0) < 1e-13, "l {l} sw {sw}: {} vs {expect}", t[0]);
+        }
+        let mlp = Mlp::new(Activation::Relu, l, 2.0, 0.7).with_bias(false);
+        let (mut k, mut t) = ([0.0], [0.0]);
+        kernel_diagonal(Some(&mut k), Some(&mut t), &x, d, &mlp).unwrap();
+        let q = 2.0 * (norm2 / d as f64);
+        assert_eq!(k[0], q);
+        assert!(libm::fabs(t[0] - (l + 1) as f64 * q) <= 1e-15 * t[0]);
+    }
+}
+
+/// A depth-0 network is the linear model: K = sigma_w^2 <x, x'> / d + sigma_b^2, Theta = K
+/// (ntk) or <x, x'> + 1 (standard); linear phi at any depth keeps K an affine map of <x, x'>.
+#[test]
+fn linear_and_depth_zero() {
+    let x = [1.0, 2.0, -1.0, 0.5, 0.0, 3.0];
+    let ip = -1.0 + 2.0 * 0.5;
+    let mut scratch = [0.0; kernel_scratch(2, 1, 2)];
+    let (mut k, mut t) = ([0.0; 2], [0.0; 2]);
+    let mlp = Mlp::new(Activation::Tanh, 0, 1.5, 0.25);
+    kernel(Some(&mut k), Some(&mut t), &x[..2], Some(&x[2..]), 2, &mlp, &mut scratch).unwrap();
+    assert_eq!(k[0], 1.5 * (ip / 2.0) + 0.25);
+    assert_eq!(t[0], k[0]);
+    let mlp = mlp.standard(&[]);
+    kernel(Some(&mut k), Some(&mut t), &x[..2], Some(&x[2..]), 2, &mlp, &mut scratch).unwrap();
+    assert_eq!(t[0], ip + 1.0);
+    // Linear phi, depth 2, sigma_w^2 = 1, sigma_b^2 = b: K = <x,x'>/d + 3 b.
+    let mlp = Mlp::new(Activation::Linear, 2, 1.0, 0.5);
+    kernel(Some(&mut k), Some(&mut t), &x[..2], Some(&x[2..]), 2, &mlp, &mut scratch).unwrap();
+    assert!(libm::fabs(k[0] - (ip / 2.0 + 1.5)) < 1e-15);
+    // Theta = K^1 + K^2 + K^3 for sigma_w^2 = 1 (Sigma_dot = 1).
+    let k1 = ip / 2.0 + 0.5;
+    assert!(libm::fabs(t[0] - (k1 + (k1 + 0.5) + (k1 + 1.0))) < 1e-15);
+}
+
+#[test]
+fn zero_huge_and_tiny_inputs() {
+    let d = 3;
+    for act in ALL {
+        for scale in [0.0, 1e-100, 1e100] {
+            let x = [scale, -scale, 0.5 * scale, 0.3 * scale, scale, 0.0];
+            for mlp in [
+                Mlp::new(act, 4, 2.0, 0.0),
+                Mlp::new(act, 4, 1.2, 0.3),
+                Mlp::new(act, 3, 2.0, 0.0).standard(&[30]).with_bias(false),
+            ] {
+                let (mut k, mut t) = ([0.0; 4], [0.0; 4]);
+                let mut scratch = [0.0; kernel_scratch(2, 0, 4)];
+                match kernel(Some(&mut k), Some(&mut t), &x, None, d, &mlp, &mut scratch) {
+                    Ok(_) => {
+                        assert!(
+                            k.iter().chain(&t).all(|v| v.is_finite()),
+                            "{act} {scale}: {k:?} {t:?}"
+                        )
+                    }
+                    Err(e) => assert!(
+                        matches!(e, Error::NoConvergence { .. } | Error::NonFinite { .. }),
+                        "{act} {scale}: {e:?}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let x = [1.0, 2.0, 3.0, 4.0];
+    let mut out = [0.0; 4];
+    let mut scratch = [0.0; kernel_scratch(2, 0, 3)];
+    let mlp = Mlp::new(Activation::Relu, 3, 1.0, 0.0);
+    let run = |mlp: &Mlp, x: &[f64], d: usize, out: &mut [f64], scratch: &mut [f64]| {
+        kernel(None, Some(out), x, None, d, mlp, scratch)
+    };
+    assert!(matches!(
+        run(&Mlp { sigma_w2: -1.0, ..mlp }, &x, 2, &mut out, &mut scratch),
+        Err(Error::InvalidSpec { field: "sigma_w2", .. })
+    ));
+    assert!(matches!(
+        run(&mlp, &x, 0, &mut out, &mut scratch),
+        Err(Error::InvalidSpec { field: "d", .. })
+    ));
+    assert!(matches!(
+        run(&mlp, &x, 3, &mut out, &mut scratch),
+        Err(Error::ShapeMismatch { what: "x1", .. })
+    ));
+    assert!(matches!(
+        run(&mlp, &x, 2, &mut out[..3], &mut scratch),
+        Err(Error::ShapeMismatch { what: "ntk", .. })
+    ));
+    assert!(matches!(
+        run(&mlp, &x, 2, &mut out, &mut scratch[..5]),
+        Err(Error::ShortBuffer { .. })
+    ));
+    assert!(matches!(
+        run(&mlp, &[1.0, f64::NAN, 0.0, 0.0], 2, &mut out, &mut scratch),
+        Err(Error::NonFiniteInput { what: "x1", index: 1 })
+    ));
+    let widths = [10, 10];
+    assert!(matches!(
+        run(&mlp.standard(&widths), &x, 2, &mut out, &mut scratch),
+        Err(Error::InvalidSpec { field: "widths.len", .. })
+    ));
+    assert!(matches!(
+        run(&mlp.standard(&[0]), &x, 2, &mut out, &mut scratch),
+        Err(Error::InvalidSpec { field: "widths", .. })
+    ));
+    // Overflow of the recursion is reported with its layer.
+    let big = [1e200, 0.0, 0.0, 1e200];
+    let e = run(&Mlp::new(Activation::Relu, 3, 1e100, 0.0), &big, 2, &mut out, &mut scratch);
+    assert!(matches!(e, Err(Error::NonFinite { pass: Pass::Kernel, .. })), "{e:?}");
+}
+
+#[test]
+fn from_spec_matches_manual_config() {
+    let widths = [3, 40, 50, 1];
+    let spec =
+        Spec::new(&widths, Activation::Erf, 1.5, 0.2, true, Parameterization::Standard).unwrap();
+    let mlp = Mlp::from_spec(&spec);
+    assert_eq!(mlp.depth, 2);
+    assert_eq!(mlp.widths, &[40, 50]);
+    let x = [0.3, -1.0, 2.0];
+    let (mut a, mut b) = ([0.0], [0.0]);
+    kernel_diagonal(None, Some(&mut a), &x, 3, &mlp).unwrap();
+    kernel_diagonal(
+        None,
+        Some(&mut b),
+        &x,
+        3,
+        &Mlp::new(Activation::Erf, 2, 1.5, 0.2).standard(&[40, 50]),
+    )
+    .unwrap();
+    assert_eq!(a, b);
+}

@@ -1,0 +1,674 @@
+//! The pulp kernels behind [`super::gemm`], [`super::gram_hadamard`] and [`super::dot`].
+//!
+//! Both matrix kernels are BLIS-style: operands are packed into zero-padded panels in the
+//! caller's scratch, and a register-blocked micro-kernel computes an `MR x NR` tile of the
+//! output, `MR = MV * lanes` rows as `MV` vectors times `NR` broadcast columns (32 vector
+//! registers, e.g. AVX-512: 4 x 6 = 24 accumulators, 32 x 6 tiles in `f64`; 16 registers, AVX2
+//! and scalar: 3 x 4 = 12). Vectors run along the output's rows, so an output with unit row
+//! stride is read and written with whole vector loads; a row-major output is handled by
+//! transposing the whole problem.
+//!
+//! Determinism: every output entry is the same FMA chain `acc = fma(x_p, y_p, acc)` over the
+//! inner index `p` in increasing order (for [`gemm`] restarted at every `KC` boundary, fixed per
+//! type; for [`gram_hadamard`] one unbroken chain per Gram matrix), then combined with the
+//! destination by the same vector operations, whatever the tile, its size (tail tiles use the
+//! same code with fewer vectors), the orientation (`fma` is commutative in its factors) or
+//! [`Part`]. So an entry does not depend on where it sits or on how the caller tiles the output.
+
+use super::elem::{Elem, MAX_LANES};
+use super::{
+    MatMut, MatRef, Part, MC, MC_GRAM, MV_NARROW, MV_WIDE, NC, NC_GRAM, NR_NARROW, NR_WIDE,
+};
+use pulp::{Simd, WithSimd};
+
+/// Runs `op` with the best instruction set of this machine (once per call).
+#[cfg(not(test))]
+#[inline(always)]
+fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+    pulp::Arch::new().dispatch(op)
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Test hook: 0 = best instruction set, 1 = pulp's scalar fallback, 2 = x86-64-v3 (AVX2).
+    pub(crate) static FORCE_LEVEL: core::cell::Cell<u8> = const { core::cell::Cell::new(0) };
+}
+
+/// Runs `op` with the instruction set chosen by [`FORCE_LEVEL`] (tests only).
+#[cfg(test)]
+fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+    match FORCE_LEVEL.with(|l| l.get()) {
+        1 => op.with_simd(pulp::Scalar::new()),
+        #[cfg(target_arch = "x86_64")]
+        2 => match pulp::x86::V3::try_new() {
+            Some(v3) => Simd::vectorize(v3, op),
+            None => pulp::Arch::new().dispatch(op),
+        },
+        _ => pulp::Arch::new().dispatch(op),
+    }
+}
+
+#[inline(always)]
+const fn round_up(x: usize, g: usize) -> usize {
+    x.div_ceil(g) * g
+}
+
+#[inline(always)]
+fn transpose_mut<T>(m: MatMut<'_, T>) -> MatMut<'_, T> {
+    MatMut { data: m.data, rows: m.cols, cols: m.rows, rs: m.cs, cs: m.rs }
+}
+
+/// Packs rows `r0..r0 + rows` and columns `p0..p0 + kc` of `src` into panels of `panel` rows:
+/// panel `q` starts at `q * panel * kc` and holds `out[p * w + r] = src(r0 + q * panel + r,
+/// p0 + p)` with its height `h` padded with zeros to `w = round_up(h, granule)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pack<T: Elem>(
+    out: &mut [T],
+    src: MatRef<'_, T>,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    panel: usize,
+    granule: usize,
+) {
+    let zero = T::default();
+    let mut q0 = 0;
+    while q0 < rows {
+        let h = panel.min(rows - q0);
+        let w = round_up(h, granule);
+        let buf = &mut out[q0 * kc..q0 * kc + w * kc];
+        let row0 = r0 + q0;
+        if src.rs == 1 {
+            for (p, chunk) in buf.chunks_exact_mut(w).enumerate() {
+                let off = row0 + (p0 + p) * src.cs;
+                chunk[..h].copy_from_slice(&src.data[off..off + h]);
+                chunk[h..].fill(zero);
+            }
+        } else if src.cs == 1 {
+            // Rows contiguous along p: transpose 8 x 8 blocks through registers / the stack.
+            const B: usize = 8;
+            let mut t = [[zero; B]; B];
+            for rb in (0..h).step_by(B) {
+                let rh = B.min(h - rb);
+                for pb in (0..kc).step_by(B) {
+                    let pn = B.min(kc - pb);
+                    for (r, tr) in t.iter_mut().enumerate().take(rh) {
+                        let off = (row0 + rb + r) * src.rs + p0 + pb;
+                        if pn == B {
+                            *tr = src.data[off..off + B].try_into().unwrap_or(*tr);
+                        } else {
+                            tr[..pn].copy_from_slice(&src.data[off..off + pn]);
+                        }
+                    }
+                    for p in 0..pn {
+                        let out = &mut buf[(pb + p) * w + rb..(pb + p) * w + rb + rh];
+                        for (r, x) in out.iter_mut().enumerate() {
+                            *x = t[r][p];
+                        }
+                    }
+                }
+            }
+            if h < w {
+                for chunk in buf.chunks_exact_mut(w) {
+                    chunk[h..].fill(zero);
+                }
+            }
+        } else {
+            for r in 0..h {
+                let off = (row0 + r) * src.rs + p0 * src.cs;
+                for (p, chunk) in buf.chunks_exact_mut(w).enumerate() {
+                    chunk[r] = src.data[off + p * src.cs];
+                }
+            }
+            if h < w {
+                for chunk in buf.chunks_exact_mut(w) {
+                    chunk[h..].fill(zero);
+                }
+            }
+        }
+        q0 += panel;
+    }
+}
+
+/// `acc + sum_p a_p b_p^T` over a packed `MV * lanes x kc` panel `a` and `kc x NR` panel `b`:
+/// one accumulator vector per (column, row vector), one FMA chain per entry.
+#[inline(always)]
+fn accumulate<T: Elem, S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    mut acc: [[T::V<S>; MV]; NR],
+    a: &[T],
+    b: &[T],
+    kc: usize,
+) -> [[T::V<S>; MV]; NR] {
+    let l = T::lanes::<S>();
+    let (av, _) = T::as_simd::<S>(&a[..kc * MV * l]);
+    let (av, _) = pulp::as_arrays::<MV, _>(av);
+    let (bv, _) = pulp::as_arrays::<NR, _>(&b[..kc * NR]);
+    for (a, b) in av.iter().zip(bv) {
+        for j in 0..NR {
+            let bj = T::splat(s, b[j]);
+            for v in 0..MV {
+                acc[j][v] = T::mul_add(s, a[v], bj, acc[j][v]);
+            }
+        }
+    }
+    acc
+}
+
+/// Loads `dst(i..i + h, j)` (`h <= lanes`) into a vector, zero-padded.
+#[inline(always)]
+fn load_col<T: Elem, S: Simd>(s: S, dst: &MatMut<'_, T>, i: usize, j: usize, h: usize) -> T::V<S> {
+    let base = i * dst.rs + j * dst.cs;
+    if dst.rs == 1 {
+        T::partial_load(s, &dst.data[base..base + h])
+    } else {
+        let mut buf = [T::default(); MAX_LANES];
+        for (r, x) in buf[..h].iter_mut().enumerate() {
+            *x = dst.data[base + r * dst.rs];
+        }
+        T::partial_load(s, &buf[..h])
+    }
+}
+
+/// Stores the first `h` lanes of `v` to `dst(i..i + h, j)`.
+#[inline(always)]
+fn store_col<T: Elem, S: Simd>(
+    s: S,
+    dst: &mut MatMut<'_, T>,
+    i: usize,
+    j: usize,
+    h: usize,
+    v: T::V<S>,
+) {
+    let base = i * dst.rs + j * dst.cs;
+    if dst.rs == 1 {
+        T::partial_store(s, &mut dst.data[base..base + h], v)
+    } else {
+        let mut buf = [T::default(); MAX_LANES];
+        T::partial_store(s, &mut buf[..h], v);
+        for (r, x) in buf[..h].iter().enumerate() {
+            dst.data[base + r * dst.rs] = *x;
+        }
+    }
+}
+
+/// How a finished tile `acc` meets the destination.
+#[derive(Clone, Copy)]
+enum Update<T> {
+    /// `d = alpha * acc` (first K block, `beta == 0`: `d` is not read).
+    Overwrite,
+    /// `d = beta * d + alpha * acc` (first K block).
+    Scale(T),
+    /// `d = d + alpha * acc` (later K blocks).
+    Accumulate,
+}
+
+/// One `h x w` tile of [`gemm`] at `(i0, j0)` (`h <= MV * lanes`, `w <= NR`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    dst: &mut MatMut<'_, T>,
+    i0: usize,
+    j0: usize,
+    h: usize,
+    w: usize,
+    a: &[T],
+    b: &[T],
+    kc: usize,
+    alpha: T,
+    update: Update<T>,
+) {
+    let zero = [[T::splat(s, T::default()); MV]; NR];
+    let acc = accumulate::<T, S, MV, NR>(s, zero, a, b, kc);
+    let l = T::lanes::<S>();
+    let va = T::splat(s, alpha);
+    for (j, col) in acc.iter().enumerate().take(w) {
+        for (v, &x) in col.iter().enumerate() {
+            let r0 = v * l;
+            if r0 >= h {
+                break;
+            }
+            let hv = l.min(h - r0);
+            let out = match update {
+                Update::Overwrite => T::mul(s, va, x),
+                Update::Scale(beta) => {
+                    let old = load_col(s, dst, i0 + r0, j0 + j, hv);
+                    T::mul_add(s, T::splat(s, beta), old, T::mul(s, va, x))
+                }
+                Update::Accumulate => {
+                    let old = load_col(s, dst, i0 + r0, j0 + j, hv);
+                    T::mul_add(s, va, x, old)
+                }
+            };
+            store_col(s, dst, i0 + r0, j0 + j, hv, out);
+        }
+    }
+}
+
+/// Calls `$f::<T, S, mv, NR>(...)` with `mv = ceil(h / lanes)` in `1..=MV` (`MV <= 4`).
+macro_rules! with_mv {
+    ($f:ident, $T:ty, $S:ty, $MV:ident, $NR:ident, $mv:expr, ($($arg:expr),*)) => {
+        match $mv {
+            m if m == $MV => $f::<$T, $S, $MV, $NR>($($arg),*),
+            1 => $f::<$T, $S, 1, $NR>($($arg),*),
+            2 => $f::<$T, $S, 2, $NR>($($arg),*),
+            3 => $f::<$T, $S, 3, $NR>($($arg),*),
+            _ => $f::<$T, $S, 4, $NR>($($arg),*),
+        }
+    };
+}
+
+/// `dst = beta * dst + alpha * lhs * rhs` with `k >= 1`; see [`gemm`].
+pub(crate) struct Gemm<'a, T> {
+    dst: MatMut<'a, T>,
+    alpha: T,
+    lhs: MatRef<'a, T>,
+    rhs: MatRef<'a, T>,
+    beta: T,
+    scratch: &'a mut [T],
+}
+
+impl<T: Elem> WithSimd for Gemm<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        if S::REGISTER_COUNT >= 32 {
+            gemm_run::<T, S, MV_WIDE, NR_WIDE>(s, self)
+        } else {
+            gemm_run::<T, S, MV_NARROW, NR_NARROW>(s, self)
+        }
+    }
+}
+
+#[inline(always)]
+fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'_, T>) {
+    let Gemm { mut dst, alpha, lhs, rhs, beta, scratch } = op;
+    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    let l = T::lanes::<S>();
+    let mr = MV * l;
+    debug_assert!(l <= MAX_LANES);
+    let kc_max = k.min(T::KC);
+    let (pb, pa) = scratch.split_at_mut(round_up(n.min(NC), NR) * kc_max);
+    let rhs_t = rhs.t();
+    let mut jc = 0;
+    while jc < n {
+        let nc = NC.min(n - jc);
+        let mut pc = 0;
+        while pc < k {
+            let kc = T::KC.min(k - pc);
+            let update = if pc > 0 {
+                Update::Accumulate
+            } else if beta == T::default() {
+                Update::Overwrite
+            } else {
+                Update::Scale(beta)
+            };
+            pack(pb, rhs_t, jc, nc, pc, kc, NR, NR);
+            let mut ic = 0;
+            while ic < m {
+                let mc = MC.min(m - ic);
+                pack(pa, lhs, ic, mc, pc, kc, mr, l);
+                for jr in (0..nc).step_by(NR) {
+                    let w = NR.min(nc - jr);
+                    let b = &pb[jr * kc..(jr + NR) * kc];
+                    for ir in (0..mc).step_by(mr) {
+                        let h = mr.min(mc - ir);
+                        let a = &pa[ir * kc..];
+                        let d = &mut dst;
+                        let (i0, j0) = (ic + ir, jc + jr);
+                        with_mv!(
+                            gemm_tile,
+                            T,
+                            S,
+                            MV,
+                            NR,
+                            h.div_ceil(l),
+                            (s, d, i0, j0, h, w, a, b, kc, alpha, update)
+                        );
+                    }
+                }
+                ic += MC;
+            }
+            pc += kc;
+        }
+        jc += NC;
+    }
+}
+
+/// Scalar part of [`gemm`] for `k == 0`: `dst = beta * dst` (zero when `beta == 0`).
+fn scale<T: Elem + core::ops::Mul<Output = T>>(dst: &mut MatMut<'_, T>, beta: T) {
+    for i in 0..dst.rows {
+        for j in 0..dst.cols {
+            let x = dst.at_mut(i, j);
+            *x = if beta == T::default() { T::default() } else { beta * *x };
+        }
+    }
+}
+
+/// See [`super::gemm`]; shapes and scratch length already checked.
+pub(crate) fn gemm<'a, T: Elem + core::ops::Mul<Output = T>>(
+    mut dst: MatMut<'a, T>,
+    alpha: T,
+    lhs: MatRef<'a, T>,
+    rhs: MatRef<'a, T>,
+    beta: T,
+    scratch: &'a mut [T],
+) {
+    if dst.rows == 0 || dst.cols == 0 {
+        return;
+    }
+    if lhs.cols == 0 {
+        scale(&mut dst, beta);
+        return;
+    }
+    let op = if dst.cs == 1 && dst.rs != 1 {
+        // Row-major output: vectors along its rows by computing dst^T = rhs^T lhs^T.
+        Gemm { dst: transpose_mut(dst), alpha, lhs: rhs.t(), rhs: lhs.t(), beta, scratch }
+    } else {
+        Gemm { dst, alpha, lhs, rhs, beta, scratch }
+    };
+    dispatch(op)
+}
+
+/// Which tiles [`gram_hadamard`] may skip (in kernel orientation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Every tile.
+    All,
+    /// Tiles holding some entry with `j >= i`.
+    Upper,
+    /// Tiles holding some entry with `i >= j` (an upper part seen transposed).
+    Lower,
+}
+
+/// `dst += (c * a1 a2^T + s) .* (d1 d2^T)`; see [`gram_hadamard`].
+pub(crate) struct Gram<'a, T> {
+    dst: MatMut<'a, T>,
+    a1: MatRef<'a, T>,
+    a2: MatRef<'a, T>,
+    d1: MatRef<'a, T>,
+    d2: MatRef<'a, T>,
+    c: T,
+    shift: T,
+    keep: Keep,
+    scratch: &'a mut [T],
+}
+
+impl<T: Elem> WithSimd for Gram<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        if S::REGISTER_COUNT >= 32 {
+            gram_run::<T, S, MV_WIDE, NR_WIDE>(s, self)
+        } else {
+            gram_run::<T, S, MV_NARROW, NR_NARROW>(s, self)
+        }
+    }
+}
+
+/// Loads a tile of accumulators stored by [`store_tile`].
+#[inline(always)]
+fn load_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(buf: &[T]) -> [[T::V<S>; MV]; NR] {
+    let l = T::lanes::<S>();
+    let (v, _) = T::as_simd::<S>(&buf[..MV * NR * l]);
+    let (v, _) = pulp::as_arrays::<MV, _>(v);
+    core::array::from_fn(|j| v[j])
+}
+
+/// Stores a tile of accumulators (`NR * MV` vectors, column after column).
+#[inline(always)]
+fn store_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
+    buf: &mut [T],
+    acc: &[[T::V<S>; MV]; NR],
+) {
+    let l = T::lanes::<S>();
+    let (v, _) = T::as_mut_simd::<S>(&mut buf[..MV * NR * l]);
+    for (out, x) in v.chunks_exact_mut(MV).zip(acc) {
+        out.copy_from_slice(x);
+    }
+}
+
+/// What one register pass of [`gram_tile`] does with its accumulators.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Park them in the tile's buffer (a Gram pass that is not the last one).
+    Park,
+    /// Last pass of `d1 d2^T`: `dst = fma(fma(c, ga, s), gd, dst)` with `ga` from its buffer.
+    Finish,
+}
+
+/// One register pass of a [`gram_hadamard`] tile over `kc` inner elements: `acc` starts at zero
+/// (`first`) or at the parked partial sums in `part`, runs the FMA chain, then is parked again
+/// or, at the very end, combined with `ga` and added into `dst`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gram_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
+    s: S,
+    dst: &mut MatMut<'_, T>,
+    (i0, j0, h, w): (usize, usize, usize, usize),
+    (a, b, kc): (&[T], &[T], usize),
+    first: bool,
+    pass: Pass,
+    part: &mut [T],
+    ga: &[T],
+    (c, shift): (T, T),
+) {
+    let init =
+        if first { [[T::splat(s, T::default()); MV]; NR] } else { load_tile::<T, S, MV, NR>(part) };
+    let acc = accumulate::<T, S, MV, NR>(s, init, a, b, kc);
+    if pass == Pass::Park {
+        store_tile::<T, S, MV, NR>(part, &acc);
+        return;
+    }
+    let ga = load_tile::<T, S, MV, NR>(ga);
+    let l = T::lanes::<S>();
+    let (vc, vs) = (T::splat(s, c), T::splat(s, shift));
+    for (j, (ca, cd)) in ga.iter().zip(&acc).enumerate().take(w) {
+        for (v, (&xa, &xd)) in ca.iter().zip(cd).enumerate() {
+            let r0 = v * l;
+            if r0 >= h {
+                break;
+            }
+            let hv = l.min(h - r0);
+            let old = load_col(s, dst, i0 + r0, j0 + j, hv);
+            let out = T::mul_add(s, T::mul_add(s, vc, xa, vs), xd, old);
+            store_col(s, dst, i0 + r0, j0 + j, hv, out);
+        }
+    }
+}
+
+/// Blocked loop of [`gram_hadamard`]: for each block of `NC_GRAM` rows of `a2`, `d2` (packed
+/// over all of `ka`, `kd`) and each block of `MC_GRAM` rows of `a1`, `d1` (packed likewise), the
+/// Gram tiles run in register passes of `KC` inner elements (first `a`, then `d`); between passes
+/// a tile's accumulators are parked in a per-block buffer, so each entry is still one FMA chain
+/// and the packed `KC`-slices stay in cache. The last `d` pass applies the Hadamard update.
+#[inline(always)]
+fn gram_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gram<'_, T>) {
+    let Gram { mut dst, a1, a2, d1, d2, c, shift, keep, scratch } = op;
+    let (m, n, ka, kd) = (dst.rows, dst.cols, a1.cols, d1.cols);
+    let l = T::lanes::<S>();
+    let mr = MV * l;
+    debug_assert!(l <= MAX_LANES);
+    let nb = round_up(n.min(NC_GRAM), NR);
+    let mb = round_up(m.min(MC_GRAM), l);
+    let (pba, rest) = scratch.split_at_mut(nb * ka);
+    let (pbd, rest) = rest.split_at_mut(nb * kd);
+    let (paa, rest) = rest.split_at_mut(mb * ka);
+    let (pad, rest) = rest.split_at_mut(mb * kd);
+    let (buf_a, rest) = rest.split_at_mut(mb * nb);
+    let buf_d = &mut rest[..mb * nb];
+    let mut jc = 0;
+    while jc < n {
+        let nc = NC_GRAM.min(n - jc);
+        let nbx = round_up(nc, NR);
+        pack_chunks::<T>(pba, a2, jc, nc, ka, NR, NR, nbx);
+        pack_chunks::<T>(pbd, d2, jc, nc, kd, NR, NR, nbx);
+        let mut ic = 0;
+        while ic < m {
+            let mc = MC_GRAM.min(m - ic);
+            let needed = match keep {
+                Keep::All => true,
+                Keep::Upper => jc + nc > ic,
+                Keep::Lower => ic + mc > jc,
+            };
+            if !needed {
+                ic += MC_GRAM;
+                continue;
+            }
+            let mbx = round_up(mc, l);
+            pack_chunks::<T>(paa, a1, ic, mc, ka, mr, l, mbx);
+            pack_chunks::<T>(pad, d1, ic, mc, kd, mr, l, mbx);
+            for (pa, pb, kk, is_d) in [(&*paa, &*pba, ka, false), (&*pad, &*pbd, kd, true)] {
+                let mut p0 = 0;
+                loop {
+                    let kc = T::KC.min(kk - p0);
+                    let last = p0 + kc == kk;
+                    let pass = if is_d && last { Pass::Finish } else { Pass::Park };
+                    let (pa, pb) = (&pa[p0 * mbx..], &pb[p0 * nbx..]);
+                    for jr in (0..nc).step_by(NR) {
+                        let (j0, w) = (jc + jr, NR.min(nc - jr));
+                        let b = &pb[jr * kc..(jr + NR) * kc];
+                        for ir in (0..mc).step_by(mr) {
+                            let (i0, h) = (ic + ir, mr.min(mc - ir));
+                            let skip = match keep {
+                                Keep::All => false,
+                                Keep::Upper => j0 + w <= i0,
+                                Keep::Lower => i0 + h <= j0,
+                            };
+                            if skip {
+                                continue;
+                            }
+                            let hp = round_up(h, l);
+                            let a = &pa[ir * kc..(ir + hp) * kc];
+                            let t = ir * nbx + jr * hp;
+                            let (part, ga) = if is_d {
+                                (&mut buf_d[t..t + NR * hp], &buf_a[t..t + NR * hp])
+                            } else {
+                                (&mut buf_a[t..t + NR * hp], &[][..])
+                            };
+                            let d = &mut dst;
+                            with_mv!(
+                                gram_tile,
+                                T,
+                                S,
+                                MV,
+                                NR,
+                                hp / l,
+                                (
+                                    s,
+                                    d,
+                                    (i0, j0, h, w),
+                                    (a, b, kc),
+                                    p0 == 0,
+                                    pass,
+                                    part,
+                                    ga,
+                                    (c, shift)
+                                )
+                            );
+                        }
+                    }
+                    p0 += kc;
+                    if last {
+                        break;
+                    }
+                }
+            }
+            ic += MC_GRAM;
+        }
+        jc += NC_GRAM;
+    }
+}
+
+/// [`pack`] of rows `r0..r0 + rows`, all `k` columns, chunk by chunk of `T::KC` columns: chunk
+/// `p0` starts at `p0 * padded` (`padded` = the rows rounded up as [`pack`] pads them), so the
+/// panels of one register pass are contiguous.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pack_chunks<T: Elem>(
+    out: &mut [T],
+    src: MatRef<'_, T>,
+    r0: usize,
+    rows: usize,
+    k: usize,
+    panel: usize,
+    granule: usize,
+    padded: usize,
+) {
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = T::KC.min(k - p0);
+        pack(&mut out[p0 * padded..], src, r0, rows, p0, kc, panel, granule);
+        p0 += kc;
+    }
+}
+
+/// See [`super::gram_hadamard`]; shapes and scratch length already checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gram_hadamard<'a, T: Elem>(
+    dst: MatMut<'a, T>,
+    a1: MatRef<'a, T>,
+    a2: MatRef<'a, T>,
+    d1: MatRef<'a, T>,
+    d2: MatRef<'a, T>,
+    c: T,
+    shift: T,
+    part: Part,
+    scratch: &'a mut [T],
+) {
+    if dst.rows == 0 || dst.cols == 0 {
+        return;
+    }
+    let op = if dst.cs == 1 && dst.rs != 1 {
+        // Row-major output: dst^T += (c a2 a1^T + s) .* (d2 d1^T), vectors along its rows.
+        let keep = if part == Part::Upper { Keep::Lower } else { Keep::All };
+        let dst = transpose_mut(dst);
+        Gram { dst, a1: a2, a2: a1, d1: d2, d2: d1, c, shift, keep, scratch }
+    } else {
+        let keep = if part == Part::Upper { Keep::Upper } else { Keep::All };
+        Gram { dst, a1, a2, d1, d2, c, shift, keep, scratch }
+    };
+    dispatch(op)
+}
+
+/// `sum_i a_i b_i` with four vector accumulators.
+pub(crate) struct Dot<'a, T> {
+    a: &'a [T],
+    b: &'a [T],
+}
+
+impl<T: Elem> WithSimd for Dot<'_, T> {
+    type Output = T;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) -> T {
+        let (av, at) = T::as_simd::<S>(self.a);
+        let (bv, bt) = T::as_simd::<S>(self.b);
+        let (a4, a1) = pulp::as_arrays::<4, _>(av);
+        let (b4, b1) = pulp::as_arrays::<4, _>(bv);
+        let zero = T::splat(s, T::default());
+        let mut acc = [zero; 4];
+        for (x, y) in a4.iter().zip(b4) {
+            for i in 0..4 {
+                acc[i] = T::mul_add(s, x[i], y[i], acc[i]);
+            }
+        }
+        for (i, (&x, &y)) in a1.iter().zip(b1).enumerate() {
+            acc[i] = T::mul_add(s, x, y, acc[i]);
+        }
+        let (x, y) = (T::partial_load(s, at), T::partial_load(s, bt));
+        acc[3] = T::mul_add(s, x, y, acc[3]);
+        let sum = T::add(s, T::add(s, acc[0], acc[1]), T::add(s, acc[2], acc[3]));
+        T::reduce_sum(s, sum)
+    }
+}
+
+/// See [`super::dot`]; lengths already checked.
+pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+    dispatch(Dot { a, b })
+}

@@ -1,0 +1,600 @@
+//! SIMD kernels against their scalar twins.
+//!
+//! Tolerances (one table, [`tol`]): entrywise, `|simd - scalar| <= TOL * bound`, where
+//! `bound` is the same expression evaluated on absolute values (`|alpha| |lhs| |rhs| +
+//! |beta| |dst|`, and likewise for the Gram–Hadamard update); TOL is 1e-12 for `f64` and
+//! 1e-5 for `f32`. Elements of a backing slice outside a view must stay bit-identical.
+//! Random values are `crate::rng::normal`; the seed comes from `NTK_TEST_SEED` (default
+//! below) and is printed in every failure message.
+
+use super::*;
+use crate::rng;
+use std::format;
+use std::vec;
+use std::vec::Vec;
+
+/// Relative tolerance of a kernel against its scalar twin (see the module docs).
+fn tol<T: Real>() -> f64 {
+    if T::BYTES == 8 {
+        1e-12
+    } else {
+        1e-5
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("NTK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed)
+}
+
+/// Value outside every view, to check the kernels do not write there.
+const SENTINEL: f64 = 1234.5;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// `rs = cols, cs = 1`.
+    RowMajor,
+    /// `rs = 1, cs = rows`.
+    ColMajor,
+    /// A row-major `cols x rows` matrix seen through `.t()`.
+    Transposed,
+    /// `rs = 2 cols + 3, cs = 2` (holes between elements).
+    Strided,
+    /// `rs = 3, cs = 3 rows + 1`.
+    StridedCol,
+}
+
+const LAYOUTS: [Layout; 5] =
+    [Layout::RowMajor, Layout::ColMajor, Layout::Transposed, Layout::Strided, Layout::StridedCol];
+
+/// A strided matrix stored at offset `off` of its own buffer (misaligned when `off` is odd).
+struct Mat<T> {
+    buf: Vec<T>,
+    off: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<T: Real> Mat<T> {
+    fn new(layout: Layout, rows: usize, cols: usize, off: usize, seed: u64, stream: u64) -> Self {
+        let (rs, cs) = match layout {
+            Layout::RowMajor => (cols, 1),
+            Layout::ColMajor | Layout::Transposed => (1, rows),
+            Layout::Strided => (2 * cols + 3, 2),
+            Layout::StridedCol => (3, 3 * rows + 1),
+        };
+        let len = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+        let mut m =
+            Mat { buf: vec![T::from_f64(SENTINEL); off + len + 2], off, rows, cols, rs, cs };
+        for i in 0..rows {
+            for j in 0..cols {
+                let x = rng::normal(seed, stream, (i * cols + j) as u64);
+                m.buf[off + i * rs + j * cs] = T::from_f64(x);
+            }
+        }
+        m
+    }
+
+    fn view(&self) -> MatRef<'_, T> {
+        MatRef::strided(&self.buf[self.off..], self.rows, self.cols, self.rs, self.cs)
+    }
+
+    /// Through `.t()` for [`Layout::Transposed`] views (same strides, other constructor).
+    fn view_as(&self, layout: Layout) -> MatRef<'_, T> {
+        if layout == Layout::Transposed {
+            MatRef::row_major(&self.buf[self.off..], self.cols, self.rows).t()
+        } else {
+            self.view()
+        }
+    }
+
+    fn view_mut(&mut self) -> MatMut<'_, T> {
+        MatMut::strided(&mut self.buf[self.off..], self.rows, self.cols, self.rs, self.cs)
+    }
+
+    fn at(&self, i: usize, j: usize) -> T {
+        self.buf[self.off + i * self.rs + j * self.cs]
+    }
+
+    fn abs(&self) -> Self {
+        Mat { buf: self.buf.iter().map(|x| x.abs()).collect(), ..*self }
+    }
+
+    fn fill(&mut self, x: T) {
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                self.buf[self.off + i * self.rs + j * self.cs] = x;
+            }
+        }
+    }
+}
+
+impl<T: Copy> Mat<T> {
+    /// `true` at the buffer positions of the view.
+    fn mask(&self) -> Vec<bool> {
+        let mut mask = vec![false; self.buf.len()];
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                mask[self.off + i * self.rs + j * self.cs] = true;
+            }
+        }
+        mask
+    }
+}
+
+/// `got` against `want` entrywise within `tol * bound`; entries outside the view unchanged
+/// (`orig` is the buffer before the call); only entries with `keep(i, j)` are compared.
+fn check<T: Real>(
+    what: &str,
+    got: &Mat<T>,
+    want: &Mat<T>,
+    bound: &Mat<T>,
+    orig: &[T],
+    keep: impl Fn(usize, usize) -> bool,
+) {
+    let tol = tol::<T>();
+    for i in 0..got.rows {
+        for j in 0..got.cols {
+            if !keep(i, j) {
+                continue;
+            }
+            let (g, w, b) =
+                (got.at(i, j).to_f64(), want.at(i, j).to_f64(), bound.at(i, j).to_f64());
+            assert!(
+                (g - w).abs() <= tol * b + f64::MIN_POSITIVE,
+                "{what} seed {}: ({i}, {j}) got {g} want {w} bound {b}",
+                seed()
+            );
+        }
+    }
+    for ((x, y), inside) in got.buf.iter().zip(orig).zip(got.mask()) {
+        if !inside {
+            assert!(x.to_f64().to_bits() == y.to_f64().to_bits(), "{what}: wrote outside view");
+        }
+    }
+}
+
+/// Odd sizes 1..67, plus 0 and a few even ones around the micro-tile sizes.
+fn sizes() -> Vec<usize> {
+    let mut v: Vec<usize> = (1..67).step_by(2).collect();
+    v.extend([0, 2, 8, 16, 24, 48, 64, 66]);
+    v
+}
+
+/// Deterministic pick of `count` entries of `from`, varying with `salt`.
+fn pick(from: &[usize], salt: usize, count: usize) -> Vec<usize> {
+    (0..count).map(|t| from[(salt * 7919 + t * 104_729 + salt * t * 31) % from.len()]).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_case<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    layouts: [Layout; 3],
+    alpha: f64,
+    beta: f64,
+    nan_dst: bool,
+    case: u64,
+) {
+    let s = seed();
+    let off = (case % 2) as usize;
+    let lhs = Mat::<T>::new(layouts[0], m, k, off, s, 3 * case);
+    let rhs = Mat::<T>::new(layouts[1], k, n, 1 - off, s, 3 * case + 1);
+    let mut dst = Mat::<T>::new(layouts[2], m, n, 1, s, 3 * case + 2);
+    if nan_dst {
+        dst.fill(T::from_f64(f64::NAN));
+    }
+    let (alpha, beta) = (T::from_f64(alpha), T::from_f64(beta));
+    let orig = dst.buf.clone();
+    let mut want = Mat { buf: dst.buf.clone(), ..dst };
+    scalar::gemm(want.view_mut(), alpha, lhs.view(), rhs.view(), beta);
+    let mut bound = dst.abs();
+    if beta == T::ZERO {
+        bound.fill(T::ZERO);
+    }
+    scalar::gemm(bound.view_mut(), alpha.abs(), lhs.abs().view(), rhs.abs().view(), beta.abs());
+    let mut scratch = vec![T::from_f64(f64::NAN); gemm_scratch(m, n, k)];
+    gemm(
+        dst.view_mut(),
+        alpha,
+        lhs.view_as(layouts[0]),
+        rhs.view_as(layouts[1]),
+        beta,
+        &mut scratch,
+    )
+    .unwrap();
+    let what = format!("gemm<{}> {m}x{n}x{k} {layouts:?} alpha {alpha} beta {beta}", T::NAME);
+    check(&what, &dst, &want, &bound, &orig, |_, _| true);
+}
+
+fn gemm_vs_scalar<T: Real>() {
+    let sz = sizes();
+    let mut case = 0u64;
+    for (a, &m) in sz.iter().enumerate() {
+        for (b, &n) in sz.iter().enumerate() {
+            for k in pick(&sz, a * 41 + b, 2) {
+                let layouts = [
+                    LAYOUTS[(a + b) % 5],
+                    LAYOUTS[(a + 2 * b + k) % 5],
+                    LAYOUTS[(2 * a + b + 1) % 5],
+                ];
+                let (alpha, beta, nan) = match case % 4 {
+                    0 => (1.0, 0.0, true),
+                    1 => (-0.75, 1.0, false),
+                    2 => (1.5, -0.5, false),
+                    _ => (0.5, 0.0, false),
+                };
+                gemm_case::<T>(m, n, k, layouts, alpha, beta, nan, case);
+                case += 1;
+            }
+        }
+    }
+    // K blocking (several KC blocks), MC and NC tails.
+    for (i, &(m, n, k)) in
+        [(200, 37, 600), (37, 201, 1100), (5, 1030, 3), (1030, 3, 5)].iter().enumerate()
+    {
+        for (l, &layout) in LAYOUTS.iter().enumerate() {
+            let layouts = [layout, LAYOUTS[(l + 1) % 5], LAYOUTS[(l + 2 + i) % 5]];
+            gemm_case::<T>(
+                m,
+                n,
+                k,
+                layouts,
+                0.5,
+                if l.is_multiple_of(2) { 0.0 } else { 2.0 },
+                l == 0,
+                1000,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_scalar_f64() {
+    gemm_vs_scalar::<f64>();
+}
+
+#[test]
+fn gemm_matches_scalar_f32() {
+    gemm_vs_scalar::<f32>();
+}
+
+/// Runs `f` with dispatch forced to pulp's scalar fallback (the code path of `no_std` targets
+/// without SIMD, 3 x 4 micro-tiles of one lane) and to AVX2 (16 registers, 3 x 4 vectors).
+fn at_lower_levels(f: impl Fn()) {
+    for level in [1, 2] {
+        kernel::FORCE_LEVEL.with(|l| l.set(level));
+        f();
+    }
+    kernel::FORCE_LEVEL.with(|l| l.set(0));
+}
+
+#[test]
+fn gemm_matches_scalar_at_lower_levels() {
+    at_lower_levels(|| {
+        gemm_vs_scalar::<f64>();
+        gemm_vs_scalar::<f32>();
+    });
+}
+
+#[test]
+fn gram_hadamard_matches_scalar_at_lower_levels() {
+    at_lower_levels(|| {
+        gram_vs_scalar::<f64>();
+        gram_vs_scalar::<f32>();
+    });
+}
+
+#[test]
+fn dot_matches_scalar_at_lower_levels() {
+    at_lower_levels(|| {
+        dot_vs_scalar::<f64>();
+        dot_vs_scalar::<f32>();
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gram_case<T: Real>(
+    m: usize,
+    n: usize,
+    ka: usize,
+    kd: usize,
+    layouts: [Layout; 3],
+    c: f64,
+    shift: f64,
+    part: Part,
+    case: u64,
+) {
+    let s = seed();
+    let off = (case % 2) as usize;
+    let sym = part == Part::Upper;
+    let n = if sym { m } else { n };
+    let a1 = Mat::<T>::new(layouts[0], m, ka, off, s, 5 * case);
+    let d1 = Mat::<T>::new(layouts[1], m, kd, 1 - off, s, 5 * case + 1);
+    let a2 = if sym {
+        Mat { buf: a1.buf.clone(), ..a1 }
+    } else {
+        Mat::new(layouts[1], n, ka, 1, s, 5 * case + 2)
+    };
+    let d2 = if sym {
+        Mat { buf: d1.buf.clone(), ..d1 }
+    } else {
+        Mat::new(layouts[0], n, kd, 0, s, 5 * case + 3)
+    };
+    let mut dst = Mat::<T>::new(layouts[2], m, n, 1, s, 5 * case + 4);
+    let (c, shift) = (T::from_f64(c), T::from_f64(shift));
+    let orig = dst.buf.clone();
+    let mut want = Mat { buf: dst.buf.clone(), ..dst };
+    let (a1v, a2v, d1v, d2v) = (a1.view(), a2.view(), d1.view(), d2.view());
+    scalar::gram_hadamard(want.view_mut(), a1v, a2v, d1v, d2v, c, shift, part);
+    let mut bound = dst.abs();
+    let (a1a, a2a, d1a, d2a) = (a1.abs(), a2.abs(), d1.abs(), d2.abs());
+    let (c_abs, s_abs) = (c.abs(), shift.abs());
+    let abs_views = (a1a.view(), a2a.view(), d1a.view(), d2a.view());
+    scalar::gram_hadamard(
+        bound.view_mut(),
+        abs_views.0,
+        abs_views.1,
+        abs_views.2,
+        abs_views.3,
+        c_abs,
+        s_abs,
+        part,
+    );
+    let mut scratch = vec![T::from_f64(f64::NAN); gram_hadamard_scratch(m, n, ka, kd)];
+    gram_hadamard(
+        dst.view_mut(),
+        a1.view_as(layouts[0]),
+        a2.view_as(if sym { layouts[0] } else { layouts[1] }),
+        d1.view_as(layouts[1]),
+        d2.view_as(if sym { layouts[1] } else { layouts[0] }),
+        c,
+        shift,
+        part,
+        &mut scratch,
+    )
+    .unwrap();
+    let what = format!("gram_hadamard<{}> {m}x{n} ka {ka} kd {kd} {layouts:?} {part:?}", T::NAME);
+    if sym {
+        // Below the diagonal the kernel may leave the destination as it was.
+        check(&what, &dst, &want, &bound, &orig, |i, j| j >= i);
+    } else {
+        check(&what, &dst, &want, &bound, &orig, |_, _| true);
+    }
+}
+
+fn gram_vs_scalar<T: Real>() {
+    let sz = sizes();
+    let mut case = 0u64;
+    for (a, &m) in sz.iter().enumerate() {
+        for (b, &n) in sz.iter().enumerate() {
+            let ks = pick(&sz, a * 13 + b * 5, 2);
+            let layouts =
+                [LAYOUTS[(a + b) % 5], LAYOUTS[(a + 3 * b + 1) % 5], LAYOUTS[(2 * a + b) % 5]];
+            let part = if b.is_multiple_of(3) { Part::Upper } else { Part::Full };
+            if part == Part::Upper && b % 2 == 1 {
+                // Upper only needs a square: cover it once per m.
+                continue;
+            }
+            let (c, shift) = if case.is_multiple_of(2) { (0.5, 1.0) } else { (-2.0, 0.0) };
+            gram_case::<T>(m, n, ks[0], ks[1], layouts, c, shift, part, case);
+            case += 1;
+        }
+    }
+    // Long inner dimensions and NC_GRAM tails.
+    for (l, &layout) in LAYOUTS.iter().enumerate() {
+        let layouts = [layout, LAYOUTS[(l + 1) % 5], LAYOUTS[(l + 3) % 5]];
+        gram_case::<T>(61, 300, 700, 33, layouts, 0.25, 1.0, Part::Full, 2000 + l as u64);
+        gram_case::<T>(270, 270, 9, 130, layouts, 0.25, 1.0, Part::Upper, 3000 + l as u64);
+        gram_case::<T>(7, 520, 5, 3, layouts, -1.0, 0.5, Part::Full, 4000 + l as u64);
+        gram_case::<T>(520, 6, 0, 3, layouts, -1.0, 0.5, Part::Full, 5000 + l as u64);
+    }
+}
+
+#[test]
+fn gram_hadamard_matches_scalar_f64() {
+    gram_vs_scalar::<f64>();
+}
+
+#[test]
+fn gram_hadamard_matches_scalar_f32() {
+    gram_vs_scalar::<f32>();
+}
+
+fn dot_vs_scalar<T: Real>() {
+    let s = seed();
+    for len in (0..67).chain([255, 256, 257, 1000]) {
+        for off in 0..2 {
+            let a: Vec<T> =
+                (0..len + 1).map(|i| T::from_f64(rng::normal(s, 7, i as u64))).collect();
+            let b: Vec<T> =
+                (0..len + 1).map(|i| T::from_f64(rng::normal(s, 8, i as u64))).collect();
+            let (a, b) = (&a[off..off + len], &b[1 - off..1 - off + len]);
+            let got = dot(a, b).to_f64();
+            let want = scalar::dot(a, b).to_f64();
+            let bound: f64 = a.iter().zip(b).map(|(x, y)| (x.to_f64() * y.to_f64()).abs()).sum();
+            assert!(
+                (got - want).abs() <= tol::<T>() * bound + f64::MIN_POSITIVE,
+                "dot<{}> len {len} seed {s}: got {got} want {want}",
+                T::NAME
+            );
+        }
+    }
+}
+
+#[test]
+fn dot_matches_scalar() {
+    dot_vs_scalar::<f64>();
+    dot_vs_scalar::<f32>();
+}
+
+fn bits<T: Real>(x: T) -> u64 {
+    x.to_f64().to_bits()
+}
+
+/// A sub-block of the product, computed on its own (other layout, other scratch), equals the
+/// same entries of the full product bit for bit.
+fn gemm_deterministic<T: Real>() {
+    let s = seed();
+    let (m, n, k) = (100, 90, 1100);
+    let lhs = Mat::<T>::new(Layout::RowMajor, m, k, 0, s, 20);
+    let rhs = Mat::<T>::new(Layout::Strided, k, n, 1, s, 21);
+    for beta in [0.0, 0.5] {
+        let beta = T::from_f64(beta);
+        let mut full = Mat::<T>::new(Layout::RowMajor, m, n, 0, s, 22);
+        let init = Mat { buf: full.buf.clone(), ..full };
+        let mut scratch = vec![T::ZERO; gemm_scratch(m, n, k)];
+        let alpha = T::from_f64(0.75);
+        gemm(full.view_mut(), alpha, lhs.view(), rhs.view(), beta, &mut scratch).unwrap();
+        for (layout, (i0, rows), (j0, cols)) in [
+            (Layout::ColMajor, (13, 37), (29, 41)),
+            (Layout::RowMajor, (1, 1), (0, 90)),
+            (Layout::Strided, (99, 1), (89, 1)),
+            (Layout::StridedCol, (50, 50), (3, 5)),
+        ] {
+            let mut sub = Mat::<T>::new(layout, rows, cols, 1, s, 0);
+            for i in 0..rows {
+                for j in 0..cols {
+                    sub.buf[1 + i * sub.rs + j * sub.cs] = init.at(i0 + i, j0 + j);
+                }
+            }
+            let l = lhs.view().rows(i0, rows);
+            let r = MatRef::strided(&rhs.buf[1 + j0 * rhs.cs..], k, cols, rhs.rs, rhs.cs);
+            let mut scratch = vec![T::ZERO; gemm_scratch(rows, cols, k)];
+            gemm(sub.view_mut(), alpha, l, r, beta, &mut scratch).unwrap();
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        bits(sub.at(i, j)),
+                        bits(full.at(i0 + i, j0 + j)),
+                        "gemm<{}> block ({i0}, {j0}) {layout:?} entry ({i}, {j})",
+                        T::NAME
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_is_tile_independent() {
+    gemm_deterministic::<f64>();
+    gemm_deterministic::<f32>();
+}
+
+/// Full, Upper, a sub-block and a row-major / column-major destination give the same bits.
+fn gram_deterministic<T: Real>() {
+    let s = seed();
+    let (m, ka, kd) = (131, 77, 300);
+    let a = Mat::<T>::new(Layout::RowMajor, m, ka, 0, s, 30);
+    let d = Mat::<T>::new(Layout::ColMajor, m, kd, 1, s, 31);
+    let (c, shift) = (T::from_f64(0.3), T::from_f64(1.0));
+    let run =
+        |layout: Layout, part: Part, (i0, rows): (usize, usize), (j0, cols): (usize, usize)| {
+            let mut out = Mat::<T>::new(layout, rows, cols, 0, s, 32);
+            out.fill(T::from_f64(0.125));
+            let mut scratch = vec![T::ZERO; gram_hadamard_scratch(rows, cols, ka, kd)];
+            let (av, dv) = (a.view(), d.view());
+            gram_hadamard(
+                out.view_mut(),
+                av.rows(i0, rows),
+                av.rows(j0, cols),
+                dv.rows(i0, rows),
+                dv.rows(j0, cols),
+                c,
+                shift,
+                part,
+                &mut scratch,
+            )
+            .unwrap();
+            out
+        };
+    let full = run(Layout::RowMajor, Part::Full, (0, m), (0, m));
+    let check_same = |what: &str, got: &Mat<T>, i0: usize, j0: usize, upper: bool| {
+        for i in 0..got.rows {
+            for j in 0..got.cols {
+                if !upper || j >= i {
+                    assert_eq!(
+                        bits(got.at(i, j)),
+                        bits(full.at(i0 + i, j0 + j)),
+                        "gram_hadamard<{}> {what} ({i}, {j})",
+                        T::NAME
+                    );
+                }
+            }
+        }
+    };
+    check_same("upper row-major", &run(Layout::RowMajor, Part::Upper, (0, m), (0, m)), 0, 0, true);
+    check_same("upper col-major", &run(Layout::ColMajor, Part::Upper, (0, m), (0, m)), 0, 0, true);
+    check_same("full strided", &run(Layout::Strided, Part::Full, (0, m), (0, m)), 0, 0, false);
+    let blk = run(Layout::ColMajor, Part::Full, (17, 60), (40, 53));
+    check_same("block", &blk, 17, 40, false);
+    let blk = run(Layout::RowMajor, Part::Upper, (30, 70), (30, 70));
+    check_same("diagonal block", &blk, 30, 30, true);
+}
+
+#[test]
+fn gram_hadamard_is_tile_independent() {
+    gram_deterministic::<f64>();
+    gram_deterministic::<f32>();
+}
+
+#[test]
+fn exact_scratch_is_enough_and_one_less_is_short() {
+    for &(m, n, k) in &[(1, 1, 1), (7, 300, 33), (300, 7, 600), (64, 64, 64), (1, 2000, 1)] {
+        let lhs = vec![1.0f64; m * k];
+        let rhs = vec![1.0f64; k * n];
+        let mut dst = vec![0.0f64; m * n];
+        let need = gemm_scratch(m, n, k);
+        let mut scratch = vec![0.0f64; need];
+        let (l, r) = (MatRef::row_major(&lhs, m, k), MatRef::row_major(&rhs, k, n));
+        gemm(MatMut::row_major(&mut dst, m, n), 1.0, l, r, 0.0, &mut scratch).unwrap();
+        assert!(dst.iter().all(|&x| x == k as f64));
+        let err = gemm(MatMut::row_major(&mut dst, m, n), 1.0, l, r, 0.0, &mut scratch[1..]);
+        assert_eq!(err, Err(Error::ShortBuffer { buffer: "scratch", needed: need, got: need - 1 }));
+        // f32 shares the size.
+        let (lf, rf) = (vec![1.0f32; m * k], vec![1.0f32; k * n]);
+        let mut df = vec![0.0f32; m * n];
+        let mut sf = vec![0.0f32; need];
+        let (l, r) = (MatRef::row_major(&lf, m, k), MatRef::row_major(&rf, k, n));
+        gemm(MatMut::row_major(&mut df, m, n), 1.0, l, r, 0.0, &mut sf).unwrap();
+        assert!(gemm(MatMut::row_major(&mut df, m, n), 1.0, l, r, 0.0, &mut sf[1..]).is_err());
+
+        let (ka, kd) = (k, k / 2 + 1);
+        let need = gram_hadamard_scratch(m, n, ka, kd);
+        let (a1, a2) = (vec![1.0f64; m * ka], vec![1.0f64; n * ka]);
+        let (d1, d2) = (vec![1.0f64; m * kd], vec![1.0f64; n * kd]);
+        let views = (
+            MatRef::row_major(&a1, m, ka),
+            MatRef::row_major(&a2, n, ka),
+            MatRef::row_major(&d1, m, kd),
+            MatRef::row_major(&d2, n, kd),
+        );
+        let mut scratch = vec![0.0f64; need];
+        let mut dst = vec![0.0f64; m * n];
+        let (a1, a2, d1, d2) = views;
+        let out = MatMut::row_major(&mut dst, m, n);
+        gram_hadamard(out, a1, a2, d1, d2, 1.0, 0.0, Part::Full, &mut scratch).unwrap();
+        assert!(dst.iter().all(|&x| x == (ka * kd) as f64));
+        let out = MatMut::row_major(&mut dst, m, n);
+        let err = gram_hadamard(out, a1, a2, d1, d2, 1.0, 0.0, Part::Full, &mut scratch[1..]);
+        assert_eq!(err, Err(Error::ShortBuffer { buffer: "scratch", needed: need, got: need - 1 }));
+    }
+    // Empty problems need nothing.
+    assert_eq!(gemm_scratch(0, 5, 5), 0);
+    assert_eq!(gram_hadamard_scratch(5, 0, 5, 5), 0);
+}
+
+#[test]
+fn gemm_k_zero_scales_or_clears() {
+    let mut dst = [f64::NAN, 2.0];
+    let e: [f64; 0] = [];
+    let (l, r) = (MatRef::row_major(&e, 1, 0), MatRef::row_major(&e, 0, 2));
+    gemm(MatMut::row_major(&mut dst, 1, 2), 1.0, l, r, 0.0, &mut []).unwrap();
+    assert_eq!(dst, [0.0, 0.0]);
+    let mut dst = [1.0f64, 2.0];
+    gemm(MatMut::row_major(&mut dst, 1, 2), 1.0, l, r, 3.0, &mut []).unwrap();
+    assert_eq!(dst, [3.0, 6.0]);
+}
