@@ -16,11 +16,13 @@
 //! (predictions `N(mean, var + s2)`, s2 the noise variance).
 
 use clap::{Args, ValueEnum};
+use ntk_core::kernel::{kernel_diagonal, Mlp};
 use ntk_core::ntk::OutputMode;
 use ntk_core::rng::derive_seed;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::engine::par_infinite_kernel;
 use crate::error::{CliError, CliResult};
 use crate::runinfo::RunInfo;
 use crate::studyc::data::Regression;
@@ -104,8 +106,9 @@ pub struct UncertaintyCell {
     pub laplace: Method,
     /// NTK-GP (infinite width), when computed.
     pub ntk_gp: Option<Method>,
-    /// Mean over test points of |ln(var_ensemble / var_ntk_gp)| (in distribution, then out).
-    pub ens_vs_gp_log_var: Option<(f64, f64)>,
+    /// Mean ensemble variance over mean NTK-GP variance of f on the test points (in
+    /// distribution, then out); the kernel regime predicts 1.
+    pub ens_over_gp_var: Option<(f64, f64)>,
     /// Wall time.
     pub time_s: f64,
 }
@@ -193,14 +196,11 @@ pub fn uncertainty_cell(
     let lap_var = laplace_var(&t_xx, &t_sx, &t_ss, task.s2, set.prior_var)?;
     let laplace = split(half, &preds[0], &lap_var, task.s2, &task.ys);
 
-    let (ntk_gp, ens_vs_gp_log_var) = match gp {
+    let (ntk_gp, ens_over_gp_var) = match gp {
         Some(gp) => {
             let (gm, gv) = gp(eta)?;
-            let lv = |r: std::ops::Range<usize>| {
-                let len = r.len().max(1) as f64;
-                r.map(|i| (var[i] / gv[i]).ln().abs()).sum::<f64>() / len
-            };
-            (Some(split(half, &gm, &gv, task.s2, &task.ys)), Some((lv(0..half), lv(half..ms))))
+            let ratio = |r: std::ops::Range<usize>| var[r.clone()].iter().sum::<f64>() / gv[r].iter().sum::<f64>();
+            (Some(split(half, &gm, &gv, task.s2, &task.ys)), Some((ratio(0..half), ratio(half..ms))))
         }
         None => (None, None),
     };
@@ -211,18 +211,33 @@ pub fn uncertainty_cell(
         ensemble,
         laplace,
         ntk_gp,
-        ens_vs_gp_log_var,
+        ens_over_gp_var,
         time_s: start.elapsed().as_secs_f64(),
     })
 }
 
-/// The NTK-GP's kernels for a cell's architecture (infinite width).
-fn gp_fn<'a>(
-    _net: &'a Net,
-    _task: &'a Task,
-    _steps: Option<usize>,
-) -> Option<impl Fn(f64) -> CliResult<(Vec<f64>, Vec<f64>)> + 'a> {
-    None::<fn(f64) -> CliResult<(Vec<f64>, Vec<f64>)>>
+/// The NTK-GP of a cell's architecture (infinite-width NNGP and NTK of `ntk_core::kernel` on
+/// the task's inputs) as a function of the GD rate; `steps = None`: the infinite-time limit.
+///
+/// # Errors
+/// Kernel recursion failures.
+pub fn gp_fn(
+    net: &Net,
+    task: &Task,
+    steps: Option<usize>,
+) -> CliResult<impl Fn(f64) -> CliResult<(Vec<f64>, Vec<f64>)> + use<>> {
+    let spec = net.spec();
+    let mlp = Mlp::from_spec(&spec);
+    let d = net.input_dim();
+    let (k_xx, t_xx, _) = par_infinite_kernel(&mlp, &task.x, None, d)?;
+    let (k_sx, t_sx, _) = par_infinite_kernel(&mlp, &task.xs, Some(&task.x), d)?;
+    let mut k_ss = vec![0.0; task.ys.len()];
+    kernel_diagonal(Some(&mut k_ss), None, &task.xs, d, &mlp)?;
+    let y = task.y.clone();
+    Ok(move |eta: f64| {
+        let kern = GpKernels { k_xx: &k_xx, k_sx: &k_sx, k_ss: &k_ss, t_xx: &t_xx, t_sx: &t_sx };
+        ntk_gp(&kern, &y, eta, steps)
+    })
 }
 
 /// Runs `ntk uncertainty`.
@@ -284,16 +299,15 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
     let gd_steps = (a.optimizer == OptArg::Gd).then_some(steps);
     let sweep = run_cells(s, &config, "uncertainty", |c: &Cell| {
         let make = |seed: u64| Net::new(net_cfg, a.input_dim, c.width, c.depth, 1, seed);
-        let probe = make(c.seed)?;
-        let gp = gp_fn(&probe, &task, gd_steps);
-        uncertainty_cell(&make, c.seed, &task, set, gp.as_ref().map(|g| g as &dyn Fn(f64) -> _))
+        let gp = gp_fn(&make(c.seed)?, &task, gd_steps)?;
+        uncertainty_cell(&make, c.seed, &task, set, Some(&gp))
     })?;
     write_outputs(s, &sweep.done)?;
     let summary: Vec<_> = sweep
         .done
         .iter()
         .map(|(c, r)| json!({"width": c.width, "depth": c.depth, "seed": c.seed, "ensemble": r.ensemble,
-            "laplace": r.laplace, "ntk_gp": r.ntk_gp, "time_s": r.time_s}))
+            "laplace": r.laplace, "ntk_gp": r.ntk_gp, "ens_over_gp_var": r.ens_over_gp_var, "time_s": r.time_s}))
         .collect();
     finish(s, &info, &sweep, json!({"cells": summary}))
 }
@@ -301,14 +315,14 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
 fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
     let mut t = Table::new(&[
         "width", "depth", "seed", "params", "eta", "train_loss", "method", "split", "nll", "rmse", "mean_std",
-        "calibration_error", "ens_vs_gp_log_var", "time_s",
+        "calibration_error", "ens_over_gp_var", "time_s",
     ]);
     for (c, r) in done {
         let methods = [(0.0, Some(&r.ensemble)), (1.0, Some(&r.laplace)), (2.0, r.ntk_gp.as_ref())];
         for (code, m) in methods {
             let Some(m) = m else { continue };
             for (sp, cal) in [(0.0, &m.id), (1.0, &m.ood)] {
-                let gap = match r.ens_vs_gp_log_var {
+                let gap = match r.ens_over_gp_var {
                     Some((a, b)) if code == 0.0 => if sp == 0.0 { a } else { b },
                     _ => f64::NAN,
                 };
@@ -347,9 +361,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
     ];
     width_figure(s, done, "predictive_std_ood_vs_width.svg", "Mean predictive std of f, out of distribution", "std", true, &std_ood)?;
     let gap: [(&str, &F, bool); 2] = [
-        ("in distribution", &|r| r.ens_vs_gp_log_var.map_or(f64::NAN, |v| v.0), false),
-        ("out of distribution", &|r| r.ens_vs_gp_log_var.map_or(f64::NAN, |v| v.1), true),
+        ("in distribution", &|r| r.ens_over_gp_var.map_or(f64::NAN, |v| v.0), false),
+        ("out of distribution", &|r| r.ens_over_gp_var.map_or(f64::NAN, |v| v.1), true),
     ];
-    width_figure(s, done, "ensemble_vs_ntk_gp_vs_width.svg", "Ensemble variance vs NTK-GP: mean |ln(var_ens / var_gp)|", "mean |ln ratio|", true, &gap)?;
+    width_figure(s, done, "ensemble_vs_ntk_gp_vs_width.svg", "Ensemble variance / NTK-GP variance (kernel regime: 1)", "mean var_ens / mean var_gp", true, &gap)?;
     Ok(())
 }
