@@ -11,6 +11,7 @@ pub mod linear_model;
 pub mod plot;
 pub mod runinfo;
 pub mod sweep;
+pub mod studyc;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -49,6 +50,12 @@ pub enum Command {
     Drift(cmd::drift::DriftArgs),
     /// Study A's output variance (Theorem 3) beside the NTK-GP and trained ensembles.
     Variance(cmd::variance::VarianceArgs),
+    /// Study C: NTK spectrum, kernel-regime GD loss and Gauss-Newton step vs width and depth.
+    Spectrum(cmd::spectrum::SpectrumArgs),
+    /// Study C: NTK-GP, linearized Laplace and deep-ensemble uncertainty vs width.
+    Uncertainty(cmd::uncertainty::UncertaintyArgs),
+    /// Study C: catastrophic forgetting vs width against the linearized (NTK) model.
+    Forgetting(cmd::forgetting::ForgettingArgs),
     /// Mean-field phase quantities (q*, chi_1, depth scales, phase, edge of chaos).
     Theory(cmd::theory::TheoryArgs),
 }
@@ -68,6 +75,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Train(a) => cmd::train::run(a),
         Command::Drift(a) => cmd::drift::run(a),
         Command::Variance(a) => cmd::variance::run(a),
+        Command::Spectrum(a) => cmd::spectrum::run(a),
+        Command::Uncertainty(a) => cmd::uncertainty::run(a),
+        Command::Forgetting(a) => cmd::forgetting::run(a),
         Command::Theory(a) => cmd::theory::run(a),
     }
 }
