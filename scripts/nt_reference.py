@@ -29,6 +29,7 @@ ACTS = {
     "leaky-relu:0.1": stax.LeakyRelu(0.1),
     "erf": stax.Erf(),
     "linear": stax.Identity(),
+    "gelu": stax.Gelu(approximate=False),
 }
 depth, width, sw2, sb2 = 3, 512, 1.7, 0.3
 rng = np.random.default_rng(0)
