@@ -81,7 +81,7 @@ fn save(
     crate::io::atomic_write(path, |w| w.write_all(svg.as_bytes()))?;
     if png {
         let png_path = path.with_extension("png");
-        let tmp = png_path.with_extension("png.tmp");
+        let tmp = png_path.with_extension("tmp.png");
         {
             let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
             draw_png(root)?;
