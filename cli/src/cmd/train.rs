@@ -337,6 +337,7 @@ pub fn lambda_max_over_n<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T]) -> Cli
     let n = x.len() / spec.input_dim();
     let dim = n * spec.output_dim();
     let theta = to_f64(&par_empirical_ntk(spec, params, x, None, OutputMode::Full)?);
+    crate::linear_model::deterministic();
     let m = crate::linear_model::to_mat(&theta, dim, dim);
     let vals = m
         .self_adjoint_eigenvalues(faer::Side::Lower)
@@ -393,7 +394,8 @@ pub fn train_run<T: Real>(
     let state_len = cfg.opt.state_len(p);
     let (mut state, mut lin_state) = (vec![T::ZERO; state_len], vec![T::ZERO; state_len]);
     let b = cfg.opt.batch_len(n);
-    let scratch_len = train_step_scratch(spec.widths, spec.bias, b);
+    // Full batches go through `par_full_batch_step`, which has its own per-block scratch.
+    let scratch_len = if b == n { 0 } else { train_step_scratch(spec.widths, spec.bias, b) };
     let (mut s1, mut s2) = (vec![T::ZERO; scratch_len], vec![T::ZERO; scratch_len]);
     let (mut perm1, mut perm2) = (vec![0usize; n], vec![0usize; n]);
     let lin = Model::Linearized { params0 };
@@ -453,25 +455,57 @@ pub fn train_run<T: Real>(
     while steps < cfg.max_steps {
         let t = steps;
         let t0 = Instant::now();
+        let full = b == n;
         let (r_net, r_lin) = rayon::join(
             || {
-                train_step(
-                    spec,
-                    Model::Network,
-                    &cfg.opt,
-                    cfg.loss,
-                    &mut params,
-                    &mut state,
-                    &x,
-                    &y,
-                    n,
-                    t,
-                    &mut perm1,
-                    &mut s1,
-                )
+                if full {
+                    par_full_batch_step(
+                        spec,
+                        Model::Network,
+                        &cfg.opt,
+                        cfg.loss,
+                        &mut params,
+                        &mut state,
+                        &x,
+                        &y,
+                        n,
+                        t,
+                    )
+                } else {
+                    train_step(
+                        spec,
+                        Model::Network,
+                        &cfg.opt,
+                        cfg.loss,
+                        &mut params,
+                        &mut state,
+                        &x,
+                        &y,
+                        n,
+                        t,
+                        &mut perm1,
+                        &mut s1,
+                    )
+                }
             },
             || {
-                if cfg.linearized {
+                if !cfg.linearized {
+                    Ok(None)
+                } else if full {
+                    par_full_batch_step(
+                        spec,
+                        lin,
+                        &cfg.opt,
+                        cfg.loss,
+                        &mut delta,
+                        &mut lin_state,
+                        &x,
+                        &y,
+                        n,
+                        t,
+                    )
+                    .map(Some)
+                } else {
                     train_step(
                         spec,
                         lin,
@@ -487,8 +521,6 @@ pub fn train_run<T: Real>(
                         &mut s2,
                     )
                     .map(Some)
-                } else {
-                    Ok(None)
                 }
             },
         );
@@ -543,6 +575,61 @@ pub fn train_run<T: Real>(
         test_outputs,
         step_time_s: step_time / steps.max(1) as f64,
     })
+}
+
+/// Samples per block of [`par_full_batch_step`]: fixed, so results do not depend on the
+/// number of threads.
+pub const TRAIN_BLOCK: usize = 64;
+
+/// One full-batch optimizer step (number `step`) of `model` on all `n` samples, with the
+/// loss gradient computed over fixed blocks of [`TRAIN_BLOCK`] samples in parallel:
+/// `L = sum_b (n_b / n) L_b`, `grad = sum_b (n_b / n) grad_b`, summed in block order (so
+/// bit-identical for any thread count; equal to the core's single-block step up to rounding).
+/// Returns the loss before the update.
+///
+/// # Errors
+/// As [`ntk_core::train::train_step`] (overflow is reported as the core's `NonFinite`).
+#[allow(clippy::too_many_arguments)]
+pub fn par_full_batch_step<T: Real>(
+    spec: &Spec<'_>,
+    model: Model<'_, T>,
+    opt: &Optimizer,
+    loss: Loss,
+    params: &mut [T],
+    state: &mut [T],
+    x: &[T],
+    y: &[T],
+    n: usize,
+    step: u64,
+) -> Result<f64, ntk_core::Error> {
+    use ntk_core::train::{loss_gradient, loss_gradient_scratch};
+    use rayon::prelude::*;
+    let (d, k, p) = (spec.input_dim(), spec.output_dim(), params.len());
+    let blocks = n.div_ceil(TRAIN_BLOCK);
+    let frozen: &[T] = params;
+    let parts: Vec<(f64, Vec<T>)> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let (r0, r1) = (b * TRAIN_BLOCK, ((b + 1) * TRAIN_BLOCK).min(n));
+            let nb = r1 - r0;
+            let mut grad = vec![T::ZERO; p];
+            let mut s = vec![T::ZERO; loss_gradient_scratch(spec.widths, nb)];
+            let (xb, yb) = (&x[r0 * d..r1 * d], &y[r0 * k..r1 * k]);
+            let l = loss_gradient(spec, model, frozen, xb, yb, nb, loss, &mut grad, &mut s)?;
+            Ok((l * nb as f64 / n as f64, grad))
+        })
+        .collect::<Result<_, ntk_core::Error>>()?;
+    let mut grad = vec![T::ZERO; p];
+    let mut value = 0.0;
+    for (b, (l, g)) in parts.iter().enumerate() {
+        let w = T::from_f64((((b + 1) * TRAIN_BLOCK).min(n) - b * TRAIN_BLOCK) as f64 / n as f64);
+        value += l;
+        for (a, &v) in grad.iter_mut().zip(g) {
+            *a += w * v;
+        }
+    }
+    opt.update(params, &grad, state, step)?;
+    Ok(value)
 }
 
 /// A progress bar on stderr for `len` steps, hidden with `quiet` or when stderr is not a
