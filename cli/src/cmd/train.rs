@@ -394,8 +394,7 @@ pub fn train_run<T: Real>(
     let state_len = cfg.opt.state_len(p);
     let (mut state, mut lin_state) = (vec![T::ZERO; state_len], vec![T::ZERO; state_len]);
     let b = cfg.opt.batch_len(n);
-    // Full batches go through `par_full_batch_step`, which has its own per-block scratch.
-    let scratch_len = if b == n { 0 } else { train_step_scratch(spec.widths, spec.bias, b) };
+    let scratch_len = train_step_scratch(spec.widths, spec.bias, b);
     let (mut s1, mut s2) = (vec![T::ZERO; scratch_len], vec![T::ZERO; scratch_len]);
     let (mut perm1, mut perm2) = (vec![0usize; n], vec![0usize; n]);
     let lin = Model::Linearized { params0 };
@@ -455,57 +454,26 @@ pub fn train_run<T: Real>(
     while steps < cfg.max_steps {
         let t = steps;
         let t0 = Instant::now();
-        let full = b == n;
+        // The network and its linearization step concurrently (one core each).
         let (r_net, r_lin) = rayon::join(
             || {
-                if full {
-                    par_full_batch_step(
-                        spec,
-                        Model::Network,
-                        &cfg.opt,
-                        cfg.loss,
-                        &mut params,
-                        &mut state,
-                        &x,
-                        &y,
-                        n,
-                        t,
-                    )
-                } else {
-                    train_step(
-                        spec,
-                        Model::Network,
-                        &cfg.opt,
-                        cfg.loss,
-                        &mut params,
-                        &mut state,
-                        &x,
-                        &y,
-                        n,
-                        t,
-                        &mut perm1,
-                        &mut s1,
-                    )
-                }
+                train_step(
+                    spec,
+                    Model::Network,
+                    &cfg.opt,
+                    cfg.loss,
+                    &mut params,
+                    &mut state,
+                    &x,
+                    &y,
+                    n,
+                    t,
+                    &mut perm1,
+                    &mut s1,
+                )
             },
             || {
-                if !cfg.linearized {
-                    Ok(None)
-                } else if full {
-                    par_full_batch_step(
-                        spec,
-                        lin,
-                        &cfg.opt,
-                        cfg.loss,
-                        &mut delta,
-                        &mut lin_state,
-                        &x,
-                        &y,
-                        n,
-                        t,
-                    )
-                    .map(Some)
-                } else {
+                if cfg.linearized {
                     train_step(
                         spec,
                         lin,
@@ -521,6 +489,8 @@ pub fn train_run<T: Real>(
                         &mut s2,
                     )
                     .map(Some)
+                } else {
+                    Ok(None)
                 }
             },
         );
@@ -934,6 +904,78 @@ mod tests {
         // Two classes of two: diag 2, within 1, between 0.5.
         let th = [2.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.5, 0.5, 0.5, 0.5, 2.0, 1.0, 0.5, 0.5, 1.0, 2.0];
         assert_eq!(block_stats(&th, &[0, 0, 1, 1]), (0.5, 0.25));
+    }
+
+    /// The block-parallel full-batch step equals the core's single-block step (1e-12) and is
+    /// bit-identical with 1 and 2 threads (150 samples: blocks of 64, 64, 22).
+    #[test]
+    fn parallel_step_matches_core_step() {
+        let widths = [5usize, 12, 3];
+        let spec = Spec::new(
+            &widths,
+            ntk_core::Activation::Tanh,
+            1.5,
+            0.1,
+            true,
+            ntk_core::Parameterization::Standard,
+        )
+        .unwrap();
+        let mut p0 = vec![0.0f64; spec.param_count()];
+        spec.init(&mut p0, 2).unwrap();
+        let n = 150;
+        let x: Vec<f64> = (0..n * 5).map(|i| ntk_core::rng::normal(3, 0, i as u64)).collect();
+        let y: Vec<f64> = (0..n * 3).map(|i| ntk_core::rng::normal(4, 0, i as u64)).collect();
+        let opt = Optimizer { method: Method::ADAM, learning_rate: 1e-2, batch_size: 0, seed: 0 };
+        let run_par = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut p = p0.clone();
+            let mut st = vec![0.0; opt.state_len(p.len())];
+            let l: Vec<f64> = pool.install(|| {
+                (0..3)
+                    .map(|t| {
+                        par_full_batch_step(
+                            &spec,
+                            Model::Network,
+                            &opt,
+                            Loss::Mse,
+                            &mut p,
+                            &mut st,
+                            &x,
+                            &y,
+                            n,
+                            t,
+                        )
+                        .unwrap()
+                    })
+                    .collect()
+            });
+            (l, p)
+        };
+        let (l1, p1) = run_par(1);
+        let (l2, p2) = run_par(2);
+        assert_eq!((&l1, &p1), (&l2, &p2));
+        let mut p = p0.clone();
+        let mut st = vec![0.0; opt.state_len(p.len())];
+        let mut s = vec![0.0; train_step_scratch(&widths, true, n)];
+        for (t, &lp) in l1.iter().enumerate() {
+            let l = train_step(
+                &spec,
+                Model::Network,
+                &opt,
+                Loss::Mse,
+                &mut p,
+                &mut st,
+                &x,
+                &y,
+                n,
+                t as u64,
+                &mut [],
+                &mut s,
+            )
+            .unwrap();
+            assert!((l - lp).abs() < 1e-12 * l, "{l} vs {lp}");
+        }
+        assert!(rel_dist(&p1, &p) < 1e-12, "{}", rel_dist(&p1, &p));
     }
 
     #[test]
