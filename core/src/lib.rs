@@ -16,6 +16,7 @@ extern crate std;
 
 pub mod activation;
 pub mod backward;
+pub mod dispersion;
 pub mod error;
 pub mod forward;
 pub mod kernel;
@@ -24,8 +25,10 @@ pub mod ntk;
 pub mod phase;
 pub mod real;
 pub mod rng;
+pub mod scaled;
 pub mod simd;
 pub mod spec;
+pub mod stats;
 pub mod train;
 
 pub use activation::Activation;
