@@ -50,10 +50,10 @@ pub struct ForgettingArgs {
     /// The second task.
     #[arg(long, value_enum, default_value_t = TaskB::Split)]
     pub task_b: TaskB,
-    /// Training images per task (default 200, --quick 80).
+    /// Training images per task (default 100, --quick 60).
     #[arg(long)]
     pub n_task: Option<usize>,
-    /// Held-out images of task A for accuracy (default 200, --quick 80).
+    /// Held-out images of task A for accuracy (default 100, --quick 60).
     #[arg(long)]
     pub n_test: Option<usize>,
     /// GD steps on each task (default 300, --quick 100).
@@ -200,8 +200,8 @@ pub fn run(a: ForgettingArgs) -> CliResult {
     let s = &a.study;
     s.check()?;
     faer::set_global_parallelism(faer::Par::Seq);
-    let n_task = a.n_task.unwrap_or(if s.quick { 80 } else { 200 });
-    let n_test = a.n_test.unwrap_or(if s.quick { 80 } else { 200 });
+    let n_task = a.n_task.unwrap_or(if s.quick { 60 } else { 100 });
+    let n_test = a.n_test.unwrap_or(if s.quick { 60 } else { 100 });
     let steps = a.steps.unwrap_or(if s.quick { 100 } else { 300 });
     if n_task < 1 || n_test < 1 {
         return Err(CliError::flag("--n-task", n_task, "need at least one training and one test image"));

@@ -38,10 +38,10 @@ pub struct SpectrumArgs {
     /// Digits file (CSV, 64 pixels then the label).
     #[arg(long, default_value = "data/digits.csv.gz")]
     pub data: PathBuf,
-    /// Training inputs N (balanced by a seeded shuffle; default 256, --quick 96).
+    /// Training inputs N (a seeded shuffle of all classes; default 128, --quick 96).
     #[arg(long)]
     pub n_train: Option<usize>,
-    /// Full-batch GD steps (default 400, --quick 150).
+    /// Full-batch GD steps (default 300, --quick 150).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Learning rate as a fraction of the stability limit: eta = lr_scale N / lambda_max(Theta_0)
@@ -256,8 +256,8 @@ pub fn run(a: SpectrumArgs) -> CliResult {
     let s = &a.study;
     s.check()?;
     faer::set_global_parallelism(faer::Par::Seq);
-    let n_train = a.n_train.unwrap_or(if s.quick { 96 } else { 256 });
-    let steps = a.steps.unwrap_or(if s.quick { 150 } else { 400 });
+    let n_train = a.n_train.unwrap_or(if s.quick { 96 } else { 128 });
+    let steps = a.steps.unwrap_or(if s.quick { 150 } else { 300 });
     if n_train < 2 {
         return Err(CliError::flag("--n-train", n_train, "need at least 2 inputs"));
     }

@@ -62,7 +62,7 @@ pub struct UncertaintyArgs {
     /// Ensemble members M (default 5, --quick 4).
     #[arg(long)]
     pub ensemble: Option<usize>,
-    /// Training steps per member (default 1000, --quick 400).
+    /// Training steps per member (default 500, --quick 300).
     #[arg(long)]
     pub steps: Option<usize>,
     /// GD learning rate as a fraction of the stability limit N / lambda_max(Theta_0).
@@ -251,7 +251,7 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
     let n_train = a.n_train.unwrap_or(if s.quick { 32 } else { 64 });
     let n_test = a.n_test.unwrap_or(if s.quick { 100 } else { 200 });
     let members = a.ensemble.unwrap_or(if s.quick { 4 } else { 5 });
-    let steps = a.steps.unwrap_or(if s.quick { 400 } else { 1000 });
+    let steps = a.steps.unwrap_or(if s.quick { 300 } else { 500 });
     if a.input_dim == 0 {
         return Err(CliError::flag("--input-dim", 0, "must be positive"));
     }
