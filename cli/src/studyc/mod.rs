@@ -88,7 +88,9 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
 }
 
 /// One point of the grid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub struct Cell {
     /// Hidden width.
     pub width: usize,
@@ -174,9 +176,15 @@ impl StudyArgs {
     pub fn progress(&self, n: usize, what: &str) -> ProgressBar {
         let pb = ProgressBar::with_draw_target(
             Some(n as u64),
-            if self.run.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+            if self.run.quiet {
+                ProgressDrawTarget::hidden()
+            } else {
+                ProgressDrawTarget::stderr()
+            },
         );
-        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} cells, {elapsed} (eta {eta})") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} cells, {elapsed} (eta {eta})",
+        ) {
             pb.set_style(style.progress_chars("=> "));
         }
         pb.set_message(what.to_string());
@@ -212,14 +220,20 @@ pub struct Sweep<R> {
 /// # Errors
 /// A usage error if `dir` holds cells of another configuration; errors of `compute`, I/O
 /// errors naming the file.
-pub fn run_cells<R, F>(args: &StudyArgs, config: &Value, what: &str, compute: F) -> CliResult<Sweep<R>>
+pub fn run_cells<R, F>(
+    args: &StudyArgs,
+    config: &Value,
+    what: &str,
+    compute: F,
+) -> CliResult<Sweep<R>>
 where
     R: Serialize + DeserializeOwned + Send,
     F: Fn(&Cell) -> CliResult<R> + Sync,
 {
     let dir = &args.out_dir;
-    std::fs::create_dir_all(dir.join("cells"))
-        .map_err(|e| CliError::Runtime(format!("{}: cannot create: {e}", dir.join("cells").display())))?;
+    std::fs::create_dir_all(dir.join("cells")).map_err(|e| {
+        CliError::Runtime(format!("{}: cannot create: {e}", dir.join("cells").display()))
+    })?;
     let cells = args.cells();
     let load = |c: &Cell| -> CliResult<Option<R>> {
         let path = cell_path(dir, c);
@@ -228,8 +242,9 @@ where
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CliError::Runtime(format!("{}: {e}", path.display()))),
         };
-        let f: CellFile<R> = serde_json::from_str(&text)
-            .map_err(|e| CliError::Runtime(format!("{}: not a cell result of this command: {e}", path.display())))?;
+        let f: CellFile<R> = serde_json::from_str(&text).map_err(|e| {
+            CliError::Runtime(format!("{}: not a cell result of this command: {e}", path.display()))
+        })?;
         if &f.config != config {
             return Err(CliError::Usage(format!(
                 "--out-dir {}: {} holds a cell of a different configuration; use a new --out-dir",
@@ -252,7 +267,8 @@ where
         todo.par_iter().try_for_each(|c| -> CliResult {
             let result = compute(c)?;
             let file = CellFile { config: config.clone(), cell: *c, result };
-            let v = serde_json::to_value(&file).map_err(|e| CliError::Runtime(format!("cell result: {e}")))?;
+            let v = serde_json::to_value(&file)
+                .map_err(|e| CliError::Runtime(format!("cell result: {e}")))?;
             write_json_atomic(&cell_path(dir, c), &v)?;
             pb.inc(1);
             Ok(())
@@ -300,14 +316,19 @@ impl Table {
         let cols = self.header.len();
         let m = Matrix::new(self.rows.len() / cols, cols, self.rows);
         let header = self.header;
-        atomic_write(&dir.join(name), |w| write_csv(w, &m, Some(&header), crate::io::Precision::F64))?;
+        atomic_write(&dir.join(name), |w| {
+            write_csv(w, &m, Some(&header), crate::io::Precision::F64)
+        })?;
         Ok(())
     }
 }
 
 /// Mean over seeds of `value(cell result)` per (depth, width): one series per depth, points
 /// (width, mean), skipping non-finite values.
-pub fn per_depth<R>(done: &[(Cell, R)], value: impl Fn(&R) -> f64) -> BTreeMap<usize, Vec<(f64, f64)>> {
+pub fn per_depth<R>(
+    done: &[(Cell, R)],
+    value: impl Fn(&R) -> f64,
+) -> BTreeMap<usize, Vec<(f64, f64)>> {
     let mut acc: BTreeMap<(usize, usize), (f64, usize)> = BTreeMap::new();
     for (c, r) in done {
         let v = value(r);
@@ -324,6 +345,9 @@ pub fn per_depth<R>(done: &[(Cell, R)], value: impl Fn(&R) -> f64) -> BTreeMap<u
     out
 }
 
+/// One quantity of a width figure: (label, value of a cell result, dashed).
+pub type Line<'a, R> = (&'a str, &'a dyn Fn(&R) -> f64, bool);
+
 /// A "quantity vs width, one line per depth" figure; `dashed` adds reference lines.
 #[allow(clippy::too_many_arguments)]
 pub fn width_figure<R>(
@@ -333,12 +357,16 @@ pub fn width_figure<R>(
     title: &str,
     y_label: &str,
     log_y: bool,
-    lines: &[(&str, &dyn Fn(&R) -> f64, bool)],
+    lines: &[Line<'_, R>],
 ) -> CliResult {
     let mut series = vec![];
     for (label, f, dashed) in lines {
         for (depth, points) in per_depth(done, f) {
-            let label = if lines.len() > 1 { format!("{label}, depth {depth}") } else { format!("depth {depth}") };
+            let label = if lines.len() > 1 {
+                format!("{label}, depth {depth}")
+            } else {
+                format!("depth {depth}")
+            };
             series.push(Series { label, points, dashed: *dashed });
         }
     }
@@ -357,7 +385,12 @@ pub fn width_figure<R>(
 ///
 /// # Errors
 /// I/O errors naming the file.
-pub fn finish<R>(args: &StudyArgs, info: &crate::runinfo::RunInfo, sweep: &Sweep<R>, mut results: Value) -> CliResult {
+pub fn finish<R>(
+    args: &StudyArgs,
+    info: &crate::runinfo::RunInfo,
+    sweep: &Sweep<R>,
+    mut results: Value,
+) -> CliResult {
     if let Value::Object(m) = &mut results {
         m.insert("cells_total".into(), json!(sweep.done.len() + sweep.missing));
         m.insert("cells_done".into(), json!(sweep.done.len()));

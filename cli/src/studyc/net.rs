@@ -64,12 +64,26 @@ impl Net {
     ///
     /// # Errors
     /// A usage error for an invalid architecture.
-    pub fn new(cfg: NetConfig, d: usize, width: usize, depth: usize, k: usize, seed: u64) -> CliResult<Self> {
+    pub fn new(
+        cfg: NetConfig,
+        d: usize,
+        width: usize,
+        depth: usize,
+        k: usize,
+        seed: u64,
+    ) -> CliResult<Self> {
         let mut widths = vec![d];
         widths.extend(std::iter::repeat_n(width, depth));
         widths.push(k);
-        let spec = Spec::new(&widths, cfg.activation, cfg.sigma_w2, cfg.sigma_b2, cfg.bias, cfg.parameterization)
-            .map_err(|e| CliError::Usage(format!("invalid network: {e}")))?;
+        let spec = Spec::new(
+            &widths,
+            cfg.activation,
+            cfg.sigma_w2,
+            cfg.sigma_b2,
+            cfg.bias,
+            cfg.parameterization,
+        )
+        .map_err(|e| CliError::Usage(format!("invalid network: {e}")))?;
         let mut params = vec![0.0; spec.param_count()];
         spec.init(&mut params, seed)?;
         Ok(Self { widths, cfg, params })
@@ -186,7 +200,9 @@ impl Net {
                 Optimizer::Adam { lr } => {
                     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
                     let (c1, c2) = (1.0 - b1.powi(t as i32 + 1), 1.0 - b2.powi(t as i32 + 1));
-                    for (((q, d), a), b) in self.params.iter_mut().zip(&grad).zip(&mut m1).zip(&mut m2) {
+                    for (((q, d), a), b) in
+                        self.params.iter_mut().zip(&grad).zip(&mut m1).zip(&mut m2)
+                    {
                         *a = b1 * *a + (1.0 - b1) * d;
                         *b = b2 * *b + (1.0 - b2) * d * d;
                         *q -= lr * (*a / c1) / ((*b / c2).sqrt() + eps);
@@ -195,7 +211,9 @@ impl Net {
             }
         }
         if !loss.is_finite() {
-            return Err(CliError::Runtime(format!("training diverged (loss {loss}); lower the learning rate")));
+            return Err(CliError::Runtime(format!(
+                "training diverged (loss {loss}); lower the learning rate"
+            )));
         }
         Ok(loss)
     }
@@ -209,10 +227,14 @@ pub fn mse(f: &[f64], y: &[f64], n: usize) -> f64 {
 /// Fraction of rows whose argmax of `f` equals the argmax of `y` (k columns).
 pub fn accuracy(f: &[f64], y: &[f64], k: usize) -> f64 {
     let argmax = |r: &[f64]| {
-        r.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+        r.iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0
     };
     let n = f.len() / k;
-    let hits = f.chunks_exact(k).zip(y.chunks_exact(k)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    let hits =
+        f.chunks_exact(k).zip(y.chunks_exact(k)).filter(|(a, b)| argmax(a) == argmax(b)).count();
     hits as f64 / n.max(1) as f64
 }
 
@@ -240,7 +262,8 @@ mod tests {
         let (ju, jv) = (net.vjp(&x, &u).unwrap(), net.vjp(&x, &v).unwrap());
         let lhs: f64 = ju.iter().zip(&jv).map(|(a, b)| a * b).sum();
         let theta = net.ntk(&x, None, OutputMode::Full).unwrap();
-        let rhs: f64 = (0..8).map(|i| (0..8).map(|j| u[i] * theta[i * 8 + j] * v[j]).sum::<f64>()).sum();
+        let rhs: f64 =
+            (0..8).map(|i| (0..8).map(|j| u[i] * theta[i * 8 + j] * v[j]).sum::<f64>()).sum();
         assert!((lhs - rhs).abs() < 1e-12 * rhs.abs().max(1.0), "{lhs} {rhs}");
     }
 
