@@ -36,7 +36,7 @@ pub struct StudyArgs {
     /// Output directory (tables, figures, run.json, cells/).
     #[arg(long)]
     pub out_dir: PathBuf,
-    /// Hidden widths of the grid, comma separated (default 64,128,256,512,1024; --quick 32,64,128,256).
+    /// Hidden widths of the grid, comma separated (default 64,128,256,512,1024; --quick 32..512).
     #[arg(long, value_delimiter = ',')]
     pub widths: Option<Vec<usize>>,
     /// Numbers of hidden layers of the grid (default 1,2,4; --quick 1,3).
@@ -105,7 +105,7 @@ impl StudyArgs {
     pub fn width_list(&self) -> Vec<usize> {
         self.widths.clone().unwrap_or_else(|| {
             if self.quick {
-                vec![32, 64, 128, 256]
+                vec![32, 64, 128, 256, 512]
             } else {
                 vec![64, 128, 256, 512, 1024]
             }
