@@ -15,10 +15,17 @@ use rayon::prelude::*;
 
 use crate::error::CliResult;
 
-/// Inputs per forward / backward work item.
-pub const ROW_BLOCK: usize = 32;
-/// Output rows (inputs of the first set) per Gram work item.
-pub const BAND: usize = 32;
+/// Inputs per forward / backward work item: about two items per thread (each kernel gives an
+/// entry the same value whatever block it is in, so the split never changes results).
+pub fn row_block(n: usize) -> usize {
+    n.div_ceil(2 * rayon::current_num_threads()).max(8)
+}
+
+/// Output rows (inputs of the first set) per Gram work item: about three bands per thread,
+/// for balance when the symmetric case gives the first bands more columns.
+pub fn band(n: usize) -> usize {
+    n.div_ceil(3 * rayon::current_num_threads()).max(8)
+}
 
 /// Forward pass of `n` inputs, layer by layer, row blocks in parallel: returns the cache of
 /// pre-activations (layout of [`ntk_core::forward::forward`]).
@@ -30,6 +37,7 @@ pub fn par_forward<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T], n: usize) ->
     check_finite("x", x)?;
     let mut cache = vec![T::ZERO; n * units(w)];
     let mut act = vec![T::ZERO; n * max_width(w)];
+    let rb = row_block(n);
     for i in 0..spec.layers() {
         let (done, rest) = cache.split_at_mut(cache_offset(w, n, i));
         let h = &mut rest[..n * w[i + 1]];
@@ -38,20 +46,18 @@ pub fn par_forward<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T], n: usize) ->
         } else {
             let prev = &done[cache_offset(w, n, i - 1)..];
             let a = &mut act[..n * w[i]];
-            a.par_chunks_mut(ROW_BLOCK * w[i])
-                .zip(prev.par_chunks(ROW_BLOCK * w[i]))
+            a.par_chunks_mut(rb * w[i])
+                .zip(prev.par_chunks(rb * w[i]))
                 .for_each(|(a, p)| activations(spec, a, p));
             &act[..n * w[i]]
         };
-        h.par_chunks_mut(ROW_BLOCK * w[i + 1])
-            .zip(input.par_chunks(ROW_BLOCK * w[i]))
-            .try_for_each_init(
-                || vec![T::ZERO; forward_layer_scratch(w, ROW_BLOCK)],
-                |gs, (h, a)| {
-                    let rows = a.len() / w[i];
-                    forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
-                },
-            )?;
+        h.par_chunks_mut(rb * w[i + 1]).zip(input.par_chunks(rb * w[i])).try_for_each_init(
+            || vec![T::ZERO; forward_layer_scratch(w, rb)],
+            |gs, (h, a)| {
+                let rows = a.len() / w[i];
+                forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
+            },
+        )?;
     }
     Ok(cache)
 }
@@ -82,9 +88,10 @@ impl<'x, T: Real> Set<'x, T> {
             let (w, n) = (spec.widths, self.n);
             let off = cache_offset(w, n, i - 1);
             let prev = &self.cache[off..off + n * w[i]];
+            let rb = row_block(n);
             self.act[..n * w[i]]
-                .par_chunks_mut(ROW_BLOCK * w[i])
-                .zip(prev.par_chunks(ROW_BLOCK * w[i]))
+                .par_chunks_mut(rb * w[i])
+                .zip(prev.par_chunks(rb * w[i]))
                 .for_each(|(a, p)| activations(spec, a, p));
         }
     }
@@ -102,11 +109,12 @@ impl<'x, T: Real> Set<'x, T> {
         let (w, n, k) = (spec.widths, self.n, spec.output_dim());
         let off = cache_offset(w, n, i - 1);
         let h_prev = &self.cache[off..off + n * w[i]];
-        let rows = ROW_BLOCK * k;
+        let rb = row_block(n);
+        let rows = rb * k;
         self.next[..n * k * w[i]]
             .par_chunks_mut(rows * w[i])
             .zip(self.cur[..n * k * w[i + 1]].par_chunks(rows * w[i + 1]))
-            .zip(h_prev.par_chunks(ROW_BLOCK * w[i]))
+            .zip(h_prev.par_chunks(rb * w[i]))
             .try_for_each_init(
                 || vec![T::ZERO; signals_step_scratch(w, rows)],
                 |gs, ((dst, src), h)| signals_step(spec, params, i, dst, src, h, k, gs),
@@ -142,11 +150,15 @@ pub fn par_empirical_ntk<T: Real>(
         )));
     }
     let len = mode.len(n1, n2, k);
+    if len == 0 {
+        return Ok(Vec::new());
+    }
     let mut out = vec![T::ZERO; len];
-    let band_len = len / n1 * BAND;
+    let bd = band(n1);
+    let band_len = len / n1 * bd;
     let symmetric = x2.is_none();
     let m = max_width(spec.widths);
-    let gs_len = gram_hadamard_scratch(BAND * k, n2 * k, m, k * m);
+    let gs_len = gram_hadamard_scratch(bd * k, n2 * k, m, k * m);
     let s =
         T::from_f64(if spec.bias { spec.bias_multiplier() * spec.bias_multiplier() } else { 0.0 });
     for i in (0..spec.layers()).rev() {
@@ -167,7 +179,7 @@ pub fn par_empirical_ntk<T: Real>(
             out.par_chunks_mut(band_len).enumerate().try_for_each_init(
                 || vec![T::ZERO; gs_len],
                 |gs, (b, band)| {
-                    let row0 = b * BAND;
+                    let row0 = b * bd;
                     let rows = band.len() / (len / n1);
                     let a1b = MatRef::row_major(&a1[row0 * n_in..(row0 + rows) * n_in], rows, n_in);
                     let d1b = &d1[row0 * k * n_out..(row0 + rows) * k * n_out];
@@ -215,9 +227,10 @@ pub fn par_infinite_kernel(
     let chains = |x: &[f64]| -> CliResult<(Vec<f64>, f64)> {
         let n = x.len() / d;
         let mut c = vec![0.0; n * per];
+        let rb = row_block(n);
         let errs = c
-            .par_chunks_mut(ROW_BLOCK * per)
-            .zip(x.par_chunks(ROW_BLOCK * d))
+            .par_chunks_mut(rb * per)
+            .zip(x.par_chunks(rb * d))
             .map(|(c, x)| kernel_chains(c, x, d, mlp).map(|i| i.max_quadrature_error))
             .collect::<Result<Vec<f64>, _>>()?;
         Ok((c, errs.into_iter().fold(0.0, f64::max)))
@@ -234,12 +247,14 @@ pub fn par_infinite_kernel(
     let n2 = x2.map_or(n1, |x| x.len() / d);
     let mut k = vec![0.0; n1 * n2];
     let mut t = vec![0.0; n1 * n2];
+    // Small bands: the symmetric case gives early rows far more pairs than late ones.
+    let bd = n1.div_ceil(16 * rayon::current_num_threads()).max(1);
     let errs = k
-        .par_chunks_mut(BAND * n2)
-        .zip(t.par_chunks_mut(BAND * n2))
+        .par_chunks_mut(bd * n2)
+        .zip(t.par_chunks_mut(bd * n2))
         .enumerate()
         .map(|(b, (kb, tb))| {
-            kernel_rows(Some(kb), Some(tb), b * BAND, x1, &c1, x2, c2.as_deref(), d, mlp)
+            kernel_rows(Some(kb), Some(tb), b * bd, x1, &c1, x2, c2.as_deref(), d, mlp)
                 .map(|i| i.max_quadrature_error)
         })
         .collect::<Result<Vec<f64>, _>>()?;

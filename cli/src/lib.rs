@@ -3,11 +3,14 @@
 
 pub mod args;
 pub mod cmd;
+pub mod datasets;
 pub mod engine;
 pub mod error;
 pub mod io;
+pub mod linear_model;
 pub mod plot;
 pub mod runinfo;
+pub mod sweep;
 pub mod studyc;
 
 use std::ffi::OsString;
@@ -35,6 +38,18 @@ pub enum Command {
     Kernel(cmd::kernel::KernelArgs),
     /// Time the standard workloads against the GEMM roofline.
     Bench(cmd::bench::BenchArgs),
+    /// NTK statistics at initialization over a grid (mean, variance, dispersion, log-moments).
+    Dispersion(cmd::dispersion::DispersionArgs),
+    /// Phase diagram: log2 dispersion of Theta(x, x) over sigma_w2 x depth.
+    Phase(cmd::phase::PhaseArgs),
+    /// Merge the output directories of a sharded sweep.
+    Merge(cmd::merge::MergeArgs),
+    /// Train a network and its linearization, tracking the NTK change (studies A and B).
+    Train(cmd::train::TrainArgs),
+    /// Study A's training grid: NTK change and minimal loss over sigma_w2 x sigma_b2.
+    Drift(cmd::drift::DriftArgs),
+    /// Study A's output variance (Theorem 3) beside the NTK-GP and trained ensembles.
+    Variance(cmd::variance::VarianceArgs),
     /// Study C: NTK spectrum, kernel-regime GD loss and Gauss-Newton step vs width and depth.
     Spectrum(cmd::spectrum::SpectrumArgs),
     /// Study C: NTK-GP, linearized Laplace and deep-ensemble uncertainty vs width.
@@ -54,6 +69,12 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Forward(a) => cmd::forward::run(a),
         Command::Kernel(a) => cmd::kernel::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Dispersion(a) => cmd::dispersion::run(a),
+        Command::Phase(a) => cmd::phase::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Drift(a) => cmd::drift::run(a),
+        Command::Variance(a) => cmd::variance::run(a),
         Command::Spectrum(a) => cmd::spectrum::run(a),
         Command::Uncertainty(a) => cmd::uncertainty::run(a),
         Command::Forgetting(a) => cmd::forgetting::run(a),
@@ -66,10 +87,13 @@ pub fn run(cli: Cli) -> CliResult {
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
         }
     };
     match run(cli) {
@@ -79,4 +103,12 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A clap error as one line: the message without clap's usage and `--help` hints, its
+/// remaining lines (e.g. the list of missing flags) joined by spaces.
+fn one_line(rendered: &str) -> String {
+    let msg = rendered.split("\n\nUsage:").next().unwrap_or(rendered);
+    let msg = msg.split("\n\nFor more information").next().unwrap_or(msg);
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }

@@ -16,15 +16,20 @@ extern crate std;
 
 pub mod activation;
 pub mod backward;
+pub mod dispersion;
 pub mod error;
 pub mod forward;
 pub mod kernel;
+pub mod linearized;
 pub mod ntk;
 pub mod phase;
 pub mod real;
 pub mod rng;
+pub mod scaled;
 pub mod simd;
 pub mod spec;
+pub mod stats;
+pub mod train;
 
 pub use activation::Activation;
 pub use error::{Error, Pass};

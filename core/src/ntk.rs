@@ -292,6 +292,10 @@ pub fn accumulate_rows<T: Real>(
     scratch: &mut [T],
 ) -> Result<(), Error> {
     let (n1, n2) = (a1.rows, a2.rows);
+    if n1 == 0 || n2 == 0 {
+        // Nothing to add; strided output views below would start past the empty `out`.
+        return Ok(());
+    }
     // Symmetric: only columns from row0 on are needed (the rest is mirrored).
     let col0 = if symmetric { row0 } else { 0 };
     let (a2_all, d2_all) = (a2, d2);

@@ -94,3 +94,66 @@ fn usage_and_runtime_errors_have_exit_codes() {
         .code(2);
     assert!(!out.exists());
 }
+
+/// `--weights` in PyTorch (out-in, `0.weight`, `0.bias`, `2.weight`, ...) and JAX (in-out,
+/// `W0`, `b0`, ...) layouts give the kernel of the same parameters through the core; a file
+/// whose shapes disagree with the flags is a one-line error naming the tensor.
+#[test]
+fn kernel_from_safetensors_weights_in_both_layouts() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let x = inputs(dir.path(), 7, 3, "npy");
+    let widths = [3usize, 5, 4, 1];
+    let spec = Spec::new(&widths, Activation::Tanh, 1.3, 0.2, true, Parameterization::Ntk).unwrap();
+    let mut p = vec![0.0f64; spec.param_count()];
+    spec.init(&mut p, 11).unwrap();
+    let bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for (layout, wname, bname) in [("out-in", "{}.weight", "{}.bias"), ("in-out", "W{}", "b{}")] {
+        let mut tensors = Vec::new();
+        for i in 0..spec.layers() {
+            let (w, b) = spec.layer(&p, i);
+            let (n_in, n_out) = (widths[i], widths[i + 1]);
+            let (shape, data) = if layout == "out-in" {
+                (vec![n_out, n_in], w.to_vec())
+            } else {
+                let t: Vec<f64> =
+                    (0..n_in * n_out).map(|k| w[(k % n_out) * n_in + k / n_out]).collect();
+                (vec![n_in, n_out], t)
+            };
+            // PyTorch Sequential numbering skips the activation modules: 0, 2, 4.
+            let idx = if layout == "out-in" { 2 * i } else { i };
+            tensors.push((wname.replace("{}", &idx.to_string()), shape, bytes(&data)));
+            tensors.push((bname.replace("{}", &idx.to_string()), vec![n_out], bytes(b)));
+        }
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F64, s.clone(), b).unwrap()))
+            .collect();
+        let wpath = dir.path().join(format!("w-{layout}.safetensors"));
+        std::fs::write(&wpath, safetensors::serialize(views, None).unwrap()).unwrap();
+        let out = dir.path().join(format!("k-{layout}.npy"));
+        let run = |widths_flag: &str| {
+            let mut c = ntk();
+            c.args(["kernel", "--x1"])
+                .arg(&x)
+                .arg("--out")
+                .arg(&out)
+                .args(["--activation", "tanh", "--widths", widths_flag, "--sigma-w2", "1.3"])
+                .args(["--sigma-b2", "0.2", "--weights"])
+                .arg(&wpath)
+                .args(["--weights-layout", layout]);
+            c
+        };
+        run("5,4").assert().success();
+        let xs = read_matrix(&x).unwrap();
+        let mut want = vec![0.0; 49];
+        let mut s = vec![0.0; empirical_ntk_scratch(&widths, 7, None)];
+        empirical_ntk(&spec, &p, &mut want, xs.as_slice(), None, OutputMode::Trace, &mut s)
+            .unwrap();
+        assert_eq!(read_matrix(&out).unwrap().as_slice(), &want[..], "{layout}");
+        let a = run("6,4").assert().code(1);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(err.lines().count() == 1 && err.contains("shape"), "{err}");
+    }
+}

@@ -87,6 +87,63 @@ pub struct BenchArgs {
     /// Write the results as a JSON list to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Time the infinite-width NNGP + NTK instead (ReLU and erf, depth 10, d 64, f64).
+    #[arg(long)]
+    pub infinite: bool,
+    /// Inputs for `--infinite`.
+    #[arg(long, default_value_t = 4000)]
+    pub infinite_n: usize,
+}
+
+/// One row of `ntk bench --infinite`.
+#[derive(Clone, Debug, Serialize)]
+pub struct InfiniteRow {
+    /// Activation.
+    pub activation: String,
+    /// Inputs N (the kernel is N x N, symmetric).
+    pub n: usize,
+    /// Hidden layers.
+    pub depth: usize,
+    /// Threads used.
+    pub threads: usize,
+    /// Median seconds per NNGP + NTK computation.
+    pub median_s: f64,
+    /// Seconds of the first call.
+    pub first_s: f64,
+    /// Nanoseconds per kernel entry (N^2 entries) per layer, both kernels together.
+    pub ns_per_entry_layer: f64,
+}
+
+fn run_infinite(a: &BenchArgs, threads: usize) -> CliResult<Vec<InfiniteRow>> {
+    let (n, d, depth) = (a.infinite_n, 64, 10);
+    if n == 0 {
+        return Err(CliError::flag("--infinite-n", 0, "must be positive"));
+    }
+    let mut x = vec![0.0f64; n * d];
+    ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
+    let mut rows = Vec::new();
+    for act in [Activation::Relu, Activation::Erf] {
+        let mlp = ntk_core::kernel::Mlp::new(act, depth, 2.0, 0.1);
+        let (first, med, _) = time_it(a.min_time, || {
+            std::hint::black_box(crate::engine::par_infinite_kernel(&mlp, &x, None, d)?);
+            Ok(())
+        })?;
+        let row = InfiniteRow {
+            activation: act.to_string(),
+            n,
+            depth,
+            threads,
+            median_s: med,
+            first_s: first,
+            ns_per_entry_layer: med * 1e9 / ((n * n) as f64 * (depth + 1) as f64),
+        };
+        println!(
+            "infinite {:<5} N={} depth={} threads={} median={:.3} s first={:.3} s {:.2} ns/entry/layer",
+            row.activation, n, depth, threads, med, first, row.ns_per_entry_layer
+        );
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// One row of `ntk bench`.
@@ -235,6 +292,14 @@ pub fn run(a: BenchArgs) -> CliResult {
         .num_threads(threads)
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start {threads} threads: {e}")))?;
+    if a.infinite {
+        let rows = pool.install(|| run_infinite(&a, threads))?;
+        if let Some(path) = &a.json {
+            let v = serde_json::to_value(&rows).map_err(|e| CliError::Runtime(e.to_string()))?;
+            crate::io::write_json_atomic(path, &v)?;
+        }
+        return Ok(());
+    }
     let rows =
         pool.install(|| -> CliResult<Vec<BenchRow>> {
             let mut rows = Vec::new();

@@ -1,12 +1,18 @@
 //! One module per command, plus what several commands share: loading inputs and networks.
 
 pub mod bench;
+pub mod dispersion;
+pub mod drift;
 pub mod forgetting;
 pub mod forward;
 pub mod kernel;
+pub mod merge;
+pub mod phase;
 pub mod spectrum;
 pub mod theory;
+pub mod train;
 pub mod uncertainty;
+pub mod variance;
 
 use std::path::{Path, PathBuf};
 

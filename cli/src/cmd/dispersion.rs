@@ -1,0 +1,852 @@
+//! `ntk dispersion`: statistics of the NTK entries `Theta(x_0, x_r)` at initialization over a
+//! grid of activation x width x sigma_b2 x sigma_w2 x depth (DESIGN §6, study B); also the
+//! engine of `ntk phase` and `ntk merge`.
+//!
+//! Cells that share (activation, width, sigma_b2) form a *group*: sample `s` of a group draws
+//! its inputs and unit-variance weights from the seed `derive_seed(seed, group, s)` and that
+//! one draw serves every sigma_w2 and every depth of the group (see `ntk_core::dispersion`
+//! for why each cell's estimator is unchanged). A *task* is a group and a chunk of
+//! `--depth-chunk` depths: the unit of sharding, progress and resume.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ntk_core::dispersion::{relu_mean_theta, sphere_inputs, Family, Terms};
+use ntk_core::{rng, stats, Activation, Parameterization};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::args::{parse_activation, ParamArg, Precision, RunArgs};
+use crate::error::{CliError, CliResult};
+use crate::plot::{Heatmap, LineChart, Series};
+use crate::runinfo::RunInfo;
+use crate::sweep::{self, Part, Row, Shard};
+
+/// Input protocol of `ntk dispersion`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputProtocol {
+    /// Fresh x, y uniform on the unit sphere of R^d per sample; x_r = r x + sqrt(1 - r^2) y.
+    Sphere,
+    /// The rows of `--x`: entries Theta(x_0, x_j), r = cosine of x_0 and x_j.
+    Fixed,
+}
+
+/// Flags of `ntk dispersion`.
+#[derive(Args, Debug)]
+pub struct DispersionArgs {
+    /// Activation (repeat the flag for several): relu, leaky-relu:ALPHA, abrelu:A,B, erf,
+    /// sigmoid, tanh, gelu, linear.
+    #[arg(long, default_value = "relu", value_parser = parse_activation, action = clap::ArgAction::Append)]
+    pub activation: Vec<Activation>,
+    /// Input dimension d (sphere protocol).
+    #[arg(long, default_value_t = 100)]
+    pub input_dim: usize,
+    /// Hidden widths (list: 64,128 or range 100..400:100).
+    #[arg(long, default_value = "100", value_parser = sweep::parse_usize_grid)]
+    pub width: std::vec::Vec<usize>,
+    /// Depths, i.e. numbers of hidden layers (e.g. 1..49 or 1,2,4,8).
+    #[arg(long, default_value = "1..10", value_parser = sweep::parse_usize_grid)]
+    pub depths: std::vec::Vec<usize>,
+    /// Weight variances sigma_w2 (e.g. 0.5,1,2,3 or 0..5:0.1).
+    #[arg(long = "sigma-w2", default_value = "2", value_parser = sweep::parse_f64_grid)]
+    pub sigma_w2: std::vec::Vec<f64>,
+    /// Bias variances sigma_b2 (biases are trainable even when 0).
+    #[arg(long = "sigma-b2", default_value = "0", value_parser = sweep::parse_f64_grid)]
+    pub sigma_b2: std::vec::Vec<f64>,
+    /// Parameterization (the studies use standard).
+    #[arg(long, value_enum, default_value_t = ParamArg::Standard)]
+    pub parameterization: ParamArg,
+    /// Layers without biases.
+    #[arg(long)]
+    pub no_bias: bool,
+    /// Independent initializations per cell.
+    #[arg(long, default_value_t = 500)]
+    pub samples: usize,
+    /// Input protocol.
+    #[arg(long, value_enum, default_value_t = InputProtocol::Sphere)]
+    pub inputs: InputProtocol,
+    /// Input file for `--inputs fixed` (`.npy` or `.csv`, N x d).
+    #[arg(long)]
+    pub x: Option<PathBuf>,
+    /// Correlations r of the entries Theta(x, x_r) (sphere protocol; r = 1 is the diagonal).
+    #[arg(long, default_value = "1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1,0.0", value_parser = sweep::parse_f64_grid)]
+    pub correlations: std::vec::Vec<f64>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub sweep: SweepRunArgs,
+}
+
+/// Flags of every sweep command about the run itself.
+#[derive(Args, Debug, Clone)]
+pub struct SweepRunArgs {
+    /// Bootstrap resamples for the dispersion's confidence interval.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Confidence level of the interval.
+    #[arg(long, default_value_t = 0.95)]
+    pub level: f64,
+    /// Depths per task (the unit of sharding and resume; results do not depend on it).
+    #[arg(long, default_value_t = 4)]
+    pub depth_chunk: usize,
+    /// Run only shard I of N (1-based), e.g. 3/8; merge the shards with `ntk merge`.
+    #[arg(long, default_value = "1/1")]
+    pub shard: Shard,
+    /// Output directory (results, parts/ for resume, run.json).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Also write PNG figures.
+    #[arg(long)]
+    pub png: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub run: RunArgs,
+}
+
+/// Everything that determines a sweep's numbers (stored in run.json; shards of one sweep
+/// have equal configs).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SweepConfig {
+    /// `dispersion` or `phase`.
+    pub kind: String,
+    /// Activation names.
+    pub activations: Vec<String>,
+    /// Input dimension (`0`: equal to the width).
+    pub input_dim: usize,
+    /// Hidden widths.
+    pub widths: Vec<usize>,
+    /// Depths.
+    pub depths: Vec<usize>,
+    /// sigma_w2 values.
+    pub sigma_w2: Vec<f64>,
+    /// sigma_b2 values.
+    pub sigma_b2: Vec<f64>,
+    /// `standard` or `ntk`.
+    pub parameterization: String,
+    /// Trainable biases.
+    pub bias: bool,
+    /// Samples per cell.
+    pub samples: usize,
+    /// Input protocol.
+    pub inputs: InputProtocol,
+    /// Input file (fixed protocol).
+    pub x: Option<PathBuf>,
+    /// Correlations (sphere protocol).
+    pub correlations: Vec<f64>,
+    /// Bootstrap resamples.
+    pub bootstrap: usize,
+    /// Confidence level.
+    pub level: f64,
+    /// Depths per task.
+    pub depth_chunk: usize,
+    /// Global seed.
+    pub seed: u64,
+}
+
+/// CSV header of `dispersion.csv` and `phase.csv`.
+pub const HEADER: &str = "activation,input_dim,width,depth,sigma_w2,sigma_b2,parameterization,\
+bias,inputs,samples,r,mean,var,sem,dispersion,dispersion_lo,dispersion_hi,log_mean,log_var,exact_mean";
+
+/// Runs `ntk dispersion`.
+///
+/// # Errors
+/// Usage errors for bad flags; runtime errors for files and overflow.
+pub fn run(a: DispersionArgs) -> CliResult {
+    let mut depths = a.depths.clone();
+    depths.sort_unstable();
+    depths.dedup();
+    let cfg = SweepConfig {
+        kind: "dispersion".into(),
+        activations: a.activation.iter().map(|x| x.to_string()).collect(),
+        input_dim: a.input_dim,
+        widths: a.width.clone(),
+        depths,
+        sigma_w2: a.sigma_w2.clone(),
+        sigma_b2: a.sigma_b2.clone(),
+        parameterization: Parameterization::from(a.parameterization).to_string(),
+        bias: !a.no_bias,
+        samples: a.samples,
+        inputs: a.inputs,
+        x: a.x.clone(),
+        correlations: a.correlations.clone(),
+        bootstrap: a.sweep.bootstrap,
+        level: a.sweep.level,
+        depth_chunk: a.sweep.depth_chunk,
+        seed: a.sweep.run.seed,
+    };
+    run_sweep(&cfg, &a.sweep)
+}
+
+/// A validated sweep, ready to plan and run.
+pub struct Plan {
+    /// The configuration.
+    pub cfg: SweepConfig,
+    activations: Vec<Activation>,
+    parameterization: Parameterization,
+    /// Fixed inputs (rows), if any.
+    fixed: Option<Vec<f64>>,
+    /// Input dimension.
+    input_dim_fixed: Option<usize>,
+    /// Tasks in canonical order.
+    pub tasks: Vec<Task>,
+}
+
+/// A group of cells sharing one draw per sample, restricted to a chunk of depths.
+#[derive(Clone, Debug)]
+pub struct Task {
+    /// Part file stem.
+    pub key: String,
+    act: usize,
+    width: usize,
+    sigma_b2: f64,
+    group_seed: u64,
+    depths: Vec<usize>,
+}
+
+impl Task {
+    /// Relative cost of one sample (layer products: one backprop per depth plus the forward
+    /// pass), the unit of the progress bar so that its ETA holds for deep chunks too.
+    fn work(&self) -> u64 {
+        self.depths.iter().sum::<usize>() as u64 + self.depths[self.depths.len() - 1] as u64
+    }
+}
+
+impl Plan {
+    /// Validates `cfg` (reading `--x` for the fixed protocol) and lists the tasks.
+    ///
+    /// # Errors
+    /// Usage errors naming the flag.
+    pub fn new(cfg: &SweepConfig) -> CliResult<Self> {
+        let activations = cfg
+            .activations
+            .iter()
+            .map(|s| parse_activation(s).map_err(|e| CliError::flag("--activation", s, e)))
+            .collect::<CliResult<Vec<_>>>()?;
+        let parameterization: Parameterization = cfg
+            .parameterization
+            .parse()
+            .map_err(|_| CliError::flag("--parameterization", &cfg.parameterization, "unknown"))?;
+        let nonempty = |flag: &str, n: usize| {
+            if n == 0 {
+                Err(CliError::flag(flag, "(empty)", "needs at least one value"))
+            } else {
+                Ok(())
+            }
+        };
+        nonempty("--activation", activations.len())?;
+        nonempty("--width", cfg.widths.len())?;
+        nonempty("--depths", cfg.depths.len())?;
+        nonempty("--sigma-w2", cfg.sigma_w2.len())?;
+        nonempty("--sigma-b2", cfg.sigma_b2.len())?;
+        if let Some(w) = cfg.widths.iter().find(|&&w| w == 0) {
+            return Err(CliError::flag("--width", w, "widths must be positive"));
+        }
+        if cfg.depths[0] == 0 {
+            return Err(CliError::flag("--depths", 0, "depths count hidden layers and start at 1"));
+        }
+        for (flag, v) in [("--sigma-w2", &cfg.sigma_w2), ("--sigma-b2", &cfg.sigma_b2)] {
+            if let Some(x) = v.iter().find(|x| **x < 0.0) {
+                return Err(CliError::flag(flag, x, "variances must be non-negative"));
+            }
+        }
+        if cfg.samples < 2 {
+            return Err(CliError::flag("--samples", cfg.samples, "need at least 2"));
+        }
+        if cfg.bootstrap == 0 {
+            return Err(CliError::flag("--bootstrap", 0, "need at least 1 resample"));
+        }
+        if !(cfg.level > 0.0 && cfg.level < 1.0) {
+            return Err(CliError::flag("--level", cfg.level, "must be in (0, 1)"));
+        }
+        if cfg.depth_chunk == 0 {
+            return Err(CliError::flag("--depth-chunk", 0, "must be positive"));
+        }
+        let (fixed, input_dim_fixed) = match cfg.inputs {
+            InputProtocol::Sphere => {
+                if let Some(r) = cfg.correlations.iter().find(|r| !(-1.0..=1.0).contains(*r)) {
+                    return Err(CliError::flag("--correlations", r, "must be in [-1, 1]"));
+                }
+                nonempty("--correlations", cfg.correlations.len())?;
+                if cfg.input_dim == 0 && cfg.kind == "dispersion" {
+                    return Err(CliError::flag("--input-dim", 0, "must be positive"));
+                }
+                (None, None)
+            }
+            InputProtocol::Fixed => {
+                let p = cfg
+                    .x
+                    .as_ref()
+                    .ok_or_else(|| CliError::flag("--inputs", "fixed", "needs --x FILE"))?;
+                let m = crate::cmd::read_inputs("--x", p, None)?;
+                (Some(m.as_slice().to_vec()), Some(m.cols()))
+            }
+        };
+        let mut plan = Plan {
+            cfg: cfg.clone(),
+            activations,
+            parameterization,
+            fixed,
+            input_dim_fixed,
+            tasks: Vec::new(),
+        };
+        plan.tasks = plan.list_tasks();
+        Ok(plan)
+    }
+
+    fn input_dim(&self, width: usize) -> usize {
+        match (self.input_dim_fixed, self.cfg.input_dim) {
+            (Some(d), _) => d,
+            (None, 0) => width,
+            (None, d) => d,
+        }
+    }
+
+    fn family(&self, act: usize, width: usize) -> Family {
+        Family {
+            input_dim: self.input_dim(width),
+            width,
+            activation: self.activations[act],
+            bias: self.cfg.bias,
+            parameterization: self.parameterization,
+        }
+    }
+
+    /// Number of entries per cell (correlations, or rows of the fixed inputs).
+    pub fn entries(&self) -> usize {
+        match &self.fixed {
+            Some(x) => x.len() / self.input_dim_fixed.unwrap_or(1),
+            None => self.cfg.correlations.len(),
+        }
+    }
+
+    fn list_tasks(&self) -> Vec<Task> {
+        let c = &self.cfg;
+        let mut tasks = Vec::new();
+        for (ai, a) in c.activations.iter().enumerate() {
+            for &width in &c.widths {
+                for &sb2 in &c.sigma_b2 {
+                    let group = format!(
+                        "{a}|d={}|m={width}|sb2={sb2}|{}|bias={}|{:?}|{:?}",
+                        self.input_dim(width),
+                        c.parameterization,
+                        c.bias,
+                        c.inputs,
+                        c.x
+                    );
+                    let group_seed = rng::derive_seed(c.seed, sweep::fnv1a(&group), 0);
+                    for chunk in c.depths.chunks(c.depth_chunk) {
+                        let desc = format!(
+                            "{group}|{chunk:?}|{:?}|{:?}|{}|{}|{}|{}",
+                            c.sigma_w2, c.correlations, c.samples, c.bootstrap, c.level, c.seed
+                        );
+                        let key = format!(
+                            "{:016x}-d{}-{}-{:016x}",
+                            sweep::fnv1a(&group),
+                            chunk[0],
+                            chunk[chunk.len() - 1],
+                            sweep::fnv1a(&desc)
+                        );
+                        tasks.push(Task {
+                            key,
+                            act: ai,
+                            width,
+                            sigma_b2: sb2,
+                            group_seed,
+                            depths: chunk.to_vec(),
+                        });
+                    }
+                }
+            }
+        }
+        tasks
+    }
+
+    /// Whether the group of `task` uses the homogeneous scaling (one unit-scale computation
+    /// for every sigma_w2).
+    pub fn scaled(&self, task: &Task) -> bool {
+        self.family(task.act, task.width).scalable(task.sigma_b2)
+    }
+
+    /// Inputs of sample `seed`: row 0 is x_0, then one row per distinct entry; `map[e]` is
+    /// the row of entry `e`.
+    fn inputs(&self, d: usize, seed: u64) -> CliResult<(Vec<f64>, Vec<usize>)> {
+        match &self.fixed {
+            Some(x) => Ok((x.clone(), (0..x.len() / d).collect())),
+            None => {
+                let rs: Vec<f64> =
+                    self.cfg.correlations.iter().copied().filter(|&r| r != 1.0).collect();
+                let mut map = Vec::with_capacity(self.cfg.correlations.len());
+                let mut next = 1;
+                for &r in &self.cfg.correlations {
+                    if r == 1.0 {
+                        map.push(0);
+                    } else {
+                        map.push(next);
+                        next += 1;
+                    }
+                }
+                let mut x = vec![0.0; (1 + rs.len()) * d];
+                sphere_inputs(&mut x, seed, d, &rs)?;
+                Ok((x, map))
+            }
+        }
+    }
+
+    /// Runs one task: the values `[(si * nd + k) * ne + e] * samples + s`.
+    fn sample_task(&self, task: &Task, pb: &ProgressBar) -> CliResult<Vec<f64>> {
+        let fam = self.family(task.act, task.width);
+        let d = fam.input_dim;
+        let scaled = fam.scalable(task.sigma_b2);
+        let (ns, nd, ne, s_count) =
+            (self.cfg.sigma_w2.len(), task.depths.len(), self.entries(), self.cfg.samples);
+        let lmax = task.depths[nd - 1];
+        let per_sample: Vec<Vec<f64>> = (0..s_count)
+            .into_par_iter()
+            .map(|s| -> CliResult<Vec<f64>> {
+                let seed = rng::derive_seed(task.group_seed, 1, s as u64);
+                let (x, map) = self.inputs(d, seed)?;
+                let n = x.len() / d;
+                let mut draw = vec![0.0; fam.draw_len(lmax, nd)];
+                fam.draw(&mut draw, seed, &task.depths)?;
+                let mut a = vec![0.0; (lmax + 1) * n];
+                let mut g = vec![0.0; nd * (lmax + 1) * n];
+                let mut scratch = vec![0.0; fam.terms_scratch(lmax, nd, n)];
+                let mut out = vec![0.0; ns * nd * ne];
+                let sb = task.sigma_b2.sqrt();
+                let cell_err = |e: ntk_core::Error, sw2: Option<f64>| {
+                    CliError::Runtime(format!(
+                        "{} width {} sigma_b2 {}{} sample {s}: {e}",
+                        fam.activation,
+                        fam.width,
+                        task.sigma_b2,
+                        sw2.map_or(String::new(), |v| format!(" sigma_w2 {v}"))
+                    ))
+                };
+                if scaled {
+                    fam.terms(&mut a, &mut g, &draw, &task.depths, &x, 1.0, 0.0, &mut scratch)
+                        .map_err(|e| cell_err(e, None))?;
+                    let t = Terms { a: &a, g: &g, n, max_depth: lmax };
+                    for (si, &sw2) in self.cfg.sigma_w2.iter().enumerate() {
+                        for (k, &depth) in task.depths.iter().enumerate() {
+                            for (e, &j) in map.iter().enumerate() {
+                                out[(si * nd + k) * ne + e] =
+                                    t.theta_scaled(&fam, sw2, k, depth, j);
+                            }
+                        }
+                    }
+                } else {
+                    for (si, &sw2) in self.cfg.sigma_w2.iter().enumerate() {
+                        fam.terms(
+                            &mut a,
+                            &mut g,
+                            &draw,
+                            &task.depths,
+                            &x,
+                            sw2.sqrt(),
+                            sb,
+                            &mut scratch,
+                        )
+                        .map_err(|e| cell_err(e, Some(sw2)))?;
+                        let t = Terms { a: &a, g: &g, n, max_depth: lmax };
+                        for (k, &depth) in task.depths.iter().enumerate() {
+                            for (e, &j) in map.iter().enumerate() {
+                                out[(si * nd + k) * ne + e] =
+                                    t.theta_direct(&fam, sw2, task.sigma_b2, k, depth, j);
+                            }
+                        }
+                    }
+                }
+                if let Some(v) = out.iter().find(|v| !v.is_finite()) {
+                    return Err(CliError::Runtime(format!(
+                        "{} width {} sigma_b2 {} sample {s}: NTK entry {v} overflowed",
+                        fam.activation, fam.width, task.sigma_b2
+                    )));
+                }
+                pb.inc(task.work());
+                Ok(out)
+            })
+            .collect::<CliResult<_>>()?;
+        let cells = ns * nd * ne;
+        let mut vals = vec![0.0; cells * s_count];
+        for (s, v) in per_sample.iter().enumerate() {
+            for (c, &x) in v.iter().enumerate() {
+                vals[c * s_count + s] = x;
+            }
+        }
+        Ok(vals)
+    }
+
+    /// The rows of one task from its values (statistics per cell entry, in parallel).
+    fn rows(&self, task: &Task, vals: &[f64], counts: &[f64]) -> Vec<Row> {
+        let fam = self.family(task.act, task.width);
+        let (nd, ne, s) = (task.depths.len(), self.entries(), self.cfg.samples);
+        let act_name = &self.cfg.activations[task.act];
+        let act_csv =
+            if act_name.contains(',') { format!("\"{act_name}\"") } else { act_name.clone() };
+        let (rs, norm2) = self.entry_geometry(fam.input_dim);
+        let b = self.cfg.bootstrap;
+        (0..self.cfg.sigma_w2.len() * nd * ne)
+            .into_par_iter()
+            .map(|c| {
+                let (si, k, e) = (c / (nd * ne), (c / ne) % nd, c % ne);
+                let (sw2, depth) = (self.cfg.sigma_w2[si], task.depths[k]);
+                let v = &vals[c * s..(c + 1) * s];
+                let m = stats::moments(v);
+                let mut work = vec![0.0; b];
+                let (lo, hi) = stats::bootstrap_dispersion(&mut work, v, counts, b, self.cfg.level);
+                let exact = (e < rs.len()
+                    && rs[e] == 1.0
+                    && self.exact_applies(&fam, task.sigma_b2))
+                .then(|| relu_mean_theta(sw2, depth, fam.width, fam.input_dim, norm2, true));
+                let line = format!(
+                    "{act_csv},{},{},{depth},{sw2},{},{},{},{},{s},{},{},{},{},{},{},{},{},{},{}",
+                    fam.input_dim,
+                    fam.width,
+                    task.sigma_b2,
+                    self.cfg.parameterization,
+                    self.cfg.bias,
+                    match self.cfg.inputs {
+                        InputProtocol::Sphere => "sphere",
+                        InputProtocol::Fixed => "fixed",
+                    },
+                    rs[e],
+                    m.mean,
+                    m.var,
+                    m.sem,
+                    m.dispersion,
+                    lo,
+                    hi,
+                    m.log_mean,
+                    m.log_var,
+                    exact.map_or(String::new(), |x| x.to_string()),
+                );
+                Row {
+                    activation: act_name.clone(),
+                    width: fam.width,
+                    sigma_b2: task.sigma_b2,
+                    sigma_w2: sw2,
+                    depth,
+                    entry: e,
+                    line,
+                }
+            })
+            .collect()
+    }
+
+    /// r of each entry, and ||x_0||^2.
+    fn entry_geometry(&self, d: usize) -> (Vec<f64>, f64) {
+        match &self.fixed {
+            Some(x) => {
+                let dot = |i: usize, j: usize| -> f64 {
+                    (0..d).map(|t| x[i * d + t] * x[j * d + t]).sum()
+                };
+                let n0 = dot(0, 0);
+                let rs = (0..x.len() / d)
+                    .map(|j| if j == 0 { 1.0 } else { dot(0, j) / (n0 * dot(j, j)).sqrt() })
+                    .collect();
+                (rs, n0)
+            }
+            None => (self.cfg.correlations.clone(), 1.0),
+        }
+    }
+
+    fn exact_applies(&self, fam: &Family, sigma_b2: f64) -> bool {
+        fam.activation == Activation::Relu
+            && fam.parameterization == Parameterization::Standard
+            && fam.bias
+            && sigma_b2 == 0.0
+    }
+}
+
+fn progress(run: &RunArgs, total: u64, cells: usize) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(
+        Some(total),
+        if run.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+    );
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {percent}%, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(format!("cells 0/{cells}"));
+    pb
+}
+
+/// Runs a sweep into `r.out_dir`: the tasks of the shard not yet done, then the tables and
+/// figures from every part present.
+///
+/// # Errors
+/// Usage and runtime errors.
+pub fn run_sweep(cfg: &SweepConfig, r: &SweepRunArgs) -> CliResult {
+    if r.run.precision != Precision::F64 {
+        return Err(CliError::flag("--precision", "f32", "dispersion sweeps run in f64 only"));
+    }
+    let info = RunInfo::start(&cfg.kind, json!({ "sweep": cfg, "shard": r.shard, "png": r.png }));
+    let plan = Plan::new(cfg)?;
+    std::fs::create_dir_all(&r.out_dir).map_err(|e| {
+        CliError::Runtime(format!("{}: cannot create directory: {e}", r.out_dir.display()))
+    })?;
+    let mine: Vec<&Task> =
+        plan.tasks.iter().enumerate().filter(|(t, _)| r.shard.owns(*t)).map(|(_, t)| t).collect();
+    let todo: Vec<&Task> =
+        mine.iter().copied().filter(|t| !sweep::part_done(&r.out_dir, &t.key)).collect();
+    let skipped = mine.len() - todo.len();
+    let mut counts = vec![0.0; cfg.bootstrap * cfg.samples];
+    stats::bootstrap_counts(
+        &mut counts,
+        rng::derive_seed(cfg.seed, u64::MAX, 0),
+        cfg.samples,
+        cfg.bootstrap,
+    );
+    let total = todo.iter().map(|t| t.work()).sum::<u64>() * cfg.samples as u64;
+    let (done, compute_s) = r.run.in_pool(|| {
+        let cells_of = |t: &Task| t.depths.len() * cfg.sigma_w2.len();
+        let cells: usize = todo.iter().map(|t| cells_of(t)).sum::<usize>();
+        let pb = progress(&r.run, total, cells);
+        let t0 = std::time::Instant::now();
+        let mut cells_done = 0;
+        for task in &todo {
+            let vals = plan.sample_task(task, &pb)?;
+            let rows = plan.rows(task, &vals, &counts);
+            sweep::write_part(&r.out_dir, &Part { key: task.key.clone(), rows })?;
+            cells_done += cells_of(task);
+            pb.set_message(format!("cells {cells_done}/{cells}"));
+        }
+        pb.finish_and_clear();
+        Ok((todo.len(), t0.elapsed().as_secs_f64()))
+    })?;
+    let results = finish(&plan, std::slice::from_ref(&r.out_dir), &r.out_dir, r.png)?;
+    let scaled: Vec<_> = plan
+        .tasks
+        .iter()
+        .filter(|t| t.depths[0] == plan.cfg.depths[0])
+        .map(|t| {
+            json!({
+                "activation": plan.cfg.activations[t.act], "width": t.width,
+                "sigma_b2": t.sigma_b2, "homogeneous_scaling": plan.scaled(t)
+            })
+        })
+        .collect();
+    info.write(
+        &r.out_dir,
+        json!({
+            "tasks_total": plan.tasks.len(), "tasks_in_shard": mine.len(),
+            "tasks_computed": done, "tasks_skipped_done": skipped,
+            "compute_time_s": compute_s, "threads": r.run.thread_count(),
+            "groups": scaled,
+            "scaled_representation": false,
+            "precision": "f64",
+            "tables": results,
+        }),
+    )
+}
+
+/// Writes the table and figures of `plan` from the parts found in `dirs` into `out_dir`;
+/// returns a summary for run.json.
+///
+/// # Errors
+/// Runtime errors for unreadable parts or unwritable outputs.
+pub fn finish(
+    plan: &Plan,
+    dirs: &[PathBuf],
+    out_dir: &Path,
+    png: bool,
+) -> CliResult<serde_json::Value> {
+    let parts = sweep::read_parts(dirs)?;
+    let wanted: std::collections::BTreeSet<&str> =
+        plan.tasks.iter().map(|t| t.key.as_str()).collect();
+    let present: Vec<&Part> = parts.values().filter(|p| wanted.contains(p.key.as_str())).collect();
+    let rows = sweep::assemble(present.iter().copied());
+    let kind = plan.cfg.kind.as_str();
+    let csv = out_dir.join(format!("{kind}.csv"));
+    sweep::write_table(&csv, HEADER, &rows)?;
+    let table = parse_rows(&rows);
+    let mut summary = json!({
+        "csv": csv, "rows": rows.len(),
+        "tasks_present": present.len(), "tasks_missing": plan.tasks.len() - present.len(),
+    });
+    if kind == "phase" {
+        phase_figure(plan, &table, &out_dir.join("phase.svg"), png)?;
+    } else {
+        let check = figures(plan, &table, out_dir, png)?;
+        summary["exact_mean_check"] = check;
+    }
+    Ok(summary)
+}
+
+/// Parsed numeric view of a row (the fields the figures need).
+struct Cell {
+    activation: String,
+    width: usize,
+    depth: usize,
+    sigma_w2: f64,
+    sigma_b2: f64,
+    entry: usize,
+    mean: f64,
+    sem: f64,
+    dispersion: f64,
+    exact: Option<f64>,
+}
+
+fn parse_rows(rows: &[Row]) -> Vec<Cell> {
+    rows.iter()
+        .map(|r| {
+            // The activation may be quoted and contain commas: parse the numeric tail.
+            let f: Vec<&str> = r.line.rsplitn(HEADER.split(',').count() - 1, ',').collect();
+            // rsplitn yields fields from the end: exact_mean is f[0], mean is f[8], sem f[6].
+            let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
+            Cell {
+                activation: r.activation.clone(),
+                width: r.width,
+                depth: r.depth,
+                sigma_w2: r.sigma_w2,
+                sigma_b2: r.sigma_b2,
+                entry: r.entry,
+                mean: num(8),
+                sem: num(6),
+                dispersion: num(5),
+                exact: f.first().and_then(|s| s.parse().ok()),
+            }
+        })
+        .collect()
+}
+
+/// dispersion.svg (D of the first entry against depth / width, per sigma_w2) with the
+/// Hanin–Nica curve for He-initialised ReLU, and mean_check.svg where the exact mean applies.
+fn figures(plan: &Plan, cells: &[Cell], out_dir: &Path, png: bool) -> CliResult<serde_json::Value> {
+    let entry_r = plan.entry_geometry(plan.input_dim(plan.cfg.widths[0])).0[0];
+    let mut chart = LineChart {
+        title: format!("NTK dispersion of Θ(x, x_r), r = {entry_r}"),
+        x_label: "depth / width".into(),
+        y_label: "D = E[Θ²] / E[Θ]²".into(),
+        log_y: true,
+        ..Default::default()
+    };
+    let mut check = LineChart {
+        title: "Exact-mean check: sample mean / E[Θ(x,x)] (ReLU, σ_b² = 0)".into(),
+        x_label: "depth / width".into(),
+        y_label: "sample mean / exact mean".into(),
+        ..Default::default()
+    };
+    let (mut within, mut checked, mut worst) = (0usize, 0usize, 0.0f64);
+    let groups = group_keys(cells);
+    let multi = groups.len() > 1;
+    for (act, width, sb2) in &groups {
+        for &sw2 in &plan.cfg.sigma_w2 {
+            let sel: Vec<&Cell> = cells
+                .iter()
+                .filter(|c| {
+                    c.entry == 0
+                        && &c.activation == act
+                        && c.width == *width
+                        && c.sigma_b2 == *sb2
+                        && c.sigma_w2 == sw2
+                })
+                .collect();
+            if sel.is_empty() {
+                continue;
+            }
+            let label = if multi {
+                format!("{act} M={width} σ_b²={sb2} σ_w²={sw2}")
+            } else {
+                format!("σ_w² = {sw2}")
+            };
+            let beta = |c: &Cell| c.depth as f64 / c.width as f64;
+            chart.series.push(Series {
+                label: label.clone(),
+                points: sel.iter().map(|c| (beta(c), c.dispersion)).collect(),
+                dashed: false,
+            });
+            if act == "relu" && sw2 == 2.0 && *sb2 == 0.0 {
+                let c0 = sel[0];
+                let scale = c0.dispersion / (5.0 * beta(c0)).exp();
+                chart.series.push(Series {
+                    label: format!("Hanin–Nica C·exp(5β), β = depth/width (M={width})"),
+                    points: sel.iter().map(|c| (beta(c), scale * (5.0 * beta(c)).exp())).collect(),
+                    dashed: true,
+                });
+            }
+            let ex: Vec<(f64, f64, f64)> = sel
+                .iter()
+                .filter_map(|c| c.exact.map(|e| (beta(c), c.mean / e, (c.mean - e) / c.sem)))
+                .collect();
+            if !ex.is_empty() {
+                for &(_, _, z) in &ex {
+                    checked += 1;
+                    if z.abs() <= 4.0 {
+                        within += 1;
+                    }
+                    worst = worst.max(z.abs());
+                }
+                check.series.push(Series {
+                    label,
+                    points: ex.iter().map(|&(b, q, _)| (b, q)).collect(),
+                    dashed: false,
+                });
+            }
+        }
+    }
+    chart.write(&out_dir.join(format!("{}.svg", plan.cfg.kind)), png)?;
+    if checked > 0 {
+        let xs: Vec<f64> = cells.iter().map(|c| c.depth as f64 / c.width as f64).collect();
+        let (x0, x1) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        check.series.push(Series {
+            label: "exact".into(),
+            points: vec![(x0, 1.0), (x1, 1.0)],
+            dashed: true,
+        });
+        check.write(&out_dir.join("mean_check.svg"), png)?;
+    }
+    Ok(json!({ "cells_checked": checked, "within_4_se": within, "max_abs_z": worst }))
+}
+
+fn group_keys(cells: &[Cell]) -> Vec<(String, usize, f64)> {
+    let mut g: Vec<(String, usize, f64)> =
+        cells.iter().map(|c| (c.activation.clone(), c.width, c.sigma_b2)).collect();
+    g.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+    g.dedup();
+    g
+}
+
+fn phase_figure(plan: &Plan, cells: &[Cell], path: &Path, png: bool) -> CliResult {
+    let c = &plan.cfg;
+    let mut xs = c.sigma_w2.clone();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    let ys: Vec<f64> = c.depths.iter().map(|&d| d as f64).collect();
+    let mut z = vec![vec![f64::NAN; xs.len()]; ys.len()];
+    for cell in cells.iter().filter(|x| x.entry == 0) {
+        let ix = xs.iter().position(|&v| v == cell.sigma_w2);
+        let iy = c.depths.iter().position(|&v| v == cell.depth);
+        if let (Some(ix), Some(iy)) = (ix, iy) {
+            z[iy][ix] = cell.dispersion.log2();
+        }
+    }
+    let act = plan.activations[0];
+    let sb2 = c.sigma_b2[0];
+    let mut overlays = Vec::new();
+    // The chi_1 = 1 line at this sigma_b2 (DESIGN §5): a vertical line in (sigma_w2, depth).
+    if let Ok(s) = ntk_core::phase::eoc_sigma_w2(act, sb2) {
+        if s >= xs[0] && s <= xs[xs.len() - 1] {
+            overlays.push(("χ₁ = 1".to_string(), vec![(s, ys[0]), (s, ys[ys.len() - 1])]));
+        }
+    }
+    Heatmap {
+        title: format!(
+            "log₂ E[Θ(x,x)²]/E[Θ(x,x)]², {act}, width {}, σ_b² = {sb2}, {} samples",
+            c.widths[0], c.samples
+        ),
+        x_label: "σ_w²".into(),
+        y_label: "depth".into(),
+        z_label: "log₂ D".into(),
+        xs,
+        ys,
+        z,
+        z_range: Some((0.0, 7.0)),
+        overlays,
+    }
+    .write(path, png)
+}
