@@ -232,8 +232,8 @@ fn cli_sweeps_write_results_resume_and_check_flags() {
         .args(extra);
         c
     };
-    // Shard 0/2 computes the first cell only; the full run then adds the second (resume).
-    spectrum(&["--shard", "0/2"]).assert().success();
+    // Shard 1/2 computes the first cell only; the full run then adds the second (resume).
+    spectrum(&["--shard", "1/2"]).assert().success();
     assert_eq!(std::fs::read_dir(out.join("cells")).unwrap().count(), 1);
     spectrum(&["--threads", "1"]).assert().success();
     let run: serde_json::Value =
@@ -259,7 +259,7 @@ fn cli_sweeps_write_results_resume_and_check_flags() {
             "{err}"
         );
     }
-    ntk().args(["spectrum", "--out-dir"]).arg(dir.path()).args(["--shard", "2/2"]).assert().code(2);
+    ntk().args(["spectrum", "--out-dir"]).arg(dir.path()).args(["--shard", "3/2"]).assert().code(2);
 
     for cmd in ["forgetting", "uncertainty"] {
         let o = dir.path().join(cmd);

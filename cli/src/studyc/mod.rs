@@ -4,9 +4,10 @@
 //!
 //! Sweeps: every cell's result is written atomically to `OUT/cells/w{W}_d{D}_s{S}.json`
 //! together with the study configuration; a rerun with the same configuration skips finished
-//! cells (resume), `--shard i/n` computes only cells `i, i + n, ...`, and every run rebuilds
-//! the tables and figures from all finished cells. (A minimal own implementation: the shared
-//! `sweep` module of the dispersion branch had not landed when this was written.)
+//! cells (resume), `--shard I/N` (`crate::sweep::Shard`, 1-based) computes only its cells,
+//! and every run rebuilds the tables and figures from all finished cells (shards writing into
+//! one directory need no merge step). Per-cell files are study C's own: `crate::sweep`'s parts
+//! hold CSV rows of the dispersion sweeps, these hold typed per-cell results.
 
 pub mod data;
 pub mod gauss;
@@ -28,6 +29,7 @@ use crate::args::{parse_activation, parse_variance, ParamArg, Precision, RunArgs
 use crate::error::{CliError, CliResult};
 use crate::io::{atomic_write, write_csv, write_json_atomic, Matrix};
 use crate::plot::{LineChart, Series};
+use crate::sweep::Shard;
 use net::NetConfig;
 
 /// Flags shared by the study C commands.
@@ -48,9 +50,10 @@ pub struct StudyArgs {
     /// A small study that finishes in under two minutes (explicit flags still win).
     #[arg(long)]
     pub quick: bool,
-    /// Compute only the cells i, i + n, i + 2n, ... of the grid ("i/n").
-    #[arg(long, value_parser = parse_shard)]
-    pub shard: Option<(usize, usize)>,
+    /// Run only shard I of N (1-based, e.g. 3/8): cells I-1, I-1+N, ... of the grid; shards
+    /// write into the same --out-dir.
+    #[arg(long, default_value = "1/1")]
+    pub shard: Shard,
     /// Also write PNG figures beside the SVGs.
     #[arg(long)]
     pub png: bool,
@@ -72,19 +75,6 @@ pub struct StudyArgs {
     /// Seed, precision, threads, quiet.
     #[command(flatten)]
     pub run: RunArgs,
-}
-
-/// Parses `i/n` with `i < n`.
-pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (a, b) = s.split_once('/').ok_or_else(|| format!("{s:?} is not of the form i/n"))?;
-    let (i, n): (usize, usize) = match (a.trim().parse(), b.trim().parse()) {
-        (Ok(i), Ok(n)) => (i, n),
-        _ => return Err(format!("{s:?} is not of the form i/n")),
-    };
-    if n == 0 || i >= n {
-        return Err(format!("{s:?}: need 0 <= i < n"));
-    }
-    Ok((i, n))
 }
 
 /// One point of the grid.
@@ -254,10 +244,9 @@ where
         }
         Ok(Some(f.result))
     };
-    let (si, sn) = args.shard.unwrap_or((0, 1));
     let mut todo = vec![];
     for (i, c) in cells.iter().enumerate() {
-        if i % sn == si && load(c)?.is_none() {
+        if args.shard.owns(i) && load(c)?.is_none() {
             todo.push(*c);
         }
     }
