@@ -277,3 +277,36 @@ fn cli_sweeps_write_results_resume_and_check_flags() {
         );
     }
 }
+
+#[test]
+fn laplace_variance_approaches_the_infinite_width_kernel_form() {
+    // At initialization the linearized-Laplace variance of a wide network (empirical NTK)
+    // approaches the same formula with the infinite-width NTK (ntk_core::kernel) as width
+    // grows: relative error over test points, mean of 3 seeds, shrinks with width.
+    let seed = test_seed();
+    let (xtr, xte) = (flat(&random_inputs(6, 3, seed ^ 11)), flat(&random_inputs(4, 3, seed ^ 12)));
+    let (s2, p2) = (0.05, 1.0);
+    let mut errs = vec![];
+    for width in [16, 256, 4096] {
+        let mut acc = 0.0;
+        for s in 0..3 {
+            let net = Net::new(cfg(Activation::Relu), 3, width, 2, 1, seed + s).unwrap();
+            let mlp = ntk_core::kernel::Mlp::from_spec(&net.spec());
+            let (_, t_xx, _) = ntk_cli::engine::par_infinite_kernel(&mlp, &xtr, None, 3).unwrap();
+            let (_, t_sx, _) =
+                ntk_cli::engine::par_infinite_kernel(&mlp, &xte, Some(&xtr), 3).unwrap();
+            let mut t_ss = vec![0.0; 4];
+            ntk_core::kernel::kernel_diagonal(None, Some(&mut t_ss), &xte, 3, &mlp).unwrap();
+            let want = laplace_var(&t_xx, &t_sx, &t_ss, s2, p2).unwrap();
+            let e_xx = net.ntk(&xtr, None, OutputMode::Trace).unwrap();
+            let e_sx = net.ntk(&xte, Some(&xtr), OutputMode::Trace).unwrap();
+            let e_ss = net.ntk(&xte, Some(&xte), OutputMode::Diagonal).unwrap();
+            let got = laplace_var(&e_xx, &e_sx, &e_ss, s2, p2).unwrap();
+            acc += rel_err(&got, &want) / 3.0;
+        }
+        eprintln!("width {width}: Laplace variance vs infinite-width form, rel. error {acc:.3e}");
+        errs.push(acc);
+    }
+    assert!(errs[1] < 0.6 * errs[0] && errs[2] < 0.6 * errs[1], "{errs:?}");
+    assert!(errs[2] < 0.05, "{errs:?}");
+}
