@@ -13,7 +13,13 @@ use ntk_core::{Activation, Parameterization};
 use ntk_tests::{random_inputs, ref_jacobian, rel_err, test_seed};
 
 fn cfg(activation: Activation) -> NetConfig {
-    NetConfig { activation, sigma_w2: 1.5, sigma_b2: 0.1, bias: true, parameterization: Parameterization::Ntk }
+    NetConfig {
+        activation,
+        sigma_w2: 1.5,
+        sigma_b2: 0.1,
+        bias: true,
+        parameterization: Parameterization::Ntk,
+    }
 }
 
 fn flat(v: &[Vec<f64>]) -> Vec<f64> {
@@ -37,7 +43,8 @@ fn cholesky_solve(a: &[f64], n: usize, b: &[f64], m: usize) -> Vec<f64> {
             x[i * m + c] = s / l[i * n + i];
         }
         for i in (0..n).rev() {
-            let s: f64 = x[i * m + c] - (i + 1..n).map(|k| l[k * n + i] * x[k * m + c]).sum::<f64>();
+            let s: f64 =
+                x[i * m + c] - (i + 1..n).map(|k| l[k * n + i] * x[k * m + c]).sum::<f64>();
             x[i * m + c] = s / l[i * n + i];
         }
     }
@@ -49,7 +56,9 @@ fn laplace_kernel_form_equals_parameter_form() {
     // var f(x*) = J* (J^T J / s2 + I / p2)^{-1} J*^T (P x P) against
     // p2 [Theta** - Theta*X (Theta_XX + s2/p2 I)^{-1} Theta_X*] (N x N), to 1e-8.
     let seed = test_seed();
-    for (act, param) in [(Activation::Tanh, Parameterization::Ntk), (Activation::Relu, Parameterization::Standard)] {
+    for (act, param) in
+        [(Activation::Tanh, Parameterization::Ntk), (Activation::Relu, Parameterization::Standard)]
+    {
         let mut c = cfg(act);
         c.parameterization = param;
         let net = Net::new(c, 3, 6, 2, 1, seed).unwrap();
@@ -75,8 +84,9 @@ fn laplace_kernel_form_equals_parameter_form() {
                 }
             }
             let sol = cholesky_solve(&prec, p, &jst, js.len());
-            let want: Vec<f64> =
-                (0..js.len()).map(|i| (0..p).map(|a| js[i][a] * sol[a * js.len() + i]).sum()).collect();
+            let want: Vec<f64> = (0..js.len())
+                .map(|i| (0..p).map(|a| js[i][a] * sol[a * js.len() + i]).sum())
+                .collect();
             let (x, xs) = (flat(&xtr), flat(&xte));
             let t_xx = net.ntk(&x, None, OutputMode::Trace).unwrap();
             let t_sx = net.ntk(&xs, Some(&x), OutputMode::Trace).unwrap();
@@ -140,7 +150,9 @@ fn wider_networks_follow_the_kernel_regime() {
             let r = spectrum_cell(&mut net, &data.x, &y, 40, 1.0, 1e-10).unwrap();
             assert!(r.gn_residual_kernel < 1e-6, "{}", r.gn_residual_kernel);
             let change = r.checkpoints.last().unwrap().rel_change;
-            for (a, v) in acc.iter_mut().zip([r.gn_residual, r.function_gap, change, r.curve_log_error]) {
+            for (a, v) in
+                acc.iter_mut().zip([r.gn_residual, r.function_gap, change, r.curve_log_error])
+            {
                 *a += v / 2.0;
             }
         }
@@ -186,4 +198,115 @@ fn forgetting_approaches_the_linearized_prediction() {
     // The scalar forgetting is noisy at small width; compare the ends of the range.
     assert!(all[2].1 < all[0].1 / 3.0, "{all:?}");
     assert!(all[2].0 < 0.02, "{all:?}");
+}
+
+fn ntk() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("ntk").unwrap()
+}
+
+fn digits() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/digits.csv.gz")
+}
+
+#[test]
+fn cli_sweeps_write_results_resume_and_check_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("spec");
+    let spectrum = |extra: &[&str]| {
+        let mut c = ntk();
+        c.args([
+            "spectrum",
+            "--widths",
+            "8,16",
+            "--depths",
+            "1",
+            "--n-train",
+            "12",
+            "--steps",
+            "6",
+        ])
+        .arg("--data")
+        .arg(digits())
+        .arg("--out-dir")
+        .arg(&out)
+        .args(extra);
+        c
+    };
+    // Shard 1/2 computes the first cell only; the full run then adds the second (resume).
+    spectrum(&["--shard", "1/2"]).assert().success();
+    assert_eq!(std::fs::read_dir(out.join("cells")).unwrap().count(), 1);
+    spectrum(&["--threads", "1"]).assert().success();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["results"]["cells_done"], 2);
+    assert_eq!(run["results"]["cells_computed_this_run"], 1);
+    let table = std::fs::read_to_string(out.join("spectrum_cells.csv")).unwrap();
+    assert_eq!(table.lines().count(), 3);
+    for f in [
+        "cond_vs_width.svg",
+        "gn_residual_vs_width.svg",
+        "loss_curves_depth1.svg",
+        "eigenvalues.csv",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // Another configuration in the same directory is refused (exit 2, naming the flag).
+    for (extra, flag) in [(["--rcond", "1e-9"], "--out-dir"), (["--lr-scale", "3"], "--lr-scale")] {
+        let a = spectrum(&extra).assert().code(2);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        assert!(
+            err.starts_with("error: ") && err.contains(flag) && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+    ntk().args(["spectrum", "--out-dir"]).arg(dir.path()).args(["--shard", "3/2"]).assert().code(2);
+
+    for cmd in ["forgetting", "uncertainty"] {
+        let o = dir.path().join(cmd);
+        let mut c = ntk();
+        c.args([cmd, "--widths", "8", "--depths", "1", "--steps", "5", "--out-dir"]).arg(&o);
+        if cmd == "forgetting" {
+            c.args(["--n-task", "10", "--n-test", "10", "--data"]).arg(digits());
+        } else {
+            c.args(["--n-train", "8", "--n-test", "6", "--ensemble", "2"]);
+        }
+        c.assert().success();
+        assert!(
+            o.join("run.json").exists() && o.join(format!("{cmd}_cells.csv")).exists(),
+            "{cmd}"
+        );
+    }
+}
+
+#[test]
+fn laplace_variance_approaches_the_infinite_width_kernel_form() {
+    // At initialization the linearized-Laplace variance of a wide network (empirical NTK)
+    // approaches the same formula with the infinite-width NTK (ntk_core::kernel) as width
+    // grows: relative error over test points, mean of 3 seeds, shrinks with width.
+    let seed = test_seed();
+    let (xtr, xte) = (flat(&random_inputs(6, 3, seed ^ 11)), flat(&random_inputs(4, 3, seed ^ 12)));
+    let (s2, p2) = (0.05, 1.0);
+    let mut errs = vec![];
+    for width in [16, 256, 4096] {
+        let mut acc = 0.0;
+        for s in 0..3 {
+            let net = Net::new(cfg(Activation::Relu), 3, width, 2, 1, seed + s).unwrap();
+            let mlp = ntk_core::kernel::Mlp::from_spec(&net.spec());
+            let (_, t_xx, _) = ntk_cli::engine::par_infinite_kernel(&mlp, &xtr, None, 3).unwrap();
+            let (_, t_sx, _) =
+                ntk_cli::engine::par_infinite_kernel(&mlp, &xte, Some(&xtr), 3).unwrap();
+            let mut t_ss = vec![0.0; 4];
+            ntk_core::kernel::kernel_diagonal(None, Some(&mut t_ss), &xte, 3, &mlp).unwrap();
+            let want = laplace_var(&t_xx, &t_sx, &t_ss, s2, p2).unwrap();
+            let e_xx = net.ntk(&xtr, None, OutputMode::Trace).unwrap();
+            let e_sx = net.ntk(&xte, Some(&xtr), OutputMode::Trace).unwrap();
+            let e_ss = net.ntk(&xte, Some(&xte), OutputMode::Diagonal).unwrap();
+            let got = laplace_var(&e_xx, &e_sx, &e_ss, s2, p2).unwrap();
+            acc += rel_err(&got, &want) / 3.0;
+        }
+        eprintln!("width {width}: Laplace variance vs infinite-width form, rel. error {acc:.3e}");
+        errs.push(acc);
+    }
+    assert!(errs[1] < 0.6 * errs[0] && errs[2] < 0.6 * errs[1], "{errs:?}");
+    assert!(errs[2] < 0.05, "{errs:?}");
 }

@@ -50,10 +50,10 @@ pub struct ForgettingArgs {
     /// The second task.
     #[arg(long, value_enum, default_value_t = TaskB::Split)]
     pub task_b: TaskB,
-    /// Training images per task (default 200, --quick 80).
+    /// Training images per task (default 100, --quick 60).
     #[arg(long)]
     pub n_task: Option<usize>,
-    /// Held-out images of task A for accuracy (default 200, --quick 80).
+    /// Held-out images of task A for accuracy (default 100, --quick 60).
     #[arg(long)]
     pub n_test: Option<usize>,
     /// GD steps on each task (default 300, --quick 100).
@@ -177,7 +177,8 @@ pub fn forgetting_cell(
     let loss = |f: &[f64], lo: usize, y: &[f64], n: usize| mse(&f[lo..lo + n * k], y, n);
     let acc = |f: &[f64]| accuracy(&f[toff..toff + nt * k], &yt, k);
     let pair = |m: f64, l: f64| Pair { measured: m, kernel: l };
-    let gap_num: f64 = f_net_b[..ca].iter().zip(&f_lin_b[..ca]).map(|(x, y)| (x - y) * (x - y)).sum();
+    let gap_num: f64 =
+        f_net_b[..ca].iter().zip(&f_lin_b[..ca]).map(|(x, y)| (x - y) * (x - y)).sum();
     let gap_den: f64 = f_lin_b[..ca].iter().zip(&f0[..ca]).map(|(x, y)| (x - y) * (x - y)).sum();
     Ok(ForgettingCell {
         params: net.params.len(),
@@ -200,14 +201,22 @@ pub fn run(a: ForgettingArgs) -> CliResult {
     let s = &a.study;
     s.check()?;
     faer::set_global_parallelism(faer::Par::Seq);
-    let n_task = a.n_task.unwrap_or(if s.quick { 80 } else { 200 });
-    let n_test = a.n_test.unwrap_or(if s.quick { 80 } else { 200 });
+    let n_task = a.n_task.unwrap_or(if s.quick { 60 } else { 100 });
+    let n_test = a.n_test.unwrap_or(if s.quick { 60 } else { 100 });
     let steps = a.steps.unwrap_or(if s.quick { 100 } else { 300 });
     if n_task < 1 || n_test < 1 {
-        return Err(CliError::flag("--n-task", n_task, "need at least one training and one test image"));
+        return Err(CliError::flag(
+            "--n-task",
+            n_task,
+            "need at least one training and one test image",
+        ));
     }
     if !(a.lr_scale > 0.0 && a.lr_scale < 2.0) {
-        return Err(CliError::flag("--lr-scale", a.lr_scale, "must be in (0, 2) for GD to be stable"));
+        return Err(CliError::flag(
+            "--lr-scale",
+            a.lr_scale,
+            "must be in (0, 2) for GD to be stable",
+        ));
     }
     let digits = load_digits(&a.data)?;
     let order = digits.shuffled_indices(a.data_seed);
@@ -224,9 +233,17 @@ pub fn run(a: ForgettingArgs) -> CliResult {
             digits.select(&order, &first, n_task + n_test, n_task).permute_pixels(&perm)
         }
     };
-    for (set, n, flag) in [(&task_a, n_task, "--n-task"), (&test_a, n_test, "--n-test"), (&task_b, n_task, "--n-task")] {
+    for (set, n, flag) in [
+        (&task_a, n_task, "--n-task"),
+        (&test_a, n_test, "--n-test"),
+        (&task_b, n_task, "--n-task"),
+    ] {
         if set.len() < n {
-            return Err(CliError::flag(flag, n, format!("only {} images of the task available", set.len())));
+            return Err(CliError::flag(
+                flag,
+                n,
+                format!("only {} images of the task available", set.len()),
+            ));
         }
     }
     let specific = json!({
@@ -235,7 +252,10 @@ pub fn run(a: ForgettingArgs) -> CliResult {
         "targets": "centred one-hot (k = 10), MSE", "optimizer": "full-batch GD",
     });
     let config = s.config_json(specific);
-    let info = RunInfo::start("forgetting", json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}));
+    let info = RunInfo::start(
+        "forgetting",
+        json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}),
+    );
     let net_cfg = s.net();
     let sweep = run_cells(s, &config, "forgetting", |c: &Cell| {
         let mut net = Net::new(net_cfg, digits.d, c.width, c.depth, CLASSES, c.seed)?;
@@ -253,36 +273,87 @@ pub fn run(a: ForgettingArgs) -> CliResult {
 
 fn write_outputs(s: &StudyArgs, done: &[(Cell, ForgettingCell)]) -> CliResult {
     let mut t = Table::new(&[
-        "width", "depth", "seed", "params", "eta",
-        "loss_a_after_a", "loss_a_after_a_kernel", "loss_a_after_b", "loss_a_after_b_kernel",
-        "loss_b_after_b", "loss_b_after_b_kernel", "acc_a_after_a", "acc_a_after_a_kernel",
-        "acc_a_after_b", "acc_a_after_b_kernel", "forgetting", "forgetting_kernel",
-        "acc_drop", "acc_drop_kernel", "function_gap", "time_s",
+        "width",
+        "depth",
+        "seed",
+        "params",
+        "eta",
+        "loss_a_after_a",
+        "loss_a_after_a_kernel",
+        "loss_a_after_b",
+        "loss_a_after_b_kernel",
+        "loss_b_after_b",
+        "loss_b_after_b_kernel",
+        "acc_a_after_a",
+        "acc_a_after_a_kernel",
+        "acc_a_after_b",
+        "acc_a_after_b_kernel",
+        "forgetting",
+        "forgetting_kernel",
+        "acc_drop",
+        "acc_drop_kernel",
+        "function_gap",
+        "time_s",
     ]);
     for (c, r) in done {
         let (f, d) = (r.forgetting(), r.acc_drop());
         t.push(&[
-            c.width as f64, c.depth as f64, c.seed as f64, r.params as f64, r.eta,
-            r.loss_a_after_a.measured, r.loss_a_after_a.kernel, r.loss_a_after_b.measured, r.loss_a_after_b.kernel,
-            r.loss_b_after_b.measured, r.loss_b_after_b.kernel, r.acc_a_after_a.measured, r.acc_a_after_a.kernel,
-            r.acc_a_after_b.measured, r.acc_a_after_b.kernel, f.measured, f.kernel, d.measured, d.kernel,
-            r.function_gap, r.time_s,
+            c.width as f64,
+            c.depth as f64,
+            c.seed as f64,
+            r.params as f64,
+            r.eta,
+            r.loss_a_after_a.measured,
+            r.loss_a_after_a.kernel,
+            r.loss_a_after_b.measured,
+            r.loss_a_after_b.kernel,
+            r.loss_b_after_b.measured,
+            r.loss_b_after_b.kernel,
+            r.acc_a_after_a.measured,
+            r.acc_a_after_a.kernel,
+            r.acc_a_after_b.measured,
+            r.acc_a_after_b.kernel,
+            f.measured,
+            f.kernel,
+            d.measured,
+            d.kernel,
+            r.function_gap,
+            r.time_s,
         ]);
     }
     t.write(&s.out_dir, "forgetting_cells.csv")?;
-    width_figure(s, done, "forgetting_vs_width.svg",
+    width_figure(
+        s,
+        done,
+        "forgetting_vs_width.svg",
         "Forgetting: increase of task-A loss after task B (solid: network, dashed: linearized)",
-        "loss_A(after B) - loss_A(after A)", false,
-        &[("network", &|r: &ForgettingCell| r.forgetting().measured, false),
-          ("linearized", &|r: &ForgettingCell| r.forgetting().kernel, true)])?;
-    width_figure(s, done, "accuracy_drop_vs_width.svg",
+        "loss_A(after B) - loss_A(after A)",
+        false,
+        &[
+            ("network", &|r: &ForgettingCell| r.forgetting().measured, false),
+            ("linearized", &|r: &ForgettingCell| r.forgetting().kernel, true),
+        ],
+    )?;
+    width_figure(
+        s,
+        done,
+        "accuracy_drop_vs_width.svg",
         "Held-out task-A accuracy drop after task B (solid: network, dashed: linearized)",
-        "acc_A(after A) - acc_A(after B)", false,
-        &[("network", &|r: &ForgettingCell| r.acc_drop().measured, false),
-          ("linearized", &|r: &ForgettingCell| r.acc_drop().kernel, true)])?;
-    width_figure(s, done, "function_gap_vs_width.svg",
+        "acc_A(after A) - acc_A(after B)",
+        false,
+        &[
+            ("network", &|r: &ForgettingCell| r.acc_drop().measured, false),
+            ("linearized", &|r: &ForgettingCell| r.acc_drop().kernel, true),
+        ],
+    )?;
+    width_figure(
+        s,
+        done,
+        "function_gap_vs_width.svg",
         "Distance of the network from its linearization on task A after B",
-        "||f_net - f_lin|| / ||f_lin - f_0||", true,
-        &[("gap", &|r: &ForgettingCell| r.function_gap, false)])?;
+        "||f_net - f_lin|| / ||f_lin - f_0||",
+        true,
+        &[("gap", &|r: &ForgettingCell| r.function_gap, false)],
+    )?;
     Ok(())
 }

@@ -38,10 +38,10 @@ pub struct SpectrumArgs {
     /// Digits file (CSV, 64 pixels then the label).
     #[arg(long, default_value = "data/digits.csv.gz")]
     pub data: PathBuf,
-    /// Training inputs N (balanced by a seeded shuffle; default 256, --quick 96).
+    /// Training inputs N (a seeded shuffle of all classes; default 128, --quick 96).
     #[arg(long)]
     pub n_train: Option<usize>,
-    /// Full-batch GD steps (default 400, --quick 150).
+    /// Full-batch GD steps (default 300, --quick 150).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Learning rate as a fraction of the stability limit: eta = lr_scale N / lambda_max(Theta_0)
@@ -129,7 +129,8 @@ pub fn timed<R>(acc: &mut f64, f: impl FnOnce() -> R) -> R {
 impl SpectrumCell {
     /// Condition number at initialization.
     pub fn cond_init(&self) -> f64 {
-        self.eig_init.last().copied().unwrap_or(f64::NAN) / self.eig_init.first().copied().unwrap_or(f64::NAN)
+        self.eig_init.last().copied().unwrap_or(f64::NAN)
+            / self.eig_init.first().copied().unwrap_or(f64::NAN)
     }
 }
 
@@ -167,7 +168,11 @@ pub fn spectrum_cell(
     let c = eig.coords(&r0, 1);
     let coef: Vec<f64> = (0..nk).map(|i| c[(i, 0)] * c[(i, 0)]).collect();
     let predict = |t: usize| -> f64 {
-        eig.values.iter().zip(&coef).map(|(&l, &c2)| (1.0 - eta * l / n as f64).powi(2 * t as i32) * c2).sum::<f64>()
+        eig.values
+            .iter()
+            .zip(&coef)
+            .map(|(&l, &c2)| (1.0 - eta * l / n as f64).powi(2 * t as i32) * c2)
+            .sum::<f64>()
             / (2.0 * n as f64)
     };
 
@@ -184,7 +189,8 @@ pub fn spectrum_cell(
     let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
     let r_gn: Vec<f64> = f_gn.iter().zip(y).map(|(f, t)| f - t).collect();
     let gn_residual = norm(&r_gn) / norm(&r0);
-    let kept: f64 = eig.values.iter().zip(&coef).filter(|(&l, _)| l <= cut).map(|(_, &c2)| c2).sum();
+    let kept: f64 =
+        eig.values.iter().zip(&coef).filter(|(&l, _)| l <= cut).map(|(_, &c2)| c2).sum();
     let gn_residual_kernel = kept.max(0.0).sqrt() / norm(&r0);
     let gn_loss = mse(&f_gn, y, n);
 
@@ -256,13 +262,17 @@ pub fn run(a: SpectrumArgs) -> CliResult {
     let s = &a.study;
     s.check()?;
     faer::set_global_parallelism(faer::Par::Seq);
-    let n_train = a.n_train.unwrap_or(if s.quick { 96 } else { 256 });
-    let steps = a.steps.unwrap_or(if s.quick { 150 } else { 400 });
+    let n_train = a.n_train.unwrap_or(if s.quick { 96 } else { 128 });
+    let steps = a.steps.unwrap_or(if s.quick { 150 } else { 300 });
     if n_train < 2 {
         return Err(CliError::flag("--n-train", n_train, "need at least 2 inputs"));
     }
     if !(a.lr_scale > 0.0 && a.lr_scale < 2.0) {
-        return Err(CliError::flag("--lr-scale", a.lr_scale, "must be in (0, 2) for GD to be stable"));
+        return Err(CliError::flag(
+            "--lr-scale",
+            a.lr_scale,
+            "must be in (0, 2) for GD to be stable",
+        ));
     }
     if !(a.rcond >= 0.0 && a.rcond < 1.0) {
         return Err(CliError::flag("--rcond", a.rcond, "must be in [0, 1)"));
@@ -272,7 +282,11 @@ pub fn run(a: SpectrumArgs) -> CliResult {
     let all: Vec<usize> = (0..CLASSES).collect();
     let train: Labelled = digits.select(&order, &all, 0, n_train);
     if train.len() < n_train {
-        return Err(CliError::flag("--n-train", n_train, format!("only {} images available", train.len())));
+        return Err(CliError::flag(
+            "--n-train",
+            n_train,
+            format!("only {} images available", train.len()),
+        ));
     }
     let y = train.targets();
     let specific = json!({
@@ -281,7 +295,10 @@ pub fn run(a: SpectrumArgs) -> CliResult {
         "targets": "centred one-hot (k = 10), MSE", "optimizer": "full-batch GD",
     });
     let config = s.config_json(specific.clone());
-    let info = RunInfo::start("spectrum", json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}));
+    let info = RunInfo::start(
+        "spectrum",
+        json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}),
+    );
     let net_cfg = s.net();
     let sweep = run_cells(s, &config, "spectrum", |c: &Cell| {
         let mut net = Net::new(net_cfg, train.d, c.width, c.depth, CLASSES, c.seed)?;
@@ -305,11 +322,33 @@ pub fn run(a: SpectrumArgs) -> CliResult {
 fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
     let dir = &s.out_dir;
     let mut cells = Table::new(&[
-        "width", "depth", "seed", "params", "n_k", "lambda_max_init", "lambda_min_init", "cond_init",
-        "trace_init", "eta", "loss_init", "loss_final", "loss_final_kernel", "curve_log_error",
-        "train_accuracy", "gn_residual", "gn_residual_kernel", "gn_loss", "lambda_max_final",
-        "cond_final", "ntk_rel_change_mid", "ntk_rel_change_final", "function_gap", "ntk_s", "eig_s",
-        "train_s", "time_s",
+        "width",
+        "depth",
+        "seed",
+        "params",
+        "n_k",
+        "lambda_max_init",
+        "lambda_min_init",
+        "cond_init",
+        "trace_init",
+        "eta",
+        "loss_init",
+        "loss_final",
+        "loss_final_kernel",
+        "curve_log_error",
+        "train_accuracy",
+        "gn_residual",
+        "gn_residual_kernel",
+        "gn_loss",
+        "lambda_max_final",
+        "cond_final",
+        "ntk_rel_change_mid",
+        "ntk_rel_change_final",
+        "function_gap",
+        "ntk_s",
+        "eig_s",
+        "train_s",
+        "time_s",
     ]);
     let mut curves = Table::new(&["width", "depth", "seed", "step", "loss", "loss_kernel"]);
     let mut eigs = Table::new(&["width", "depth", "seed", "stage", "rank", "eigenvalue"]);
@@ -320,13 +359,33 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
         let ck = |i: usize| r.checkpoints.get(i);
         let fin = r.checkpoints.last();
         cells.push(&[
-            w, d, sd, r.params as f64, r.eig_init.len() as f64,
-            r.eig_init.last().copied().unwrap_or(f64::NAN), r.eig_init.first().copied().unwrap_or(f64::NAN),
-            r.cond_init(), r.trace_init, r.eta, first.1, last.1, last.2, r.curve_log_error, r.train_accuracy,
-            r.gn_residual, r.gn_residual_kernel, r.gn_loss,
-            fin.map_or(f64::NAN, |c| c.lambda_max), fin.map_or(f64::NAN, |c| c.cond),
-            ck(0).map_or(f64::NAN, |c| c.rel_change), fin.map_or(f64::NAN, |c| c.rel_change), r.function_gap,
-            r.phase_s.ntk, r.phase_s.eig, r.phase_s.train, r.time_s,
+            w,
+            d,
+            sd,
+            r.params as f64,
+            r.eig_init.len() as f64,
+            r.eig_init.last().copied().unwrap_or(f64::NAN),
+            r.eig_init.first().copied().unwrap_or(f64::NAN),
+            r.cond_init(),
+            r.trace_init,
+            r.eta,
+            first.1,
+            last.1,
+            last.2,
+            r.curve_log_error,
+            r.train_accuracy,
+            r.gn_residual,
+            r.gn_residual_kernel,
+            r.gn_loss,
+            fin.map_or(f64::NAN, |c| c.lambda_max),
+            fin.map_or(f64::NAN, |c| c.cond),
+            ck(0).map_or(f64::NAN, |c| c.rel_change),
+            fin.map_or(f64::NAN, |c| c.rel_change),
+            r.function_gap,
+            r.phase_s.ntk,
+            r.phase_s.eig,
+            r.phase_s.train,
+            r.time_s,
         ]);
         for &(t, m, p) in &r.curve {
             curves.push(&[w, d, sd, t as f64, m, p]);
@@ -341,23 +400,69 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
     curves.write(dir, "loss_curves.csv")?;
     eigs.write(dir, "eigenvalues.csv")?;
 
-    width_figure(s, done, "cond_vs_width.svg", "NTK condition number (solid: init, dashed: end of GD)",
-        "lambda_max / lambda_min", true,
-        &[("init", &|r: &SpectrumCell| r.cond_init(), false),
-          ("trained", &|r: &SpectrumCell| r.checkpoints.last().map_or(f64::NAN, |c| c.cond), true)])?;
-    width_figure(s, done, "gn_residual_vs_width.svg",
-        "Gauss-Newton step: relative residual (kernel regime: ~0)", "||y - f_GN|| / ||y - f_0||", true,
-        &[("GN", &|r: &SpectrumCell| r.gn_residual, false)])?;
-    width_figure(s, done, "loss_prediction_error_vs_width.svg",
-        "GD loss vs kernel-regime prediction: mean |log10(measured / predicted)|", "mean |log10 ratio|", true,
-        &[("GD", &|r: &SpectrumCell| r.curve_log_error, false)])?;
-    width_figure(s, done, "function_gap_vs_width.svg",
-        "Network vs linearized model after GD (kernel regime: 0)", "||f_T - f_lin,T|| / ||f_0 - y||", true,
-        &[("gap", &|r: &SpectrumCell| r.function_gap, false)])?;
-    width_figure(s, done, "ntk_change_vs_width.svg", "Relative NTK change during GD (dashed: middle)",
-        "||Theta_t - Theta_0||_F / ||Theta_0||_F", true,
-        &[("end", &|r: &SpectrumCell| r.checkpoints.last().map_or(f64::NAN, |c| c.rel_change), false),
-          ("middle", &|r: &SpectrumCell| r.checkpoints.first().map_or(f64::NAN, |c| c.rel_change), true)])?;
+    width_figure(
+        s,
+        done,
+        "cond_vs_width.svg",
+        "NTK condition number (solid: init, dashed: end of GD)",
+        "lambda_max / lambda_min",
+        true,
+        &[
+            ("init", &|r: &SpectrumCell| r.cond_init(), false),
+            (
+                "trained",
+                &|r: &SpectrumCell| r.checkpoints.last().map_or(f64::NAN, |c| c.cond),
+                true,
+            ),
+        ],
+    )?;
+    width_figure(
+        s,
+        done,
+        "gn_residual_vs_width.svg",
+        "Gauss-Newton step: relative residual (kernel regime: ~0)",
+        "||y - f_GN|| / ||y - f_0||",
+        true,
+        &[("GN", &|r: &SpectrumCell| r.gn_residual, false)],
+    )?;
+    width_figure(
+        s,
+        done,
+        "loss_prediction_error_vs_width.svg",
+        "GD loss vs kernel-regime prediction: mean |log10(measured / predicted)|",
+        "mean |log10 ratio|",
+        true,
+        &[("GD", &|r: &SpectrumCell| r.curve_log_error, false)],
+    )?;
+    width_figure(
+        s,
+        done,
+        "function_gap_vs_width.svg",
+        "Network vs linearized model after GD (kernel regime: 0)",
+        "||f_T - f_lin,T|| / ||f_0 - y||",
+        true,
+        &[("gap", &|r: &SpectrumCell| r.function_gap, false)],
+    )?;
+    width_figure(
+        s,
+        done,
+        "ntk_change_vs_width.svg",
+        "Relative NTK change during GD (dashed: middle)",
+        "||Theta_t - Theta_0||_F / ||Theta_0||_F",
+        true,
+        &[
+            (
+                "end",
+                &|r: &SpectrumCell| r.checkpoints.last().map_or(f64::NAN, |c| c.rel_change),
+                false,
+            ),
+            (
+                "middle",
+                &|r: &SpectrumCell| r.checkpoints.first().map_or(f64::NAN, |c| c.rel_change),
+                true,
+            ),
+        ],
+    )?;
 
     // Per depth: loss curves (first seed) and the spectrum at init, one line per width.
     let first_seed = s.run.seed;
@@ -365,22 +470,50 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
         let mut curves = vec![];
         let mut spectra = vec![];
         for (c, r) in done.iter().filter(|(c, _)| c.depth == depth && c.seed == first_seed) {
-            curves.push(Series { label: format!("width {}", c.width), points: r.curve.iter().map(|&(t, m, _)| (t as f64, m)).collect(), dashed: false });
-            curves.push(Series { label: format!("width {} (kernel)", c.width), points: r.curve.iter().map(|&(t, _, p)| (t as f64, p)).collect(), dashed: true });
+            curves.push(Series {
+                label: format!("width {}", c.width),
+                points: r.curve.iter().map(|&(t, m, _)| (t as f64, m)).collect(),
+                dashed: false,
+            });
+            curves.push(Series {
+                label: format!("width {} (kernel)", c.width),
+                points: r.curve.iter().map(|&(t, _, p)| (t as f64, p)).collect(),
+                dashed: true,
+            });
             let lmax = r.eig_init.last().copied().unwrap_or(1.0);
             spectra.push(Series {
                 label: format!("width {}", c.width),
-                points: r.eig_init.iter().rev().enumerate().map(|(i, v)| ((i + 1) as f64, v / lmax)).collect(),
+                points: r
+                    .eig_init
+                    .iter()
+                    .rev()
+                    .enumerate()
+                    .map(|(i, v)| ((i + 1) as f64, v / lmax))
+                    .collect(),
                 dashed: false,
             });
         }
         if curves.is_empty() {
             continue;
         }
-        LineChart { title: format!("GD loss, depth {depth}: measured (solid) vs kernel regime (dashed)"), x_label: "step".into(), y_label: "MSE loss".into(), log_y: true, log_x: false, series: curves }
-            .write(&dir.join(format!("loss_curves_depth{depth}.svg")), s.png)?;
-        LineChart { title: format!("NTK spectrum at init, depth {depth}"), x_label: "rank".into(), y_label: "lambda_i / lambda_max".into(), log_y: true, log_x: true, series: spectra }
-            .write(&dir.join(format!("spectrum_init_depth{depth}.svg")), s.png)?;
+        LineChart {
+            title: format!("GD loss, depth {depth}: measured (solid) vs kernel regime (dashed)"),
+            x_label: "step".into(),
+            y_label: "MSE loss".into(),
+            log_y: true,
+            log_x: false,
+            series: curves,
+        }
+        .write(&dir.join(format!("loss_curves_depth{depth}.svg")), s.png)?;
+        LineChart {
+            title: format!("NTK spectrum at init, depth {depth}"),
+            x_label: "rank".into(),
+            y_label: "lambda_i / lambda_max".into(),
+            log_y: true,
+            log_x: true,
+            series: spectra,
+        }
+        .write(&dir.join(format!("spectrum_init_depth{depth}.svg")), s.png)?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ use crate::engine::par_infinite_kernel;
 use crate::error::{CliError, CliResult};
 use crate::runinfo::RunInfo;
 use crate::studyc::data::Regression;
-use crate::studyc::gauss::{calibration, laplace_var, ntk_gp, Calibration, GpKernels};
+use crate::studyc::gauss::{calibration, laplace_var, ntk_gp, Calibration, GpKernels, Prediction};
 use crate::studyc::linalg::sym_eig;
 use crate::studyc::net::{Net, Optimizer};
 use crate::studyc::{finish, run_cells, width_figure, Cell, StudyArgs, Table};
@@ -62,7 +62,7 @@ pub struct UncertaintyArgs {
     /// Ensemble members M (default 5, --quick 4).
     #[arg(long)]
     pub ensemble: Option<usize>,
-    /// Training steps per member (default 1000, --quick 400).
+    /// Training steps per member (default 500, --quick 300).
     #[arg(long)]
     pub steps: Option<usize>,
     /// GD learning rate as a fraction of the stability limit N / lambda_max(Theta_0).
@@ -159,7 +159,7 @@ pub fn uncertainty_cell(
     seed: u64,
     task: &Task,
     set: Settings,
-    gp: Option<&dyn Fn(f64) -> CliResult<(Vec<f64>, Vec<f64>)>>,
+    gp: Option<&dyn Fn(f64) -> CliResult<Prediction>>,
 ) -> CliResult<UncertaintyCell> {
     let start = std::time::Instant::now();
     let n = task.y.len();
@@ -174,17 +174,20 @@ pub fn uncertainty_cell(
     let mut preds = vec![];
     let mut train_loss = 0.0;
     for m in 0..set.members {
-        let mut net = if m == 0 { first.clone() } else { make(derive_seed(seed, m as u64, 0x0e45))? };
+        let mut net =
+            if m == 0 { first.clone() } else { make(derive_seed(seed, m as u64, 0x0e45))? };
         train_loss += net.train(&task.x, &task.y, set.steps, opt, |_, _| {})? / set.members as f64;
         preds.push(net.predict(&task.xs)?);
         if m == 0 {
             first = net;
         }
     }
-    let mean: Vec<f64> = (0..ms).map(|i| preds.iter().map(|p| p[i]).sum::<f64>() / set.members as f64).collect();
+    let mean: Vec<f64> =
+        (0..ms).map(|i| preds.iter().map(|p| p[i]).sum::<f64>() / set.members as f64).collect();
     let var: Vec<f64> = (0..ms)
         .map(|i| {
-            preds.iter().map(|p| (p[i] - mean[i]).powi(2)).sum::<f64>() / (set.members.max(2) - 1) as f64
+            preds.iter().map(|p| (p[i] - mean[i]).powi(2)).sum::<f64>()
+                / (set.members.max(2) - 1) as f64
         })
         .collect();
     let half = ms / 2;
@@ -199,8 +202,13 @@ pub fn uncertainty_cell(
     let (ntk_gp, ens_over_gp_var) = match gp {
         Some(gp) => {
             let (gm, gv) = gp(eta)?;
-            let ratio = |r: std::ops::Range<usize>| var[r.clone()].iter().sum::<f64>() / gv[r].iter().sum::<f64>();
-            (Some(split(half, &gm, &gv, task.s2, &task.ys)), Some((ratio(0..half), ratio(half..ms))))
+            let ratio = |r: std::ops::Range<usize>| {
+                var[r.clone()].iter().sum::<f64>() / gv[r].iter().sum::<f64>()
+            };
+            (
+                Some(split(half, &gm, &gv, task.s2, &task.ys)),
+                Some((ratio(0..half), ratio(half..ms))),
+            )
         }
         None => (None, None),
     };
@@ -225,7 +233,7 @@ pub fn gp_fn(
     net: &Net,
     task: &Task,
     steps: Option<usize>,
-) -> CliResult<impl Fn(f64) -> CliResult<(Vec<f64>, Vec<f64>)> + use<>> {
+) -> CliResult<impl Fn(f64) -> CliResult<Prediction> + use<>> {
     let spec = net.spec();
     let mlp = Mlp::from_spec(&spec);
     let d = net.input_dim();
@@ -251,15 +259,23 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
     let n_train = a.n_train.unwrap_or(if s.quick { 32 } else { 64 });
     let n_test = a.n_test.unwrap_or(if s.quick { 100 } else { 200 });
     let members = a.ensemble.unwrap_or(if s.quick { 4 } else { 5 });
-    let steps = a.steps.unwrap_or(if s.quick { 400 } else { 1000 });
+    let steps = a.steps.unwrap_or(if s.quick { 300 } else { 500 });
     if a.input_dim == 0 {
         return Err(CliError::flag("--input-dim", 0, "must be positive"));
     }
     if n_train < 2 || n_test < 1 {
-        return Err(CliError::flag("--n-train", n_train, "need at least 2 training and 1 test input"));
+        return Err(CliError::flag(
+            "--n-train",
+            n_train,
+            "need at least 2 training and 1 test input",
+        ));
     }
     if members < 2 {
-        return Err(CliError::flag("--ensemble", members, "need at least 2 members for a variance"));
+        return Err(CliError::flag(
+            "--ensemble",
+            members,
+            "need at least 2 members for a variance",
+        ));
     }
     if !(a.noise_std.is_finite() && a.noise_std > 0.0) {
         return Err(CliError::flag("--noise-std", a.noise_std, "must be positive"));
@@ -268,7 +284,11 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
         return Err(CliError::flag("--prior-var", a.prior_var, "must be positive"));
     }
     if !(a.lr_scale > 0.0 && a.lr_scale < 2.0) {
-        return Err(CliError::flag("--lr-scale", a.lr_scale, "must be in (0, 2) for GD to be stable"));
+        return Err(CliError::flag(
+            "--lr-scale",
+            a.lr_scale,
+            "must be in (0, 2) for GD to be stable",
+        ));
     }
     if !(a.adam_lr.is_finite() && a.adam_lr > 0.0) {
         return Err(CliError::flag("--adam-lr", a.adam_lr, "must be positive"));
@@ -294,7 +314,10 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
         "task": "y = sin(a.x) + 0.5 cos(b.x) + noise; test N(0, I) and N(0, 4 I)",
     });
     let config = s.config_json(specific);
-    let info = RunInfo::start("uncertainty", json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}));
+    let info = RunInfo::start(
+        "uncertainty",
+        json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}),
+    );
     let net_cfg = s.net();
     let gd_steps = (a.optimizer == OptArg::Gd).then_some(steps);
     let sweep = run_cells(s, &config, "uncertainty", |c: &Cell| {
@@ -314,8 +337,20 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
 
 fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
     let mut t = Table::new(&[
-        "width", "depth", "seed", "params", "eta", "train_loss", "method", "split", "nll", "rmse", "mean_std",
-        "calibration_error", "ens_over_gp_var", "time_s",
+        "width",
+        "depth",
+        "seed",
+        "params",
+        "eta",
+        "train_loss",
+        "method",
+        "split",
+        "nll",
+        "rmse",
+        "mean_std",
+        "calibration_error",
+        "ens_over_gp_var",
+        "time_s",
     ]);
     for (c, r) in done {
         let methods = [(0.0, Some(&r.ensemble)), (1.0, Some(&r.laplace)), (2.0, r.ntk_gp.as_ref())];
@@ -323,47 +358,106 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
             let Some(m) = m else { continue };
             for (sp, cal) in [(0.0, &m.id), (1.0, &m.ood)] {
                 let gap = match r.ens_over_gp_var {
-                    Some((a, b)) if code == 0.0 => if sp == 0.0 { a } else { b },
+                    Some((a, b)) if code == 0.0 => {
+                        if sp == 0.0 {
+                            a
+                        } else {
+                            b
+                        }
+                    }
                     _ => f64::NAN,
                 };
                 t.push(&[
-                    c.width as f64, c.depth as f64, c.seed as f64, r.params as f64, r.eta, r.train_loss,
-                    code, sp, cal.nll, cal.rmse, cal.mean_std, cal.ece, gap, r.time_s,
+                    c.width as f64,
+                    c.depth as f64,
+                    c.seed as f64,
+                    r.params as f64,
+                    r.eta,
+                    r.train_loss,
+                    code,
+                    sp,
+                    cal.nll,
+                    cal.rmse,
+                    cal.mean_std,
+                    cal.ece,
+                    gap,
+                    r.time_s,
                 ]);
             }
         }
     }
     t.write(&s.out_dir, "uncertainty_cells.csv")?;
     type F = dyn Fn(&UncertaintyCell) -> f64;
-    let gp = |f: fn(&Method) -> f64| move |r: &UncertaintyCell| r.ntk_gp.as_ref().map_or(f64::NAN, f);
+    let gp =
+        |f: fn(&Method) -> f64| move |r: &UncertaintyCell| r.ntk_gp.as_ref().map_or(f64::NAN, f);
     let nll_id: [(&str, &F, bool); 3] = [
         ("ensemble", &|r| r.ensemble.id.nll, false),
         ("Laplace", &|r| r.laplace.id.nll, false),
         ("NTK-GP", &gp(|m| m.id.nll), true),
     ];
-    width_figure(s, done, "nll_in_distribution_vs_width.svg", "Gaussian NLL, in distribution", "NLL", false, &nll_id)?;
+    width_figure(
+        s,
+        done,
+        "nll_in_distribution_vs_width.svg",
+        "Gaussian NLL, in distribution",
+        "NLL",
+        false,
+        &nll_id,
+    )?;
     let nll_ood: [(&str, &F, bool); 3] = [
         ("ensemble", &|r| r.ensemble.ood.nll, false),
         ("Laplace", &|r| r.laplace.ood.nll, false),
         ("NTK-GP", &gp(|m| m.ood.nll), true),
     ];
-    width_figure(s, done, "nll_out_of_distribution_vs_width.svg", "Gaussian NLL, out of distribution (x ~ N(0, 4 I))", "NLL", false, &nll_ood)?;
+    width_figure(
+        s,
+        done,
+        "nll_out_of_distribution_vs_width.svg",
+        "Gaussian NLL, out of distribution (x ~ N(0, 4 I))",
+        "NLL",
+        false,
+        &nll_ood,
+    )?;
     let ece: [(&str, &F, bool); 3] = [
         ("ensemble", &|r| r.ensemble.id.ece, false),
         ("Laplace", &|r| r.laplace.id.ece, false),
         ("NTK-GP", &gp(|m| m.id.ece), true),
     ];
-    width_figure(s, done, "calibration_error_vs_width.svg", "Regression calibration error, in distribution", "mean |coverage - p|", false, &ece)?;
+    width_figure(
+        s,
+        done,
+        "calibration_error_vs_width.svg",
+        "Regression calibration error, in distribution",
+        "mean |coverage - p|",
+        false,
+        &ece,
+    )?;
     let std_ood: [(&str, &F, bool); 3] = [
         ("ensemble", &|r| r.ensemble.ood.mean_std, false),
         ("Laplace", &|r| r.laplace.ood.mean_std, false),
         ("NTK-GP", &gp(|m| m.ood.mean_std), true),
     ];
-    width_figure(s, done, "predictive_std_ood_vs_width.svg", "Mean predictive std of f, out of distribution", "std", true, &std_ood)?;
+    width_figure(
+        s,
+        done,
+        "predictive_std_ood_vs_width.svg",
+        "Mean predictive std of f, out of distribution",
+        "std",
+        true,
+        &std_ood,
+    )?;
     let gap: [(&str, &F, bool); 2] = [
         ("in distribution", &|r| r.ens_over_gp_var.map_or(f64::NAN, |v| v.0), false),
         ("out of distribution", &|r| r.ens_over_gp_var.map_or(f64::NAN, |v| v.1), true),
     ];
-    width_figure(s, done, "ensemble_vs_ntk_gp_vs_width.svg", "Ensemble variance / NTK-GP variance (kernel regime: 1)", "mean var_ens / mean var_gp", true, &gap)?;
+    width_figure(
+        s,
+        done,
+        "ensemble_vs_ntk_gp_vs_width.svg",
+        "Ensemble variance / NTK-GP variance (kernel regime: 1)",
+        "mean var_ens / mean var_gp",
+        true,
+        &gap,
+    )?;
     Ok(())
 }

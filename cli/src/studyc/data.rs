@@ -61,8 +61,13 @@ impl Labelled {
     /// Up to `n` rows whose class is in `classes`, taken in the order of `order`, skipping the
     /// first `skip` matching rows.
     pub fn select(&self, order: &[usize], classes: &[usize], skip: usize, n: usize) -> Labelled {
-        let idx: Vec<usize> =
-            order.iter().copied().filter(|&i| classes.contains(&self.labels[i])).skip(skip).take(n).collect();
+        let idx: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| classes.contains(&self.labels[i]))
+            .skip(skip)
+            .take(n)
+            .collect();
         self.rows(&idx)
     }
 
@@ -134,7 +139,8 @@ pub struct Regression {
 
 impl Regression {
     fn direction(&self, which: u64) -> Vec<f64> {
-        let v: Vec<f64> = (0..self.d).map(|j| rng::normal(self.seed, 100 + which, j as u64)).collect();
+        let v: Vec<f64> =
+            (0..self.d).map(|j| rng::normal(self.seed, 100 + which, j as u64)).collect();
         let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
         v.into_iter().map(|a| a / norm).collect()
     }
@@ -144,8 +150,10 @@ impl Regression {
         let (a, b) = (self.direction(0), self.direction(1));
         x.chunks_exact(self.d)
             .map(|r| {
-                let (pa, pb): (f64, f64) =
-                    r.iter().zip(a.iter().zip(&b)).fold((0.0, 0.0), |s, (x, (a, b))| (s.0 + x * a, s.1 + x * b));
+                let (pa, pb): (f64, f64) = r
+                    .iter()
+                    .zip(a.iter().zip(&b))
+                    .fold((0.0, 0.0), |s, (x, (a, b))| (s.0 + x * a, s.1 + x * b));
                 pa.sin() + 0.5 * pb.cos()
             })
             .collect()

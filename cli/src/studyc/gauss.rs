@@ -28,7 +28,13 @@ use crate::studyc::linalg::{gd_filter, spd_solve, sym_eig};
 /// # Panics
 /// If the shapes disagree.
 #[track_caller]
-pub fn laplace_var(theta_xx: &[f64], theta_sx: &[f64], theta_ss: &[f64], s2: f64, p2: f64) -> CliResult<Vec<f64>> {
+pub fn laplace_var(
+    theta_xx: &[f64],
+    theta_sx: &[f64],
+    theta_ss: &[f64],
+    s2: f64,
+    p2: f64,
+) -> CliResult<Vec<f64>> {
     let m = theta_ss.len();
     let n = (theta_xx.len() as f64).sqrt().round() as usize;
     assert!(n * n == theta_xx.len() && theta_sx.len() == m * n, "laplace_var: shapes");
@@ -47,6 +53,9 @@ pub fn laplace_var(theta_xx: &[f64], theta_sx: &[f64], theta_ss: &[f64], s2: f64
         })
         .collect())
 }
+
+/// A Gaussian prediction per test point: (means, variances of f).
+pub type Prediction = (Vec<f64>, Vec<f64>);
 
 /// Kernels of the NTK-GP on train inputs X (n) and test inputs (m).
 pub struct GpKernels<'a> {
@@ -67,7 +76,12 @@ pub struct GpKernels<'a> {
 ///
 /// # Errors
 /// Eigensolver failures.
-pub fn ntk_gp(kern: &GpKernels<'_>, y: &[f64], eta: f64, steps: Option<usize>) -> CliResult<(Vec<f64>, Vec<f64>)> {
+pub fn ntk_gp(
+    kern: &GpKernels<'_>,
+    y: &[f64],
+    eta: f64,
+    steps: Option<usize>,
+) -> CliResult<Prediction> {
     let n = y.len();
     let m = kern.k_ss.len();
     let e = sym_eig(kern.t_xx, n)?;
@@ -149,8 +163,12 @@ pub fn calibration(mean: &[f64], var: &[f64], s2: f64, y: &[f64]) -> Calibration
     let levels: Vec<f64> = (0..10).map(|i| 0.05 + 0.1 * i as f64).collect();
     for &p in &levels {
         let z = probit(0.5 + p / 2.0);
-        let inside =
-            mean.iter().zip(var).zip(y).filter(|((&m, &v), &t)| (t - m).abs() <= z * (v + s2).sqrt()).count();
+        let inside = mean
+            .iter()
+            .zip(var)
+            .zip(y)
+            .filter(|((&m, &v), &t)| (t - m).abs() <= z * (v + s2).sqrt())
+            .count();
         c.ece += (inside as f64 / n - p).abs() / levels.len() as f64;
     }
     c
@@ -179,13 +197,63 @@ mod tests {
     }
 
     #[test]
+    fn ntk_gp_finite_time_matches_iterated_linear_gd() {
+        // Iterate the linearized GD f_X <- f_X - (eta / n) Theta_XX (f_X - y),
+        // f_* <- f_* - (eta / n) Theta_*X (f_X - y) on the affine map from f_0 = [f_0(X); f_0(*)]
+        // (columns 0..n+m) and y (last column); then mean = y-part, var = M C M^T with C the
+        // joint NNGP of f_0.
+        let (n, m) = (4, 3);
+        let w = n + m;
+        let g: Vec<f64> = (0..w * 3).map(|i| ntk_core::rng::normal(8, 0, i as u64)).collect();
+        let kf = |i: usize, j: usize, c: usize| {
+            (0..c).map(|q| g[3 * i + q] * g[3 * j + q]).sum::<f64>()
+                + if i == j { 0.3 } else { 0.0 }
+        };
+        let theta = |i: usize, j: usize| kf(i, j, 2);
+        let nngp = |i: usize, j: usize| kf(i, j, 3);
+        let t_xx: Vec<f64> = (0..n * n).map(|p| theta(p / n, p % n)).collect();
+        let t_sx: Vec<f64> = (0..m * n).map(|p| theta(n + p / n, p % n)).collect();
+        let k_xx: Vec<f64> = (0..n * n).map(|p| nngp(p / n, p % n)).collect();
+        let k_sx: Vec<f64> = (0..m * n).map(|p| nngp(n + p / n, p % n)).collect();
+        let k_ss: Vec<f64> = (0..m).map(|i| nngp(n + i, n + i)).collect();
+        let y = [1.0, -0.5, 0.25, 2.0];
+        let (eta, steps) = (0.7, 9);
+        // Row r of `f` (r < w): coefficients of f_r on [f_0; 1] with 1 standing for y-terms.
+        let mut f: Vec<Vec<f64>> =
+            (0..w).map(|r| (0..=w).map(|c| if c == r { 1.0 } else { 0.0 }).collect()).collect();
+        for _ in 0..steps {
+            let res: Vec<Vec<f64>> = (0..n)
+                .map(|j| (0..=w).map(|c| f[j][c] - if c == w { y[j] } else { 0.0 }).collect())
+                .collect();
+            for (r, fr) in f.iter_mut().enumerate() {
+                for (c, v) in fr.iter_mut().enumerate() {
+                    let s: f64 = (0..n).map(|j| theta(r, j) * res[j][c]).sum();
+                    *v -= eta / n as f64 * s;
+                }
+            }
+        }
+        let kern = GpKernels { k_xx: &k_xx, k_sx: &k_sx, k_ss: &k_ss, t_xx: &t_xx, t_sx: &t_sx };
+        let (mean, var) = ntk_gp(&kern, &y, eta, Some(steps)).unwrap();
+        for i in 0..m {
+            let row = &f[n + i];
+            assert!((mean[i] - row[w]).abs() < 1e-12, "{mean:?}");
+            let v: f64 =
+                (0..w).map(|a| (0..w).map(|b| row[a] * nngp(a, b) * row[b]).sum::<f64>()).sum();
+            assert!((var[i] - v).abs() < 1e-11 * v.abs().max(1.0), "{} {v}", var[i]);
+        }
+    }
+
+    #[test]
     fn ntk_gp_infinite_time_interpolates_and_has_zero_variance_on_train() {
         // Test points equal to train points: mean y, variance 0 (Lee et al. at t = infinity).
         let n = 5;
         let g: Vec<f64> = (0..n * 3).map(|i| ntk_core::rng::normal(4, 0, i as u64)).collect();
         let gram = |s: f64| -> Vec<f64> {
             (0..n * n)
-                .map(|p| (0..3).map(|c| g[(p / n) * 3 + c] * g[(p % n) * 3 + c]).sum::<f64>() * s + if p / n == p % n { 0.5 } else { 0.0 })
+                .map(|p| {
+                    (0..3).map(|c| g[(p / n) * 3 + c] * g[(p % n) * 3 + c]).sum::<f64>() * s
+                        + if p / n == p % n { 0.5 } else { 0.0 }
+                })
                 .collect()
         };
         let (k, t) = (gram(1.0), gram(2.0));

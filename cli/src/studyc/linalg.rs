@@ -116,7 +116,14 @@ impl SymEig {
 ///
 /// # Errors
 /// A runtime error naming `what` if `A + jitter I` is not numerically positive definite.
-pub fn spd_solve(a: &[f64], n: usize, jitter: f64, b: &[f64], m: usize, what: &str) -> CliResult<Vec<f64>> {
+pub fn spd_solve(
+    a: &[f64],
+    n: usize,
+    jitter: f64,
+    b: &[f64],
+    m: usize,
+    what: &str,
+) -> CliResult<Vec<f64>> {
     let mut am = to_mat(a, n, n);
     for i in 0..n {
         am[(i, i)] += jitter;
@@ -146,8 +153,7 @@ mod tests {
     use super::*;
 
     fn random_spd(n: usize, seed: u64) -> Vec<f64> {
-        let g: Vec<f64> =
-            (0..n * n).map(|i| ntk_core::rng::normal(seed, 0, i as u64)).collect();
+        let g: Vec<f64> = (0..n * n).map(|i| ntk_core::rng::normal(seed, 0, i as u64)).collect();
         let mut a = vec![0.0; n * n];
         for i in 0..n {
             for j in 0..n {

@@ -4,9 +4,10 @@
 //!
 //! Sweeps: every cell's result is written atomically to `OUT/cells/w{W}_d{D}_s{S}.json`
 //! together with the study configuration; a rerun with the same configuration skips finished
-//! cells (resume), `--shard i/n` computes only cells `i, i + n, ...`, and every run rebuilds
-//! the tables and figures from all finished cells. (A minimal own implementation: the shared
-//! `sweep` module of the dispersion branch had not landed when this was written.)
+//! cells (resume), `--shard I/N` (`crate::sweep::Shard`, 1-based) computes only its cells,
+//! and every run rebuilds the tables and figures from all finished cells (shards writing into
+//! one directory need no merge step). Per-cell files are study C's own: `crate::sweep`'s parts
+//! hold CSV rows of the dispersion sweeps, these hold typed per-cell results.
 
 pub mod data;
 pub mod gauss;
@@ -28,6 +29,7 @@ use crate::args::{parse_activation, parse_variance, ParamArg, Precision, RunArgs
 use crate::error::{CliError, CliResult};
 use crate::io::{atomic_write, write_csv, write_json_atomic, Matrix};
 use crate::plot::{LineChart, Series};
+use crate::sweep::Shard;
 use net::NetConfig;
 
 /// Flags shared by the study C commands.
@@ -36,7 +38,7 @@ pub struct StudyArgs {
     /// Output directory (tables, figures, run.json, cells/).
     #[arg(long)]
     pub out_dir: PathBuf,
-    /// Hidden widths of the grid, comma separated (default 64,128,256,512,1024; --quick 32,64,128,256).
+    /// Hidden widths of the grid, comma separated (default 64,128,256,512,1024; --quick 32..512).
     #[arg(long, value_delimiter = ',')]
     pub widths: Option<Vec<usize>>,
     /// Numbers of hidden layers of the grid (default 1,2,4; --quick 1,3).
@@ -48,9 +50,10 @@ pub struct StudyArgs {
     /// A small study that finishes in under two minutes (explicit flags still win).
     #[arg(long)]
     pub quick: bool,
-    /// Compute only the cells i, i + n, i + 2n, ... of the grid ("i/n").
-    #[arg(long, value_parser = parse_shard)]
-    pub shard: Option<(usize, usize)>,
+    /// Run only shard I of N (1-based, e.g. 3/8): cells I-1, I-1+N, ... of the grid; shards
+    /// write into the same --out-dir.
+    #[arg(long, default_value = "1/1")]
+    pub shard: Shard,
     /// Also write PNG figures beside the SVGs.
     #[arg(long)]
     pub png: bool,
@@ -74,21 +77,10 @@ pub struct StudyArgs {
     pub run: RunArgs,
 }
 
-/// Parses `i/n` with `i < n`.
-pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (a, b) = s.split_once('/').ok_or_else(|| format!("{s:?} is not of the form i/n"))?;
-    let (i, n): (usize, usize) = match (a.trim().parse(), b.trim().parse()) {
-        (Ok(i), Ok(n)) => (i, n),
-        _ => return Err(format!("{s:?} is not of the form i/n")),
-    };
-    if n == 0 || i >= n {
-        return Err(format!("{s:?}: need 0 <= i < n"));
-    }
-    Ok((i, n))
-}
-
 /// One point of the grid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub struct Cell {
     /// Hidden width.
     pub width: usize,
@@ -103,7 +95,7 @@ impl StudyArgs {
     pub fn width_list(&self) -> Vec<usize> {
         self.widths.clone().unwrap_or_else(|| {
             if self.quick {
-                vec![32, 64, 128, 256]
+                vec![32, 64, 128, 256, 512]
             } else {
                 vec![64, 128, 256, 512, 1024]
             }
@@ -174,9 +166,15 @@ impl StudyArgs {
     pub fn progress(&self, n: usize, what: &str) -> ProgressBar {
         let pb = ProgressBar::with_draw_target(
             Some(n as u64),
-            if self.run.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+            if self.run.quiet {
+                ProgressDrawTarget::hidden()
+            } else {
+                ProgressDrawTarget::stderr()
+            },
         );
-        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} cells, {elapsed} (eta {eta})") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} cells, {elapsed} (eta {eta})",
+        ) {
             pb.set_style(style.progress_chars("=> "));
         }
         pb.set_message(what.to_string());
@@ -212,14 +210,20 @@ pub struct Sweep<R> {
 /// # Errors
 /// A usage error if `dir` holds cells of another configuration; errors of `compute`, I/O
 /// errors naming the file.
-pub fn run_cells<R, F>(args: &StudyArgs, config: &Value, what: &str, compute: F) -> CliResult<Sweep<R>>
+pub fn run_cells<R, F>(
+    args: &StudyArgs,
+    config: &Value,
+    what: &str,
+    compute: F,
+) -> CliResult<Sweep<R>>
 where
     R: Serialize + DeserializeOwned + Send,
     F: Fn(&Cell) -> CliResult<R> + Sync,
 {
     let dir = &args.out_dir;
-    std::fs::create_dir_all(dir.join("cells"))
-        .map_err(|e| CliError::Runtime(format!("{}: cannot create: {e}", dir.join("cells").display())))?;
+    std::fs::create_dir_all(dir.join("cells")).map_err(|e| {
+        CliError::Runtime(format!("{}: cannot create: {e}", dir.join("cells").display()))
+    })?;
     let cells = args.cells();
     let load = |c: &Cell| -> CliResult<Option<R>> {
         let path = cell_path(dir, c);
@@ -228,8 +232,9 @@ where
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CliError::Runtime(format!("{}: {e}", path.display()))),
         };
-        let f: CellFile<R> = serde_json::from_str(&text)
-            .map_err(|e| CliError::Runtime(format!("{}: not a cell result of this command: {e}", path.display())))?;
+        let f: CellFile<R> = serde_json::from_str(&text).map_err(|e| {
+            CliError::Runtime(format!("{}: not a cell result of this command: {e}", path.display()))
+        })?;
         if &f.config != config {
             return Err(CliError::Usage(format!(
                 "--out-dir {}: {} holds a cell of a different configuration; use a new --out-dir",
@@ -239,10 +244,9 @@ where
         }
         Ok(Some(f.result))
     };
-    let (si, sn) = args.shard.unwrap_or((0, 1));
     let mut todo = vec![];
     for (i, c) in cells.iter().enumerate() {
-        if i % sn == si && load(c)?.is_none() {
+        if args.shard.owns(i) && load(c)?.is_none() {
             todo.push(*c);
         }
     }
@@ -252,7 +256,8 @@ where
         todo.par_iter().try_for_each(|c| -> CliResult {
             let result = compute(c)?;
             let file = CellFile { config: config.clone(), cell: *c, result };
-            let v = serde_json::to_value(&file).map_err(|e| CliError::Runtime(format!("cell result: {e}")))?;
+            let v = serde_json::to_value(&file)
+                .map_err(|e| CliError::Runtime(format!("cell result: {e}")))?;
             write_json_atomic(&cell_path(dir, c), &v)?;
             pb.inc(1);
             Ok(())
@@ -300,14 +305,19 @@ impl Table {
         let cols = self.header.len();
         let m = Matrix::new(self.rows.len() / cols, cols, self.rows);
         let header = self.header;
-        atomic_write(&dir.join(name), |w| write_csv(w, &m, Some(&header), crate::io::Precision::F64))?;
+        atomic_write(&dir.join(name), |w| {
+            write_csv(w, &m, Some(&header), crate::io::Precision::F64)
+        })?;
         Ok(())
     }
 }
 
 /// Mean over seeds of `value(cell result)` per (depth, width): one series per depth, points
 /// (width, mean), skipping non-finite values.
-pub fn per_depth<R>(done: &[(Cell, R)], value: impl Fn(&R) -> f64) -> BTreeMap<usize, Vec<(f64, f64)>> {
+pub fn per_depth<R>(
+    done: &[(Cell, R)],
+    value: impl Fn(&R) -> f64,
+) -> BTreeMap<usize, Vec<(f64, f64)>> {
     let mut acc: BTreeMap<(usize, usize), (f64, usize)> = BTreeMap::new();
     for (c, r) in done {
         let v = value(r);
@@ -324,6 +334,9 @@ pub fn per_depth<R>(done: &[(Cell, R)], value: impl Fn(&R) -> f64) -> BTreeMap<u
     out
 }
 
+/// One quantity of a width figure: (label, value of a cell result, dashed).
+pub type Line<'a, R> = (&'a str, &'a dyn Fn(&R) -> f64, bool);
+
 /// A "quantity vs width, one line per depth" figure; `dashed` adds reference lines.
 #[allow(clippy::too_many_arguments)]
 pub fn width_figure<R>(
@@ -333,12 +346,16 @@ pub fn width_figure<R>(
     title: &str,
     y_label: &str,
     log_y: bool,
-    lines: &[(&str, &dyn Fn(&R) -> f64, bool)],
+    lines: &[Line<'_, R>],
 ) -> CliResult {
     let mut series = vec![];
     for (label, f, dashed) in lines {
         for (depth, points) in per_depth(done, f) {
-            let label = if lines.len() > 1 { format!("{label}, depth {depth}") } else { format!("depth {depth}") };
+            let label = if lines.len() > 1 {
+                format!("{label}, depth {depth}")
+            } else {
+                format!("depth {depth}")
+            };
             series.push(Series { label, points, dashed: *dashed });
         }
     }
@@ -357,7 +374,12 @@ pub fn width_figure<R>(
 ///
 /// # Errors
 /// I/O errors naming the file.
-pub fn finish<R>(args: &StudyArgs, info: &crate::runinfo::RunInfo, sweep: &Sweep<R>, mut results: Value) -> CliResult {
+pub fn finish<R>(
+    args: &StudyArgs,
+    info: &crate::runinfo::RunInfo,
+    sweep: &Sweep<R>,
+    mut results: Value,
+) -> CliResult {
     if let Value::Object(m) = &mut results {
         m.insert("cells_total".into(), json!(sweep.done.len() + sweep.missing));
         m.insert("cells_done".into(), json!(sweep.done.len()));

@@ -2,12 +2,12 @@
 //! outputs, vector-Jacobian products `J^T v`, the full empirical NTK, and full-batch
 //! training (gradient descent and Adam).
 //!
-//! Training here is a small CLI-side loop over `ntk_core::backward::param_gradient`; it should
-//! be unified with the core `train` module once that lands.
+//! Training runs `ntk_core::train::train_step` (full batch; gradient descent or Adam).
 
-use ntk_core::backward::{loss_and_gradient, param_gradient, param_gradient_scratch, Loss};
+use ntk_core::backward::{param_gradient, param_gradient_scratch, Loss};
 use ntk_core::forward::{cache_len, forward, forward_scratch, output};
 use ntk_core::ntk::OutputMode;
+use ntk_core::train::{self, train_step, train_step_scratch, Model};
 use ntk_core::{Activation, Parameterization, Spec};
 
 use crate::engine::par_empirical_ntk;
@@ -64,12 +64,26 @@ impl Net {
     ///
     /// # Errors
     /// A usage error for an invalid architecture.
-    pub fn new(cfg: NetConfig, d: usize, width: usize, depth: usize, k: usize, seed: u64) -> CliResult<Self> {
+    pub fn new(
+        cfg: NetConfig,
+        d: usize,
+        width: usize,
+        depth: usize,
+        k: usize,
+        seed: u64,
+    ) -> CliResult<Self> {
         let mut widths = vec![d];
         widths.extend(std::iter::repeat_n(width, depth));
         widths.push(k);
-        let spec = Spec::new(&widths, cfg.activation, cfg.sigma_w2, cfg.sigma_b2, cfg.bias, cfg.parameterization)
-            .map_err(|e| CliError::Usage(format!("invalid network: {e}")))?;
+        let spec = Spec::new(
+            &widths,
+            cfg.activation,
+            cfg.sigma_w2,
+            cfg.sigma_b2,
+            cfg.bias,
+            cfg.parameterization,
+        )
+        .map_err(|e| CliError::Usage(format!("invalid network: {e}")))?;
         let mut params = vec![0.0; spec.param_count()];
         spec.init(&mut params, seed)?;
         Ok(Self { widths, cfg, params })
@@ -145,8 +159,9 @@ impl Net {
         par_empirical_ntk(&self.spec(), &self.params, x1, x2, mode)
     }
 
-    /// Trains on `(x, y)` (MSE, `(1 / 2n) sum ||f - y||^2`) for `steps` full-batch updates;
-    /// `log(t, loss_t)` receives the loss after `t` updates for `t = 0..=steps`.
+    /// Trains on `(x, y)` (MSE, `(1 / 2n) sum ||f - y||^2`) for `steps` full-batch updates of
+    /// `ntk_core::train`; `log(t, loss_t)` receives the loss after `t` updates for
+    /// `t = 0..=steps`.
     ///
     /// # Errors
     /// Non-finite values (a diverging run names the layer and pass).
@@ -159,43 +174,51 @@ impl Net {
         mut log: impl FnMut(usize, f64),
     ) -> CliResult<f64> {
         let n = self.rows(x);
+        let core_opt = match opt {
+            Optimizer::Gd { lr } => train::Optimizer::gd(lr),
+            Optimizer::Adam { lr } => train::Optimizer {
+                method: train::Method::ADAM,
+                learning_rate: lr,
+                batch_size: 0,
+                seed: 0,
+            },
+        };
+        core_opt.validate()?;
         let w = self.widths.clone();
-        let p = self.params.len();
-        let mut cache = vec![0.0; cache_len(&w, n)];
-        let mut fs = vec![0.0; forward_scratch(&w, n)];
-        let mut gs = vec![0.0; param_gradient_scratch(&w, n)];
-        let mut g = vec![0.0; y.len()];
-        let mut grad = vec![0.0; p];
-        let (mut m1, mut m2) = (vec![0.0; p], vec![0.0; p]);
-        let mut loss = 0.0;
-        for t in 0..=steps {
-            let spec = self.spec();
-            forward(&spec, &self.params, x, n, &mut cache, &mut fs)?;
-            loss = loss_and_gradient(Loss::Mse, &mut g, output(&spec, &cache, n), y, n);
+        let c = self.cfg;
+        let spec = Spec {
+            widths: &w,
+            activation: c.activation,
+            sigma_w2: c.sigma_w2,
+            sigma_b2: c.sigma_b2,
+            bias: c.bias,
+            parameterization: c.parameterization,
+        };
+        let mut state = vec![0.0; core_opt.state_len(self.params.len())];
+        let mut scratch = vec![0.0; train_step_scratch(&w, spec.bias, n)];
+        for t in 0..steps {
+            let loss = train_step(
+                &spec,
+                Model::Network,
+                &core_opt,
+                Loss::Mse,
+                &mut self.params,
+                &mut state,
+                x,
+                y,
+                n,
+                t as u64,
+                &mut [],
+                &mut scratch,
+            )?;
             log(t, loss);
-            if t == steps {
-                break;
-            }
-            param_gradient(&spec, &self.params, x, n, &cache, &g, &mut grad, &mut gs)?;
-            match opt {
-                Optimizer::Gd { lr } => {
-                    for (q, d) in self.params.iter_mut().zip(&grad) {
-                        *q -= lr * d;
-                    }
-                }
-                Optimizer::Adam { lr } => {
-                    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
-                    let (c1, c2) = (1.0 - b1.powi(t as i32 + 1), 1.0 - b2.powi(t as i32 + 1));
-                    for (((q, d), a), b) in self.params.iter_mut().zip(&grad).zip(&mut m1).zip(&mut m2) {
-                        *a = b1 * *a + (1.0 - b1) * d;
-                        *b = b2 * *b + (1.0 - b2) * d * d;
-                        *q -= lr * (*a / c1) / ((*b / c2).sqrt() + eps);
-                    }
-                }
-            }
         }
+        let loss = mse(&self.predict(x)?, y, n);
+        log(steps, loss);
         if !loss.is_finite() {
-            return Err(CliError::Runtime(format!("training diverged (loss {loss}); lower the learning rate")));
+            return Err(CliError::Runtime(format!(
+                "training diverged (loss {loss}); lower the learning rate"
+            )));
         }
         Ok(loss)
     }
@@ -209,10 +232,14 @@ pub fn mse(f: &[f64], y: &[f64], n: usize) -> f64 {
 /// Fraction of rows whose argmax of `f` equals the argmax of `y` (k columns).
 pub fn accuracy(f: &[f64], y: &[f64], k: usize) -> f64 {
     let argmax = |r: &[f64]| {
-        r.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+        r.iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0
     };
     let n = f.len() / k;
-    let hits = f.chunks_exact(k).zip(y.chunks_exact(k)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    let hits =
+        f.chunks_exact(k).zip(y.chunks_exact(k)).filter(|(a, b)| argmax(a) == argmax(b)).count();
     hits as f64 / n.max(1) as f64
 }
 
@@ -240,7 +267,8 @@ mod tests {
         let (ju, jv) = (net.vjp(&x, &u).unwrap(), net.vjp(&x, &v).unwrap());
         let lhs: f64 = ju.iter().zip(&jv).map(|(a, b)| a * b).sum();
         let theta = net.ntk(&x, None, OutputMode::Full).unwrap();
-        let rhs: f64 = (0..8).map(|i| (0..8).map(|j| u[i] * theta[i * 8 + j] * v[j]).sum::<f64>()).sum();
+        let rhs: f64 =
+            (0..8).map(|i| (0..8).map(|j| u[i] * theta[i * 8 + j] * v[j]).sum::<f64>()).sum();
         assert!((lhs - rhs).abs() < 1e-12 * rhs.abs().max(1.0), "{lhs} {rhs}");
     }
 
