@@ -302,6 +302,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, ForgettingCell)]) -> CliResult {
         "acc_drop",
         "acc_drop_kernel",
         "function_gap",
+        "ntk_s",
+        "eig_s",
+        "train_s",
         "time_s",
     ]);
     for (c, r) in done {

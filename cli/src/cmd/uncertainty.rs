@@ -362,6 +362,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
         "mean_std",
         "calibration_error",
         "ens_over_gp_var",
+        "ntk_s",
+        "eig_s",
+        "train_s",
         "time_s",
     ]);
     for (c, r) in done {
