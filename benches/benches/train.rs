@@ -6,6 +6,7 @@
 //! linearized step adds a tangent pass (forward count plus the layers 2.. count).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ntk_cli::cmd::train::par_full_batch_step;
 use ntk_core::backward::Loss;
 use ntk_core::train::{train_step, train_step_scratch, Model, Optimizer};
 use ntk_core::{Activation, Parameterization, Real, Spec};
@@ -76,6 +77,29 @@ fn step<T: Real>(c: &mut Criterion) {
                 0,
                 &mut [],
                 &mut s,
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+    // Both cores: fixed blocks of 64 samples in parallel (rayon's global pool).
+    let mut group = c.benchmark_group(format!("train_step_w256_d20_n128_{}_par", T::NAME));
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(2 * fwd + sig));
+    let mut p = p0.clone();
+    group.bench_function("gd_network", |b| {
+        b.iter(|| {
+            par_full_batch_step(
+                &spec,
+                Model::Network,
+                &opt,
+                Loss::Mse,
+                &mut p,
+                &mut [],
+                &x,
+                &y,
+                N,
+                0,
             )
             .unwrap()
         })

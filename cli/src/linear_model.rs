@@ -14,6 +14,12 @@ use faer::{Mat, Side};
 
 use crate::error::{CliError, CliResult};
 
+/// Makes faer sequential: its blocked algorithms split work by the thread count, so results
+/// would depend on `--threads`; the matrices here are small.
+pub fn deterministic() {
+    faer::set_global_parallelism(faer::Par::Seq);
+}
+
 /// A row-major `rows x cols` matrix as a faer matrix.
 pub fn to_mat(a: &[f64], rows: usize, cols: usize) -> Mat<f64> {
     assert_eq!(a.len(), rows * cols, "to_mat: shape");
@@ -48,6 +54,7 @@ impl SymEigen {
         if a.iter().any(|v| !v.is_finite()) {
             return Err(CliError::Runtime("eigendecomposition: non-finite kernel".into()));
         }
+        deterministic();
         let m = to_mat(a, dim, dim);
         let evd = m
             .self_adjoint_eigen(Side::Lower)

@@ -258,10 +258,20 @@ fn terms_impl(op: TermsOp<'_>) -> Result<(), Error> {
             return Err(Error::NonFinite { layer: i + 1, pass: Pass::Forward });
         }
         // phi'(h) once per unit: backprop multiplies by it for every depth of the chunk.
-        for (t, &v) in dh[i * n * m..(i + 1) * n * m].iter_mut().zip(hi.iter()) {
-            *t = act.dphi(v);
+        let dhi = &mut dh[i * n * m..(i + 1) * n * m];
+        if act == Activation::Tanh {
+            // One tanh per unit: phi = t, phi' = 1 - t^2 (the same expressions as Activation).
+            for ((p, q), &v) in prev[..n * m].iter_mut().zip(dhi.iter_mut()).zip(hi.iter()) {
+                let t = libm::tanh(v);
+                *p = t;
+                *q = 1.0 - t * t;
+            }
+        } else {
+            for (t, &v) in dhi.iter_mut().zip(hi.iter()) {
+                *t = act.dphi(v);
+            }
+            act.apply(&mut prev[..n * m], hi);
         }
-        act.apply(&mut prev[..n * m], hi);
         for j in 0..n {
             a[(i + 1) * n + j] = dot8(&prev[..m], &prev[j * m..(j + 1) * m]);
         }
@@ -298,21 +308,32 @@ fn terms_impl(op: TermsOp<'_>) -> Result<(), Error> {
         // delta^{l-1} = phi'(h^{l-1}) .* (sigma_w Z_{l-1}^T delta^l), Z_{l-1}: n_l x n_{l-1}.
         let w = &draw[fam.weight_offset(l - 1)..fam.weight_offset(l - 1) + m * m];
         let hp = &dh[(l - 2) * n * m..(l - 1) * n * m];
-        for r in 0..active * n {
-            let src = &cur[r * m..(r + 1) * m];
-            let dst = &mut next[r * m..(r + 1) * m];
-            dst.fill(0.0);
-            for (o, &s) in src.iter().enumerate() {
-                if s != 0.0 {
-                    for (t, &wv) in dst.iter_mut().zip(&w[o * m..(o + 1) * m]) {
-                        *t += s * wv;
+        // Four signal rows per sweep over Z_{l-1} (its rows stay in L1 for the four); each
+        // output element still sums o = 0..m in order, so the result does not depend on it.
+        let rows = active * n;
+        let mut r0 = 0;
+        while r0 < rows {
+            let nb = (rows - r0).min(4);
+            let blk = &mut next[r0 * m..(r0 + nb) * m];
+            blk.fill(0.0);
+            for o in 0..m {
+                let wrow = &w[o * m..(o + 1) * m];
+                for (b, dst) in blk.chunks_exact_mut(m).enumerate() {
+                    let s = cur[(r0 + b) * m + o];
+                    if s != 0.0 {
+                        for (t, &wv) in dst.iter_mut().zip(wrow) {
+                            *t += s * wv;
+                        }
                     }
                 }
             }
-            let j = r % n;
-            for (t, &p) in dst.iter_mut().zip(&hp[j * m..(j + 1) * m]) {
-                *t = *t * sigma_w * p;
+            for (b, dst) in blk.chunks_exact_mut(m).enumerate() {
+                let j = (r0 + b) % n;
+                for (t, &p) in dst.iter_mut().zip(&hp[j * m..(j + 1) * m]) {
+                    *t = *t * sigma_w * p;
+                }
             }
+            r0 += nb;
         }
         if next[..active * n * m].iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite { layer: l, pass: Pass::Backward });

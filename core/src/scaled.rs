@@ -695,7 +695,14 @@ pub fn kernel_scaled(
         Ok(m)
     };
     let unit = if act.is_homogeneous() { Some(moments(1.0, 1.0, 1.0)?) } else { None };
-    let ip = |x: &[f64], y: &[f64]| Scaled::new(x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>());
+    // <x, y> without overflow for inputs up to f64::MAX: over the inputs' own exponents.
+    let ip = |x: &[f64], y: &[f64]| {
+        let (ex, ey) = (max_exponent(x).unwrap_or(0), max_exponent(y).unwrap_or(0));
+        let (sx, sy) = (-ex as i32, -ey as i32);
+        let dot: f64 =
+            x.iter().zip(y).map(|(a, b)| libm::scalbn(*a, sx) * libm::scalbn(*b, sy)).sum();
+        Scaled::new(dot).mul_pow2(ex + ey)
+    };
     for i in 0..n1 {
         let x = &x1[i * d..(i + 1) * d];
         for j in 0..n2 {
@@ -738,6 +745,9 @@ pub fn kernel_scaled(
                     next.s + sdot_t
                 };
                 c = next;
+            }
+            if !(c.s.is_finite() && t.is_finite()) {
+                return Err(Error::NonFinite { layer: mlp.depth + 1, pass: Pass::Kernel });
             }
             if let Some(o) = nngp.as_deref_mut() {
                 o[i * n2 + j] = c.s;

@@ -211,9 +211,55 @@ fn overflow_is_an_error_and_outputs_stay_whole() {
     c.args(["kernel", "--quiet", "--x1"]).arg(&x).arg("--out").arg(&out);
     c.args(["--sigma-w2", "10000", "--depth", "200", "--width", "16"]);
     let msg = fails(c, 1, &["layer"], d, &["x.npy", "k.npy"]);
-    assert!(msg.contains("non-finite"), "{msg}");
+    assert!(msg.contains("non-finite") && msg.contains("--log"), "{msg}");
     assert_eq!(std::fs::read(&out).unwrap(), b"previous result");
     // An output directory that does not exist: named, nothing created.
     let nowhere = d.join("no/such/dir/k.npy");
     fails(kernel(&x, &nowhere, &[]), 1, &["k.npy"], d, &["x.npy", "k.npy"]);
+}
+
+/// Where the plain NTK overflows, `--log` writes ln|Theta| from the block floating point
+/// computation: equal to the core's `empirical_ntk_scaled` (and, for the infinite-width kernel,
+/// to the ReLU law ln Theta(x, x) = L ln(s / 2) + ln(s ||x||^2 / d) + ln(L + 1)); run.json
+/// says so.
+#[test]
+fn log_output_where_theta_overflows() {
+    use ntk_cli::io::read_matrix;
+    use ntk_core::ntk::OutputMode;
+    use ntk_core::scaled::{empirical_ntk_scaled, empirical_ntk_scaled_scratch, Scaled};
+    use ntk_core::{Activation, Parameterization, Spec};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = inputs(d, "x.npy", 3, 4);
+    let out = d.join("k.npy");
+    let flags = ["--sigma-w2", "10000", "--depth", "200", "--width", "16", "--seed", "4"];
+    let mut c = ntk();
+    c.args(["kernel", "--quiet", "--log", "--x1"]).arg(&x).arg("--out").arg(&out).args(flags);
+    c.assert().success();
+    let got = read_matrix(&out).unwrap();
+    let mut widths = vec![16usize; 202];
+    widths[0] = 4;
+    widths[201] = 1;
+    let spec = Spec::new(&widths, Activation::Relu, 1e4, 0.0, true, Parameterization::Ntk).unwrap();
+    let mut p = vec![0.0; spec.param_count()];
+    spec.init(&mut p, 4).unwrap();
+    let xs = read_matrix(&x).unwrap();
+    let mut want = vec![Scaled::ZERO; 9];
+    let mut s = vec![0.0; empirical_ntk_scaled_scratch(&widths, 3, None)];
+    empirical_ntk_scaled(&spec, &p, &mut want, xs.as_slice(), None, OutputMode::Trace, &mut s)
+        .unwrap();
+    assert!(got.as_slice().iter().zip(&want).all(|(g, w)| *g == w.ln() && *g > 700.0 * 2.3));
+    let run = std::fs::read_to_string(d.join("run.json")).unwrap();
+    assert!(run.contains("block floating point"), "{run}");
+    // Infinite width, diagonal: the exact ReLU law.
+    let mut c = ntk();
+    c.args(["kernel", "--quiet", "--log", "--method", "infinite", "--output-mode", "diagonal"]);
+    c.arg("--x1").arg(&x).arg("--out").arg(&out).args(flags).args(["--sigma-b2", "0"]);
+    c.assert().success();
+    let got = read_matrix(&out).unwrap();
+    for i in 0..3 {
+        let n2: f64 = xs.row(i).iter().map(|v| v * v).sum();
+        let want = 200.0 * 5000f64.ln() + (1e4 * n2 / 4.0).ln() + 201f64.ln();
+        assert!((got.as_slice()[i] - want).abs() < 1e-9, "{} vs {want}", got.as_slice()[i]);
+    }
 }

@@ -188,3 +188,50 @@ fn bad_flags_are_usage_errors() {
     }
     ntk().args(["merge", "--out-dir"]).arg(&o).arg(dir.path().join("nope")).assert().code(1);
 }
+
+/// `--inputs fixed`: entries Theta(x_0, x_j) of the file's rows, r = cosine(x_0, x_j), and the
+/// sample mean of Theta(x_0, x_0) within 4 standard errors of the exact ReLU mean with
+/// ||x_0||^2 from the file.
+#[test]
+fn fixed_inputs_use_the_file_rows() {
+    use ntk_cli::io::{write_matrix, Matrix, Precision};
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [[1.0, 2.0, 0.0, -1.0, 0.5], [0.5, 1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 2.0, 1.0, 1.0]];
+    let x = dir.path().join("x.csv");
+    write_matrix(&x, &Matrix::from_rows(&rows), Precision::F64).unwrap();
+    let out = dir.path().join("o");
+    ntk()
+        .args(["dispersion", "--inputs", "fixed", "--x"])
+        .arg(&x)
+        .args(["--width", "12", "--depths", "1,3", "--sigma-w2", "1,2", "--samples", "400"])
+        .args(["--bootstrap", "20", "--seed", "5", "--quiet", "--out-dir"])
+        .arg(&out)
+        .assert()
+        .success();
+    let csv = read(&out.join("dispersion.csv"));
+    let lines: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2 * 2 * 3);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for (i, line) in lines.iter().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!((f[1], f[2], f[8]), ("5", "12", "fixed"), "{line}");
+        let j = i % 3;
+        let r: f64 = f[10].parse().unwrap();
+        let want =
+            dot(&rows[0], &rows[j]) / (dot(&rows[0], &rows[0]) * dot(&rows[j], &rows[j])).sqrt();
+        assert!((r - want).abs() < 1e-15, "{line}");
+        if j == 0 {
+            let (mean, sem, exact): (f64, f64, f64) =
+                (f[11].parse().unwrap(), f[13].parse().unwrap(), f[19].parse().unwrap());
+            let (sw2, depth): (f64, i32) = (f[4].parse().unwrap(), f[3].parse().unwrap());
+            let q = sw2 / 2.0;
+            let n2 = dot(&rows[0], &rows[0]);
+            let formula = q.powi(depth) * n2 * (1.0 + depth as f64 * 12.0 / 5.0)
+                + (0..=depth).map(|k| q.powi(k)).sum::<f64>();
+            assert!((exact - formula).abs() < 1e-12 * formula, "{line}");
+            assert!((mean - exact).abs() < 4.0 * sem, "{line}");
+        } else {
+            assert_eq!(f[19], "", "{line}");
+        }
+    }
+}

@@ -56,3 +56,57 @@ fn relu_kernel_of_parallel_inputs_within_sqrt_eps_per_layer() {
         }
     }
 }
+
+/// fuzz `kernel` (crash-8eacc4c9): AB-ReLU with a = b = 1/4 (linear, slope 1/4), no bias,
+/// sigma_w2 = 1.24e-4, depth 62: K(x, y) = sigma_w2^(L+1) (1/16)^L <x, y> / d ~ 1e-320, so the
+/// plain recursion ran in subnormals and returned a K that was not PSD. The plain kernel is
+/// only absolutely accurate there (|error| < 1e-300); the log-domain recursion gives K to 1e-12.
+#[test]
+fn subnormal_kernel_is_exact_in_the_log_domain() {
+    use ntk_core::kernel::{kernel, kernel_scratch, Mlp};
+    use ntk_core::scaled::{kernel_scaled, Scaled};
+    let (depth, sw, d) = (62, 1.24e-4, 4);
+    let mlp = Mlp::new(Activation::AbRelu { a: 0.25, b: 0.25 }, depth, sw, 0.0).with_bias(false);
+    let x = [0.3, -1.2, 0.8, 2.0, 1.1, 0.4, -0.7, 0.9];
+    let mut k = [0.0; 4];
+    let mut s = vec![0.0; kernel_scratch(2, 0, depth)];
+    kernel(Some(&mut k), None, &x, None, d, &mlp, &mut s).unwrap();
+    assert!(k.iter().all(|v| v.abs() < 1e-300), "{k:?}");
+    let mut ks = [Scaled::ZERO; 4];
+    kernel_scaled(Some(&mut ks), None, &x, None, d, &mlp).unwrap();
+    for i in 0..2 {
+        for j in 0..2 {
+            let ip: f64 = (0..d).map(|c| x[i * d + c] * x[j * d + c]).sum();
+            let want = (depth as f64 + 1.0) * sw.ln()
+                + depth as f64 * (1.0f64 / 16.0).ln()
+                + (ip.abs() / d as f64).ln();
+            let got = ks[i * 2 + j];
+            assert_eq!(got.m.signum(), ip.signum());
+            assert!(
+                (got.ln() - want).abs() < 1e-12 * want.abs(),
+                "({i},{j}): {} vs {want}",
+                got.ln()
+            );
+        }
+    }
+}
+
+/// fuzz `kernel` (crash on inputs of size 1e294, depth 0, standard parameterization): the
+/// log-domain kernel formed <x, x> in f64, which overflowed, and returned `Ok` with an infinite
+/// mantissa. It now forms inner products over the inputs' exponents: exact scaling
+/// K(c x, c y) = c^2 K(x, y) for the linear model.
+#[test]
+fn log_domain_kernel_of_huge_inputs() {
+    use ntk_core::kernel::Mlp;
+    use ntk_core::scaled::{kernel_scaled, Scaled};
+    let widths = [1usize];
+    let mlp = Mlp::new(Activation::Relu, 0, 1.3, 0.0).with_bias(false).standard(&widths);
+    let x = [1.0, -2.0, 0.5, 3.0];
+    let big: Vec<f64> = x.iter().map(|v| v * 1e294).collect();
+    let (mut t1, mut t2) = ([Scaled::ZERO; 1], [Scaled::ZERO; 1]);
+    kernel_scaled(None, Some(&mut t1), &x, None, 4, &mlp).unwrap();
+    kernel_scaled(None, Some(&mut t2), &big, None, 4, &mlp).unwrap();
+    assert!(t2[0].is_finite());
+    let want = t1[0].ln() + 2.0 * 1e294f64.ln();
+    assert!((t2[0].ln() - want).abs() < 1e-12 * want, "{} vs {want}", t2[0].ln());
+}

@@ -17,7 +17,7 @@ fn train_writes_trace_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let run = |out: &std::path::Path, threads: &str| {
         ntk()
-            .args(["train", "--data", "digits", "--train-size", "40", "--test-size", "30"])
+            .args(["train", "--data", "digits", "--train-size", "100", "--test-size", "30"])
             .args(["--activation", "relu", "--depth", "2", "--width", "16", "--sigma-w2", "2.0"])
             .args(["--sigma-b2", "0.5", "--parameterization", "standard", "--optimizer", "gd"])
             .args(["--max-steps", "25", "--track-every", "10", "--seed", "7", "--probe-size", "20"])

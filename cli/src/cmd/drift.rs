@@ -319,7 +319,7 @@ fn write_heatmaps(a: &DriftArgs, done: &[(Cell, Value)]) -> CliResult {
         };
         common(
             format!("NTK change after training, {} depth {depth} width {}", a.activation, a.width),
-            "log2 ||Theta_T - Theta_0|| / ||Theta_0||",
+            "log2 NTK change",
             grid(&|v| num(v, "ntk_change").log2()),
             Some((-8.0, 0.0)),
         )

@@ -71,6 +71,11 @@ pub struct KernelArgs {
     /// Which entries to compute.
     #[arg(long, value_enum, default_value_t = ModeArg::Trace)]
     pub output_mode: ModeArg,
+    /// Write ln|Theta| (and ln|K|) instead of the kernels, computed in block floating point
+    /// (per-sample, per-layer power-of-two exponents): finite where Theta over- or underflows
+    /// f64, e.g. at extreme sigma_w2 and depth. f64 only; single-threaded.
+    #[arg(long)]
+    pub log: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub net: NetArgs,
@@ -96,9 +101,12 @@ pub fn run(a: KernelArgs) -> CliResult {
             "activation": a.net.activation.to_string(), "sigma_w2": a.net.sigma_w2,
             "sigma_b2": a.net.sigma_b2, "parameterization": a.net.parameterization,
             "bias": !a.net.no_bias, "seed": a.run.seed, "precision": a.run.precision,
-            "weights": a.weights.weights,
+            "weights": a.weights.weights, "log": a.log,
         }),
     );
+    if a.log && a.run.precision == Precision::F32 {
+        return Err(CliError::flag("--log", "", "needs --precision f64"));
+    }
     let x1 = read_inputs("--x1", &a.x1, a.label_column.as_ref())?;
     let x2 = match &a.x2 {
         Some(p) => Some(read_inputs("--x2", p, a.label_column.as_ref())?),
@@ -131,8 +139,11 @@ pub fn run(a: KernelArgs) -> CliResult {
                 return Err(CliError::flag("--nngp-out", "", "only with --method infinite"));
             }
             let v = match a.run.precision {
+                _ if a.log => log_empirical(&spec, &a, &x1, x2.as_ref())?,
                 Precision::F32 => empirical::<f32>(&spec, &a, &x1, x2.as_ref())?,
-                Precision::F64 => empirical::<f64>(&spec, &a, &x1, x2.as_ref())?,
+                Precision::F64 => {
+                    empirical::<f64>(&spec, &a, &x1, x2.as_ref()).map_err(overflow_hint)?
+                }
             };
             Matrix::new(rows, cols, v)
         }
@@ -142,9 +153,21 @@ pub fn run(a: KernelArgs) -> CliResult {
             }
             let mlp = ntk_core::kernel::Mlp::from_spec(&spec);
             let xs2 = x2.as_ref().map(|m| m.as_slice());
-            let (k_nngp, k_ntk, err) = a.run.in_pool(|| {
-                crate::engine::par_infinite_kernel(&mlp, x1.as_slice(), xs2, spec.input_dim())
-            })?;
+            if a.log && matches!(mode, OutputMode::Full | OutputMode::DiagonalFull) {
+                // The k outputs are independent: off-diagonal output blocks are 0 (ln = -inf).
+                return Err(CliError::flag(
+                    "--log",
+                    "",
+                    "with --method infinite needs --output-mode trace or diagonal",
+                ));
+            }
+            let (k_nngp, k_ntk, err) = if a.log {
+                log_infinite(&mlp, x1.as_slice(), xs2, spec.input_dim())?
+            } else {
+                a.run.in_pool(|| {
+                    crate::engine::par_infinite_kernel(&mlp, x1.as_slice(), xs2, spec.input_dim())
+                })?
+            };
             quadrature_error = Some(err);
             if let Some(p) = &a.nngp_out {
                 io::write_matrix(p, &expand(&k_nngp, n1, n2, k, mode), a.run.precision)?;
@@ -159,6 +182,7 @@ pub fn run(a: KernelArgs) -> CliResult {
             "ntk_shape": [rows, cols],
             "wall_time_compute_s": info.elapsed_s(),
             "max_quadrature_error": quadrature_error,
+            "values": if a.log { "ln|kernel| (block floating point)" } else { "kernel" },
         }),
     )
 }
@@ -176,6 +200,49 @@ fn empirical<T: Real>(
         .run
         .in_pool(|| crate::engine::par_empirical_ntk(spec, &params, &x1, x2.as_deref(), mode))?;
     Ok(out.iter().map(|v| v.to_f64()).collect())
+}
+
+/// Adds a hint to an overflow error of the plain f64 computation.
+fn overflow_hint(e: CliError) -> CliError {
+    match e {
+        CliError::Runtime(m) if m.starts_with("non-finite value at layer") => {
+            CliError::Runtime(format!("{m} (Theta leaves the range of f64: --log gives ln|Theta|)"))
+        }
+        e => e,
+    }
+}
+
+/// ln|Theta| of the empirical NTK by [`ntk_core::scaled::empirical_ntk_scaled`].
+fn log_empirical(
+    spec: &ntk_core::Spec<'_>,
+    a: &KernelArgs,
+    x1: &Matrix,
+    x2: Option<&Matrix>,
+) -> CliResult<Vec<f64>> {
+    use ntk_core::scaled::{empirical_ntk_scaled, empirical_ntk_scaled_scratch, Scaled};
+    let params = load_params::<f64>(spec, &a.weights, a.run.seed)?;
+    let mode: OutputMode = a.output_mode.into();
+    let (n1, n2) = (x1.rows(), x2.map_or(x1.rows(), |m| m.rows()));
+    let mut out = vec![Scaled::ZERO; mode.len(n1, n2, spec.output_dim())];
+    let mut s = vec![0.0; empirical_ntk_scaled_scratch(spec.widths, n1, x2.map(|_| n2))];
+    let xs2 = x2.map(|m| m.as_slice());
+    empirical_ntk_scaled(spec, &params, &mut out, x1.as_slice(), xs2, mode, &mut s)?;
+    Ok(out.iter().map(|v| v.ln()).collect())
+}
+
+/// ln|K| and ln|Theta| of the infinite-width kernels by [`ntk_core::scaled::kernel_scaled`].
+fn log_infinite(
+    mlp: &ntk_core::kernel::Mlp<'_>,
+    x1: &[f64],
+    x2: Option<&[f64]>,
+    d: usize,
+) -> CliResult<(Vec<f64>, Vec<f64>, f64)> {
+    use ntk_core::scaled::{kernel_scaled, Scaled};
+    let (n1, n2) = (x1.len() / d, x2.map_or(x1.len() / d, |x| x.len() / d));
+    let (mut k, mut t) = (vec![Scaled::ZERO; n1 * n2], vec![Scaled::ZERO; n1 * n2]);
+    let info = kernel_scaled(Some(&mut k), Some(&mut t), x1, x2, d, mlp)?;
+    let ln = |v: Vec<Scaled>| v.iter().map(|s| s.ln()).collect();
+    Ok((ln(k), ln(t), info.max_quadrature_error))
 }
 
 /// Arranges a scalar-output infinite-width kernel (N1 x N2) per output mode: the k outputs

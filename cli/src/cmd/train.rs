@@ -337,6 +337,7 @@ pub fn lambda_max_over_n<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T]) -> Cli
     let n = x.len() / spec.input_dim();
     let dim = n * spec.output_dim();
     let theta = to_f64(&par_empirical_ntk(spec, params, x, None, OutputMode::Full)?);
+    crate::linear_model::deterministic();
     let m = crate::linear_model::to_mat(&theta, dim, dim);
     let vals = m
         .self_adjoint_eigenvalues(faer::Side::Lower)
@@ -453,6 +454,7 @@ pub fn train_run<T: Real>(
     while steps < cfg.max_steps {
         let t = steps;
         let t0 = Instant::now();
+        // The network and its linearization step concurrently (one core each).
         let (r_net, r_lin) = rayon::join(
             || {
                 train_step(
@@ -543,6 +545,61 @@ pub fn train_run<T: Real>(
         test_outputs,
         step_time_s: step_time / steps.max(1) as f64,
     })
+}
+
+/// Samples per block of [`par_full_batch_step`]: fixed, so results do not depend on the
+/// number of threads.
+pub const TRAIN_BLOCK: usize = 64;
+
+/// One full-batch optimizer step (number `step`) of `model` on all `n` samples, with the
+/// loss gradient computed over fixed blocks of [`TRAIN_BLOCK`] samples in parallel:
+/// `L = sum_b (n_b / n) L_b`, `grad = sum_b (n_b / n) grad_b`, summed in block order (so
+/// bit-identical for any thread count; equal to the core's single-block step up to rounding).
+/// Returns the loss before the update.
+///
+/// # Errors
+/// As [`ntk_core::train::train_step`] (overflow is reported as the core's `NonFinite`).
+#[allow(clippy::too_many_arguments)]
+pub fn par_full_batch_step<T: Real>(
+    spec: &Spec<'_>,
+    model: Model<'_, T>,
+    opt: &Optimizer,
+    loss: Loss,
+    params: &mut [T],
+    state: &mut [T],
+    x: &[T],
+    y: &[T],
+    n: usize,
+    step: u64,
+) -> Result<f64, ntk_core::Error> {
+    use ntk_core::train::{loss_gradient, loss_gradient_scratch};
+    use rayon::prelude::*;
+    let (d, k, p) = (spec.input_dim(), spec.output_dim(), params.len());
+    let blocks = n.div_ceil(TRAIN_BLOCK);
+    let frozen: &[T] = params;
+    let parts: Vec<(f64, Vec<T>)> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let (r0, r1) = (b * TRAIN_BLOCK, ((b + 1) * TRAIN_BLOCK).min(n));
+            let nb = r1 - r0;
+            let mut grad = vec![T::ZERO; p];
+            let mut s = vec![T::ZERO; loss_gradient_scratch(spec.widths, nb)];
+            let (xb, yb) = (&x[r0 * d..r1 * d], &y[r0 * k..r1 * k]);
+            let l = loss_gradient(spec, model, frozen, xb, yb, nb, loss, &mut grad, &mut s)?;
+            Ok((l * nb as f64 / n as f64, grad))
+        })
+        .collect::<Result<_, ntk_core::Error>>()?;
+    let mut grad = vec![T::ZERO; p];
+    let mut value = 0.0;
+    for (b, (l, g)) in parts.iter().enumerate() {
+        let w = T::from_f64((((b + 1) * TRAIN_BLOCK).min(n) - b * TRAIN_BLOCK) as f64 / n as f64);
+        value += l;
+        for (a, &v) in grad.iter_mut().zip(g) {
+            *a += w * v;
+        }
+    }
+    opt.update(params, &grad, state, step)?;
+    Ok(value)
 }
 
 /// A progress bar on stderr for `len` steps, hidden with `quiet` or when stderr is not a
@@ -847,6 +904,78 @@ mod tests {
         // Two classes of two: diag 2, within 1, between 0.5.
         let th = [2.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.5, 0.5, 0.5, 0.5, 2.0, 1.0, 0.5, 0.5, 1.0, 2.0];
         assert_eq!(block_stats(&th, &[0, 0, 1, 1]), (0.5, 0.25));
+    }
+
+    /// The block-parallel full-batch step equals the core's single-block step (1e-12) and is
+    /// bit-identical with 1 and 2 threads (150 samples: blocks of 64, 64, 22).
+    #[test]
+    fn parallel_step_matches_core_step() {
+        let widths = [5usize, 12, 3];
+        let spec = Spec::new(
+            &widths,
+            ntk_core::Activation::Tanh,
+            1.5,
+            0.1,
+            true,
+            ntk_core::Parameterization::Standard,
+        )
+        .unwrap();
+        let mut p0 = vec![0.0f64; spec.param_count()];
+        spec.init(&mut p0, 2).unwrap();
+        let n = 150;
+        let x: Vec<f64> = (0..n * 5).map(|i| ntk_core::rng::normal(3, 0, i as u64)).collect();
+        let y: Vec<f64> = (0..n * 3).map(|i| ntk_core::rng::normal(4, 0, i as u64)).collect();
+        let opt = Optimizer { method: Method::ADAM, learning_rate: 1e-2, batch_size: 0, seed: 0 };
+        let run_par = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut p = p0.clone();
+            let mut st = vec![0.0; opt.state_len(p.len())];
+            let l: Vec<f64> = pool.install(|| {
+                (0..3)
+                    .map(|t| {
+                        par_full_batch_step(
+                            &spec,
+                            Model::Network,
+                            &opt,
+                            Loss::Mse,
+                            &mut p,
+                            &mut st,
+                            &x,
+                            &y,
+                            n,
+                            t,
+                        )
+                        .unwrap()
+                    })
+                    .collect()
+            });
+            (l, p)
+        };
+        let (l1, p1) = run_par(1);
+        let (l2, p2) = run_par(2);
+        assert_eq!((&l1, &p1), (&l2, &p2));
+        let mut p = p0.clone();
+        let mut st = vec![0.0; opt.state_len(p.len())];
+        let mut s = vec![0.0; train_step_scratch(&widths, true, n)];
+        for (t, &lp) in l1.iter().enumerate() {
+            let l = train_step(
+                &spec,
+                Model::Network,
+                &opt,
+                Loss::Mse,
+                &mut p,
+                &mut st,
+                &x,
+                &y,
+                n,
+                t as u64,
+                &mut [],
+                &mut s,
+            )
+            .unwrap();
+            assert!((l - lp).abs() < 1e-12 * l, "{l} vs {lp}");
+        }
+        assert!(rel_dist(&p1, &p) < 1e-12, "{}", rel_dist(&p1, &p));
     }
 
     #[test]
