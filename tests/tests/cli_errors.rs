@@ -263,3 +263,30 @@ fn log_output_where_theta_overflows() {
         assert!((got.as_slice()[i] - want).abs() < 1e-9, "{} vs {want}", got.as_slice()[i]);
     }
 }
+
+/// Grid commands: empty or invalid ranges, negative variances (also written `--sigma-w2 -1`,
+/// which clap used to take for an unknown flag), zero samples or widths, unknown activations.
+#[test]
+fn bad_grids_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("out");
+    let cases: [(&str, &[&str], &[&str]); 11] = [
+        ("dispersion", &["--depths", "5..1"], &["--depths", "5..1"]),
+        ("dispersion", &["--depths", ","], &["--depths"]),
+        ("dispersion", &["--sigma-w2", ""], &["--sigma-w2"]),
+        ("dispersion", &["--sigma-w2", "-1"], &["--sigma-w2", "-1"]),
+        ("dispersion", &["--sigma-b2", "-0.5"], &["--sigma-b2", "-0.5"]),
+        ("dispersion", &["--sigma-w2", "0..1:0"], &["--sigma-w2", "0..1:0"]),
+        ("dispersion", &["--width", "0"], &["--width", "0"]),
+        ("dispersion", &["--activation", "foo"], &["--activation", "foo"]),
+        ("phase", &["--sigma-w2", "-1..1:0.5"], &["--sigma-w2", "-1"]),
+        ("phase", &["--sigma-b2", "-2"], &["--sigma-b2", "-2"]),
+        ("phase", &["--depths", "3..1"], &["--depths", "3..1"]),
+    ];
+    for (cmd, args, needles) in cases {
+        let mut c = ntk();
+        c.args([cmd, "--quiet", "--samples", "2", "--out-dir"]).arg(&out).args(args);
+        fails(c, 2, needles, d, &[]);
+    }
+}

@@ -51,10 +51,10 @@ pub struct DispersionArgs {
     #[arg(long, default_value = "1..10", value_parser = sweep::parse_usize_grid)]
     pub depths: std::vec::Vec<usize>,
     /// Weight variances sigma_w2 (e.g. 0.5,1,2,3 or 0..5:0.1).
-    #[arg(long = "sigma-w2", default_value = "2", value_parser = sweep::parse_f64_grid)]
+    #[arg(long = "sigma-w2", default_value = "2", value_parser = sweep::parse_f64_grid, allow_hyphen_values = true)]
     pub sigma_w2: std::vec::Vec<f64>,
     /// Bias variances sigma_b2 (biases are trainable even when 0).
-    #[arg(long = "sigma-b2", default_value = "0", value_parser = sweep::parse_f64_grid)]
+    #[arg(long = "sigma-b2", default_value = "0", value_parser = sweep::parse_f64_grid, allow_hyphen_values = true)]
     pub sigma_b2: std::vec::Vec<f64>,
     /// Parameterization (the studies use standard).
     #[arg(long, value_enum, default_value_t = ParamArg::Standard)]

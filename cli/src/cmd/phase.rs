@@ -26,10 +26,10 @@ pub struct PhaseArgs {
     #[arg(long, default_value = "1..90", value_parser = sweep::parse_usize_grid)]
     pub depths: std::vec::Vec<usize>,
     /// Weight variances (x axis), e.g. 0..5:0.1.
-    #[arg(long = "sigma-w2", default_value = "0..5:0.1", value_parser = sweep::parse_f64_grid)]
+    #[arg(long = "sigma-w2", default_value = "0..5:0.1", value_parser = sweep::parse_f64_grid, allow_hyphen_values = true)]
     pub sigma_w2: std::vec::Vec<f64>,
     /// Bias variance.
-    #[arg(long = "sigma-b2", default_value_t = 1.0, value_parser = parse_variance)]
+    #[arg(long = "sigma-b2", default_value_t = 1.0, value_parser = parse_variance, allow_negative_numbers = true)]
     pub sigma_b2: f64,
     /// Parameterization (study A uses standard).
     #[arg(long, value_enum, default_value_t = ParamArg::Standard)]
