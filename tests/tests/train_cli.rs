@@ -71,7 +71,7 @@ fn train_usage_errors_name_the_flag() {
     }
 }
 
-/// A sharded drift grid: shard 0/2 then the rest; the second run only fills the missing cells
+/// A sharded drift grid: shard 1/2 then the rest; the second run only fills the missing cells
 /// and the assembled table has every cell.
 #[test]
 fn drift_shards_and_resumes() {
@@ -86,7 +86,7 @@ fn drift_shards_and_resumes() {
             .assert()
             .success();
     };
-    run(&["--shard", "0/2"]);
+    run(&["--shard", "1/2"]);
     let j: serde_json::Value = serde_json::from_str(&read(&dir.path().join("run.json"))).unwrap();
     assert_eq!(j["results"]["cells_done"], 1);
     run(&[]);

@@ -3,13 +3,14 @@
 //! learning rate, the stopping rule) and record the final relative NTK change on the probe
 //! set and the minimal loss reached; heatmaps per depth with the chi_1 = 1 line.
 //!
-//! Sharding and resume: each cell writes `parts/<key>.json` atomically when it finishes;
-//! a rerun skips cells whose part exists, and `--shard i/n` runs the cells whose index in the
-//! grid is i modulo n. Cell seeds derive from the global seed and the cell key, so a cell's
-//! result does not depend on the grid, the shard or the thread count. (A minimal per-cell
-//! scheme of its own: the shared sweep module of `ntk dispersion` was not on main yet.)
+//! Sharding and resume through [`crate::sweep`], as `ntk dispersion`: each cell is a task that
+//! writes `parts/<key>.json` atomically when it finishes; a rerun skips cells whose part
+//! exists, `--shard I/N` (1-based) runs the cells whose index in the grid is I - 1 modulo N,
+//! and `drift.csv` is assembled from the parts in canonical order. Cell seeds derive from the
+//! global seed and the cell key, so a cell's result does not depend on the grid, the shard or
+//! the thread count.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use ntk_core::rng::derive_seed;
@@ -25,9 +26,9 @@ use crate::cmd::train::{
 };
 use crate::datasets;
 use crate::error::{CliError, CliResult};
-use crate::io;
 use crate::plot::Heatmap;
 use crate::runinfo::RunInfo;
+use crate::sweep::{self, Part, Row, Shard};
 
 /// Flags of `ntk drift`.
 #[derive(Args, Debug, Clone)]
@@ -35,18 +36,18 @@ pub struct DriftArgs {
     /// Activation.
     #[arg(long, default_value = "relu", value_parser = parse_activation)]
     pub activation: Activation,
-    /// Depths (hidden layers), comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "3")]
-    pub depths: Vec<usize>,
+    /// Depths (hidden layers), e.g. 3,10,20 or 1..20:1.
+    #[arg(long, default_value = "3", value_parser = sweep::parse_usize_grid)]
+    pub depths: std::vec::Vec<usize>,
     /// Width of every hidden layer.
     #[arg(long, default_value_t = 64)]
     pub width: usize,
-    /// sigma_w^2 values, comma separated.
-    #[arg(long = "sigma-w2", value_delimiter = ',', default_value = "0.5,1,1.5,2,2.5,3")]
-    pub sigma_w2: Vec<f64>,
-    /// sigma_b^2 values, comma separated.
-    #[arg(long = "sigma-b2", value_delimiter = ',', default_value = "0.1,0.5,0.9")]
-    pub sigma_b2: Vec<f64>,
+    /// sigma_w^2 values, e.g. 0.5,1,2 or 0.5..3:0.5.
+    #[arg(long = "sigma-w2", default_value = "0.5..3:0.5", value_parser = sweep::parse_f64_grid)]
+    pub sigma_w2: std::vec::Vec<f64>,
+    /// sigma_b^2 values, e.g. 0.1..0.9:0.4.
+    #[arg(long = "sigma-b2", default_value = "0.1,0.5,0.9", value_parser = sweep::parse_f64_grid)]
+    pub sigma_b2: std::vec::Vec<f64>,
     /// Parameterization (study A: standard).
     #[arg(long, value_enum, default_value_t = crate::args::ParamArg::Standard)]
     pub parameterization: crate::args::ParamArg,
@@ -71,9 +72,9 @@ pub struct DriftArgs {
     /// NTK probe set size (balanced over classes).
     #[arg(long, default_value_t = 100)]
     pub probe_size: usize,
-    /// Run only the cells with index i modulo n (`i/n`).
-    #[arg(long)]
-    pub shard: Option<String>,
+    /// Run only shard I of N (1-based, as `ntk dispersion`), e.g. 3/8.
+    #[arg(long, default_value = "1/1")]
+    pub shard: Shard,
     /// Output directory (parts/, drift.csv, heatmaps, run.json).
     #[arg(long)]
     pub out_dir: PathBuf,
@@ -83,17 +84,6 @@ pub struct DriftArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub run: RunArgs,
-}
-
-fn parse_shard(s: &str) -> CliResult<(usize, usize)> {
-    let bad = || CliError::flag("--shard", s, "expected i/n with 0 <= i < n");
-    let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) =
-        (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-    if n == 0 || i >= n {
-        return Err(bad());
-    }
-    Ok((i, n))
 }
 
 /// A grid cell.
@@ -108,11 +98,9 @@ impl Cell {
     fn key(&self) -> String {
         format!("depth{}_sw{}_sb{}", self.depth, self.sigma_w2, self.sigma_b2)
     }
-    /// FNV-1a of the key: the cell's seed stream.
+    /// The cell's seed stream.
     fn stream(&self) -> u64 {
-        self.key()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+        sweep::fnv1a(&self.key())
     }
 }
 
@@ -129,7 +117,6 @@ pub fn run(a: DriftArgs) -> CliResult {
             return Err(CliError::flag("--sigma-w2", v, "variances must be finite and >= 0"));
         }
     }
-    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
     let parts = a.out_dir.join("parts");
     std::fs::create_dir_all(&parts)
         .map_err(|e| CliError::Runtime(format!("{}: cannot create: {e}", parts.display())))?;
@@ -155,9 +142,9 @@ pub fn run(a: DriftArgs) -> CliResult {
     let todo: Vec<Cell> = cells
         .iter()
         .enumerate()
-        .filter(|(i, _)| shard.is_none_or(|(s, n)| i % n == s))
+        .filter(|(i, _)| a.shard.owns(*i))
         .map(|(_, c)| *c)
-        .filter(|c| !part_path(&a.out_dir, c).exists())
+        .filter(|c| !sweep::part_done(&a.out_dir, &c.key()))
         .collect();
     let data = datasets::digits_split(a.train_size, 0, a.run.seed)?;
     let bar = progress(todo.len() as u64, a.run.quiet, "drift cells");
@@ -168,21 +155,33 @@ pub fn run(a: DriftArgs) -> CliResult {
                 crate::args::Precision::F32 => run_cell::<f32>(&a2, &data, c)?,
                 crate::args::Precision::F64 => run_cell::<f64>(&a2, &data, c)?,
             };
-            io::write_json_atomic(&part_path(&a2.out_dir, c), &v)?;
+            let row = Row {
+                activation: a2.activation.to_string(),
+                width: a2.width,
+                sigma_b2: c.sigma_b2,
+                sigma_w2: c.sigma_w2,
+                depth: c.depth,
+                entry: 0,
+                line: line(c, &v),
+            };
+            sweep::write_part(&a2.out_dir, &Part { key: c.key(), rows: vec![row] })?;
             bar.inc(1);
             Ok(())
         })
     })?;
     bar.finish_and_clear();
-    // Assemble whatever is complete.
-    let done: Vec<(Cell, Value)> = cells
+    // Assemble whatever is complete (canonical order, as every sweep of ntk).
+    let parts = sweep::read_parts(std::slice::from_ref(&a.out_dir))?;
+    let keys: Vec<String> = cells.iter().map(Cell::key).collect();
+    let rows = sweep::assemble(parts.values().filter(|p| keys.contains(&p.key)));
+    sweep::write_table(&a.out_dir.join("drift.csv"), HEADER, &rows)?;
+    let done: Vec<(Cell, Vec<f64>)> = rows
         .iter()
-        .filter_map(|c| {
-            let text = std::fs::read_to_string(part_path(&a.out_dir, c)).ok()?;
-            Some((*c, serde_json::from_str(&text).ok()?))
+        .map(|r| {
+            let c = Cell { depth: r.depth, sigma_w2: r.sigma_w2, sigma_b2: r.sigma_b2 };
+            (c, r.line.split(',').map(|v| v.parse().unwrap_or(f64::NAN)).collect())
         })
         .collect();
-    write_table(&a.out_dir.join("drift.csv"), &done)?;
     if done.len() == cells.len() {
         write_heatmaps(&a, &done)?;
     }
@@ -193,9 +192,12 @@ pub fn run(a: DriftArgs) -> CliResult {
     )
 }
 
-fn part_path(dir: &Path, c: &Cell) -> PathBuf {
-    dir.join("parts").join(format!("{}.json", c.key()))
-}
+/// Columns of drift.csv.
+pub const HEADER: &str =
+    "depth,sigma_w2,sigma_b2,ntk_change,min_loss,final_train_loss,train_accuracy,steps,stop_reason,lr";
+/// Columns of HEADER read by the heatmaps.
+const NTK_CHANGE: usize = 3;
+const MIN_LOSS: usize = 4;
 
 fn run_cell<T: ntk_core::Real>(
     a: &DriftArgs,
@@ -249,27 +251,21 @@ fn num(v: &Value, k: &str) -> f64 {
     v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
-fn write_table(path: &Path, done: &[(Cell, Value)]) -> CliResult {
-    let mut s = String::from(
-        "depth,sigma_w2,sigma_b2,ntk_change,min_loss,final_train_loss,train_accuracy,steps,stop_reason,lr\n",
-    );
-    for (c, v) in done {
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
-            c.depth,
-            c.sigma_w2,
-            c.sigma_b2,
-            num(v, "ntk_change"),
-            num(v, "min_loss"),
-            num(v, "final_train_loss"),
-            num(v, "train_accuracy"),
-            num(v, "steps"),
-            v.get("stop_reason").and_then(Value::as_str).unwrap_or(""),
-            num(v, "lr"),
-        ));
-    }
-    io::atomic_write(path, |w| w.write_all(s.as_bytes()))?;
-    Ok(())
+/// A cell's CSV line (HEADER).
+fn line(c: &Cell, v: &Value) -> String {
+    format!(
+        "{},{},{},{},{},{},{},{},{},{}",
+        c.depth,
+        c.sigma_w2,
+        c.sigma_b2,
+        num(v, "ntk_change"),
+        num(v, "min_loss"),
+        num(v, "final_train_loss"),
+        num(v, "train_accuracy"),
+        num(v, "steps"),
+        v.get("stop_reason").and_then(Value::as_str).unwrap_or(""),
+        num(v, "lr"),
+    )
 }
 
 fn sorted(v: &[f64]) -> Vec<f64> {
@@ -279,7 +275,7 @@ fn sorted(v: &[f64]) -> Vec<f64> {
     v
 }
 
-fn write_heatmaps(a: &DriftArgs, done: &[(Cell, Value)]) -> CliResult {
+fn write_heatmaps(a: &DriftArgs, done: &[(Cell, Vec<f64>)]) -> CliResult {
     let (xs, ys) = (sorted(&a.sigma_w2), sorted(&a.sigma_b2));
     // The chi_1 = 1 line over a fine sigma_b^2 grid spanning the plot.
     let (lo, hi) = (ys[0], ys[ys.len() - 1]);
@@ -291,7 +287,7 @@ fn write_heatmaps(a: &DriftArgs, done: &[(Cell, Value)]) -> CliResult {
         .collect();
     for &depth in &sorted(&a.depths.iter().map(|&d| d as f64).collect::<Vec<_>>()) {
         let depth = depth as usize;
-        let grid = |f: &dyn Fn(&Value) -> f64| -> Vec<Vec<f64>> {
+        let grid = |f: &dyn Fn(&[f64]) -> f64| -> Vec<Vec<f64>> {
             ys.iter()
                 .map(|&sb| {
                     xs.iter()
@@ -320,14 +316,14 @@ fn write_heatmaps(a: &DriftArgs, done: &[(Cell, Value)]) -> CliResult {
         common(
             format!("NTK change after training, {} depth {depth} width {}", a.activation, a.width),
             "log2 NTK change",
-            grid(&|v| num(v, "ntk_change").log2()),
+            grid(&|v| v[NTK_CHANGE].log2()),
             Some((-8.0, 0.0)),
         )
         .write(&a.out_dir.join(format!("drift_change_depth{depth}.svg")), a.png)?;
         common(
             format!("Minimal loss, {} depth {depth} width {}", a.activation, a.width),
             "log10 min loss",
-            grid(&|v| num(v, "min_loss").log10()),
+            grid(&|v| v[MIN_LOSS].log10()),
             None,
         )
         .write(&a.out_dir.join(format!("drift_loss_depth{depth}.svg")), a.png)?;

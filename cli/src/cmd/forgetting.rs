@@ -26,7 +26,7 @@ use crate::runinfo::RunInfo;
 use crate::studyc::data::{load_digits, Labelled, CLASSES};
 use crate::studyc::linalg::{gd_filter, sym_eig};
 use crate::studyc::net::{accuracy, mse, Net, Optimizer};
-use crate::studyc::{finish, run_cells, width_figure, Cell, StudyArgs, Table};
+use crate::studyc::{finish, run_cells, timed, width_figure, Cell, Phases, StudyArgs, Table};
 
 /// The second task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -96,6 +96,9 @@ pub struct ForgettingCell {
     /// `||f_net - f_lin|| / ||f_lin - f_0||` on A's training set after B: how far the network
     /// is from its linearization, relative to how far it moved.
     pub function_gap: f64,
+    /// Seconds in empirical NTKs, eigendecompositions and training.
+    #[serde(default)]
+    pub phase_s: Phases,
     /// Wall time.
     pub time_s: f64,
 }
@@ -147,12 +150,15 @@ pub fn forgetting_cell(
     let mut all = a.x.clone();
     all.extend_from_slice(&t.x);
     all.extend_from_slice(&b.x);
-    let th_a = net.ntk(&all, Some(&a.x), OutputMode::Full)?;
-    let th_b = net.ntk(&all, Some(&b.x), OutputMode::Full)?;
+    let mut ph = Phases::default();
+    let th_a = timed(&mut ph.ntk, || net.ntk(&all, Some(&a.x), OutputMode::Full))?;
+    let th_b = timed(&mut ph.ntk, || net.ntk(&all, Some(&b.x), OutputMode::Full))?;
     let (ca, cb) = (na * k, nb * k);
     let theta_aa = rows(&th_a, ca, 0, ca);
     let theta_bb = rows(&th_b, cb, (na + nt) * k, (na + nt + nb) * k);
-    let (ea, eb) = (sym_eig(theta_aa, ca)?, sym_eig(theta_bb, cb)?);
+    let (ea, eb) = timed(&mut ph.eig, || -> CliResult<_> {
+        Ok((sym_eig(theta_aa, ca)?, sym_eig(theta_bb, cb)?))
+    })?;
     let eta = lr_scale * na.min(nb) as f64 / ea.max().max(eb.max());
 
     // Linearized model, phase A then phase B, on all points.
@@ -168,10 +174,12 @@ pub fn forgetting_cell(
     let f_lin_b: Vec<f64> = f_lin_a.iter().zip(&db).map(|(f, d)| f + d).collect();
 
     // The network.
-    net.train(&a.x, &ya, steps, Optimizer::Gd { lr: eta }, |_, _| {})?;
-    let f_net_a = net.predict(&all)?;
-    net.train(&b.x, &yb, steps, Optimizer::Gd { lr: eta }, |_, _| {})?;
-    let f_net_b = net.predict(&all)?;
+    let (f_net_a, f_net_b) = timed(&mut ph.train, || -> CliResult<_> {
+        net.train(&a.x, &ya, steps, Optimizer::Gd { lr: eta }, |_, _| {})?;
+        let f_net_a = net.predict(&all)?;
+        net.train(&b.x, &yb, steps, Optimizer::Gd { lr: eta }, |_, _| {})?;
+        Ok((f_net_a, net.predict(&all)?))
+    })?;
 
     let toff = na * k;
     let loss = |f: &[f64], lo: usize, y: &[f64], n: usize| mse(&f[lo..lo + n * k], y, n);
@@ -189,6 +197,7 @@ pub fn forgetting_cell(
         acc_a_after_a: pair(acc(&f_net_a), acc(&f_lin_a)),
         acc_a_after_b: pair(acc(&f_net_b), acc(&f_lin_b)),
         function_gap: (gap_num / gap_den).sqrt(),
+        phase_s: ph,
         time_s: start.elapsed().as_secs_f64(),
     })
 }
@@ -266,7 +275,7 @@ pub fn run(a: ForgettingArgs) -> CliResult {
         .done
         .iter()
         .map(|(c, r)| json!({"width": c.width, "depth": c.depth, "seed": c.seed,
-            "forgetting": r.forgetting(), "acc_drop": r.acc_drop(), "function_gap": r.function_gap, "time_s": r.time_s}))
+            "forgetting": r.forgetting(), "acc_drop": r.acc_drop(), "function_gap": r.function_gap, "phase_s": r.phase_s, "time_s": r.time_s}))
         .collect();
     finish(s, &info, &sweep, json!({"cells": summary}))
 }
@@ -293,6 +302,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, ForgettingCell)]) -> CliResult {
         "acc_drop",
         "acc_drop_kernel",
         "function_gap",
+        "ntk_s",
+        "eig_s",
+        "train_s",
         "time_s",
     ]);
     for (c, r) in done {
@@ -318,6 +330,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, ForgettingCell)]) -> CliResult {
             d.measured,
             d.kernel,
             r.function_gap,
+            r.phase_s.ntk,
+            r.phase_s.eig,
+            r.phase_s.train,
             r.time_s,
         ]);
     }

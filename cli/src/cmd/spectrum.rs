@@ -27,7 +27,7 @@ use crate::runinfo::RunInfo;
 use crate::studyc::data::{load_digits, Labelled, CLASSES};
 use crate::studyc::linalg::{sym_eig, sym_eigenvalues};
 use crate::studyc::net::{accuracy, mse, Net, Optimizer};
-use crate::studyc::{finish, run_cells, width_figure, Cell, StudyArgs, Table};
+use crate::studyc::{finish, run_cells, timed, width_figure, Cell, Phases, StudyArgs, Table};
 
 /// Flags of `ntk spectrum`.
 #[derive(Args, Clone, Debug)]
@@ -105,25 +105,6 @@ pub struct SpectrumCell {
     pub phase_s: Phases,
     /// Wall time of the cell.
     pub time_s: f64,
-}
-
-/// Where a cell's time went.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct Phases {
-    /// Empirical NTKs.
-    pub ntk: f64,
-    /// Eigendecompositions.
-    pub eig: f64,
-    /// Training and the Gauss-Newton step (forward and backward passes).
-    pub train: f64,
-}
-
-/// Runs `f`, adding its wall time to `acc`.
-pub fn timed<R>(acc: &mut f64, f: impl FnOnce() -> R) -> R {
-    let t = std::time::Instant::now();
-    let r = f();
-    *acc += t.elapsed().as_secs_f64();
-    r
 }
 
 impl SpectrumCell {

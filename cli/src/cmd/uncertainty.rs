@@ -29,7 +29,7 @@ use crate::studyc::data::Regression;
 use crate::studyc::gauss::{calibration, laplace_var, ntk_gp, Calibration, GpKernels, Prediction};
 use crate::studyc::linalg::sym_eig;
 use crate::studyc::net::{Net, Optimizer};
-use crate::studyc::{finish, run_cells, width_figure, Cell, StudyArgs, Table};
+use crate::studyc::{finish, run_cells, timed, width_figure, Cell, Phases, StudyArgs, Table};
 
 /// Optimizer of the ensemble members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -109,6 +109,10 @@ pub struct UncertaintyCell {
     /// Mean ensemble variance over mean NTK-GP variance of f on the test points (in
     /// distribution, then out); the kernel regime predicts 1.
     pub ens_over_gp_var: Option<(f64, f64)>,
+    /// Seconds in empirical NTKs (`ntk`), solves and eigendecompositions including the NTK-GP
+    /// (`eig`), and training (`train`).
+    #[serde(default)]
+    pub phase_s: Phases,
     /// Wall time.
     pub time_s: f64,
 }
@@ -164,9 +168,10 @@ pub fn uncertainty_cell(
     let start = std::time::Instant::now();
     let n = task.y.len();
     let ms = task.ys.len();
+    let mut ph = Phases::default();
     let mut first = make(seed)?;
-    let theta0 = first.ntk(&task.x, None, OutputMode::Trace)?;
-    let eta = set.lr_scale * n as f64 / sym_eig(&theta0, n)?.max();
+    let theta0 = timed(&mut ph.ntk, || first.ntk(&task.x, None, OutputMode::Trace))?;
+    let eta = set.lr_scale * n as f64 / timed(&mut ph.eig, || sym_eig(&theta0, n))?.max();
     let opt = match set.adam_lr {
         Some(lr) => Optimizer::Adam { lr },
         None => Optimizer::Gd { lr: eta },
@@ -176,7 +181,9 @@ pub fn uncertainty_cell(
     for m in 0..set.members {
         let mut net =
             if m == 0 { first.clone() } else { make(derive_seed(seed, m as u64, 0x0e45))? };
-        train_loss += net.train(&task.x, &task.y, set.steps, opt, |_, _| {})? / set.members as f64;
+        train_loss +=
+            timed(&mut ph.train, || net.train(&task.x, &task.y, set.steps, opt, |_, _| {}))?
+                / set.members as f64;
         preds.push(net.predict(&task.xs)?);
         if m == 0 {
             first = net;
@@ -193,15 +200,19 @@ pub fn uncertainty_cell(
     let half = ms / 2;
     let ensemble = split(half, &mean, &var, task.s2, &task.ys);
 
-    let t_xx = first.ntk(&task.x, None, OutputMode::Trace)?;
-    let t_sx = first.ntk(&task.xs, Some(&task.x), OutputMode::Trace)?;
-    let t_ss = first.ntk(&task.xs, Some(&task.xs), OutputMode::Diagonal)?;
-    let lap_var = laplace_var(&t_xx, &t_sx, &t_ss, task.s2, set.prior_var)?;
+    let (t_xx, t_sx, t_ss) = timed(&mut ph.ntk, || -> CliResult<_> {
+        Ok((
+            first.ntk(&task.x, None, OutputMode::Trace)?,
+            first.ntk(&task.xs, Some(&task.x), OutputMode::Trace)?,
+            first.ntk(&task.xs, Some(&task.xs), OutputMode::Diagonal)?,
+        ))
+    })?;
+    let lap_var = timed(&mut ph.eig, || laplace_var(&t_xx, &t_sx, &t_ss, task.s2, set.prior_var))?;
     let laplace = split(half, &preds[0], &lap_var, task.s2, &task.ys);
 
     let (ntk_gp, ens_over_gp_var) = match gp {
         Some(gp) => {
-            let (gm, gv) = gp(eta)?;
+            let (gm, gv) = timed(&mut ph.eig, || gp(eta))?;
             let ratio = |r: std::ops::Range<usize>| {
                 var[r.clone()].iter().sum::<f64>() / gv[r].iter().sum::<f64>()
             };
@@ -220,6 +231,7 @@ pub fn uncertainty_cell(
         laplace,
         ntk_gp,
         ens_over_gp_var,
+        phase_s: ph,
         time_s: start.elapsed().as_secs_f64(),
     })
 }
@@ -330,7 +342,7 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
         .done
         .iter()
         .map(|(c, r)| json!({"width": c.width, "depth": c.depth, "seed": c.seed, "ensemble": r.ensemble,
-            "laplace": r.laplace, "ntk_gp": r.ntk_gp, "ens_over_gp_var": r.ens_over_gp_var, "time_s": r.time_s}))
+            "laplace": r.laplace, "ntk_gp": r.ntk_gp, "ens_over_gp_var": r.ens_over_gp_var, "phase_s": r.phase_s, "time_s": r.time_s}))
         .collect();
     finish(s, &info, &sweep, json!({"cells": summary}))
 }
@@ -350,6 +362,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
         "mean_std",
         "calibration_error",
         "ens_over_gp_var",
+        "ntk_s",
+        "eig_s",
+        "train_s",
         "time_s",
     ]);
     for (c, r) in done {
@@ -381,6 +396,9 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
                     cal.mean_std,
                     cal.ece,
                     gap,
+                    r.phase_s.ntk,
+                    r.phase_s.eig,
+                    r.phase_s.train,
                     r.time_s,
                 ]);
             }

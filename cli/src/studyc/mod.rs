@@ -275,6 +275,25 @@ where
     Ok(Sweep { done, computed, missing })
 }
 
+/// Where a cell's time went.
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Phases {
+    /// Empirical NTKs.
+    pub ntk: f64,
+    /// Eigendecompositions.
+    pub eig: f64,
+    /// Training and the Gauss-Newton step (forward and backward passes).
+    pub train: f64,
+}
+
+/// Runs `f`, adding its wall time to `acc`.
+pub fn timed<R>(acc: &mut f64, f: impl FnOnce() -> R) -> R {
+    let t = std::time::Instant::now();
+    let r = f();
+    *acc += t.elapsed().as_secs_f64();
+    r
+}
+
 /// A table with a header, written as CSV.
 pub struct Table {
     header: Vec<String>,
