@@ -17,7 +17,8 @@ const TWO_PI: f64 = 2.0 * PI;
 /// k = (a^2 + b^2) / 2 - (a - b)^2 theta / (2 pi) = a b + (a - b)^2 (pi - theta) / (2 pi).
 /// The first form is used for c >= 0 (exact at theta = 0), the second for c < 0 (no
 /// cancellation in pi - theta = atan2(sn, -c)).
-#[inline(always)]
+/// (The kernels use `vector::piecewise_linear`; this libm form is the test oracle.)
+#[cfg(test)]
 pub(crate) fn piecewise_linear(a: f64, b: f64, p: &Geometry) -> (f64, f64) {
     let d2 = (a - b) * (a - b);
     let k = if p.c >= 0.0 {
@@ -33,7 +34,8 @@ pub(crate) fn piecewise_linear(a: f64, b: f64, p: &Geometry) -> (f64, f64) {
 /// erf: E[phi phi] = (2 / pi) atan2(2 s, D), E[phi' phi'] = (4 / pi) / D, with
 /// D = sqrt((1 + 2 q1)(1 + 2 q2) - 4 s^2) = hypot(sqrt(1 + 2 (q1 + q2)), 2 g sn)
 /// (the arcsin form of Williams 1997 rewritten without cancellation or overflow).
-#[inline(always)]
+/// (The kernels use `vector::erf`; this libm form is the test oracle.)
+#[cfg(test)]
 pub(crate) fn erf(p: &Geometry) -> (f64, f64) {
     let d = libm::hypot(libm::sqrt(1.0 + 2.0 * (p.q1 + p.q2)), 2.0 * p.g * p.sn);
     ((2.0 / PI) * libm::atan2(2.0 * p.s, d), (4.0 / PI) / d)

@@ -547,3 +547,265 @@ fn from_spec_matches_manual_config() {
     .unwrap();
     assert_eq!(a, b);
 }
+
+/// Distance in units in the last place between two finite f64 of the same sign (0 for equal).
+fn ulps(a: f64, b: f64) -> u64 {
+    let key = |v: f64| {
+        let b = v.to_bits() as i64;
+        if b < 0 {
+            i64::MIN - b
+        } else {
+            b
+        }
+    };
+    key(a).abs_diff(key(b))
+}
+
+/// Applies the vector atan2 / asin to slices through the best instruction set.
+struct Apply<'a> {
+    y: &'a [f64],
+    x: &'a [f64],
+    out: &'a mut [f64],
+    asin: bool,
+}
+
+impl pulp::WithSimd for Apply<'_> {
+    type Output = ();
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let (ys, yt) = S::as_simd_f64s(self.y);
+        let (xs, _) = S::as_simd_f64s(self.x);
+        let (os, ot) = S::as_mut_simd_f64s(self.out);
+        for ((o, &y), &x) in os.iter_mut().zip(ys).zip(xs) {
+            *o = if self.asin { vector::asin(simd, y) } else { vector::atan2_xpos(simd, y, x) };
+        }
+        // The tail through the one-lane instruction set (the same bits).
+        let off = self.y.len() - yt.len();
+        for (k, o) in ot.iter_mut().enumerate() {
+            let (y, x) = (self.y[off + k], self.x[off + k]);
+            *o = if self.asin {
+                vector::asin(pulp::Scalar, y)
+            } else {
+                vector::atan2_xpos(pulp::Scalar, y, x)
+            };
+        }
+    }
+}
+
+fn apply(y: &[f64], x: &[f64], asin: bool) -> Vec<f64> {
+    let mut out = vec![0.0; y.len()];
+    pulp::Arch::new().dispatch(Apply { y, x, out: &mut out, asin });
+    // One lane gives the same bits as the vector lanes.
+    for (k, &o) in out.iter().enumerate() {
+        let s = if asin {
+            vector::asin(pulp::Scalar, y[k])
+        } else {
+            vector::atan2_xpos(pulp::Scalar, y[k], x[k])
+        };
+        assert_eq!(o.to_bits(), s.to_bits(), "lane vs scalar at {} {}", y[k], x[k]);
+    }
+    out
+}
+
+/// 10^6 arguments of every magnitude, plus edge cases.
+fn atan_arguments() -> (Vec<f64>, Vec<f64>) {
+    let (mut y, mut x) = (Vec::new(), Vec::new());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let unit = |v: u64| (v >> 11) as f64 / (1u64 << 53) as f64;
+    for k in 0..1_000_000 {
+        let (a, b) = (next(), next());
+        let (yy, xx) = match k % 4 {
+            // Ratios near every region boundary and beyond.
+            0 => (2.0 * unit(a) - 1.0, unit(b)),
+            1 => (libm::ldexp(2.0 * unit(a) - 1.0, (a % 80) as i32 - 40), unit(b)),
+            2 => {
+                let e = (b % 1200) as i32 - 600;
+                (libm::ldexp(2.0 * unit(a) - 1.0, e), libm::ldexp(unit(b) + 0.5, e))
+            }
+            _ => {
+                let r = [0.66, 2.414_213_562_373_095, 1.0, 0.414_213_562_373_095][(a % 4) as usize];
+                let x = unit(b) + 1e-3;
+                let y = r * x * (1.0 + (unit(a) - 0.5) * 1e-12);
+                (if a & 1 == 0 { y } else { -y }, x)
+            }
+        };
+        y.push(yy);
+        x.push(xx);
+    }
+    for (yy, xx) in [
+        (0.0, 1.0),
+        (-0.0, 1.0),
+        (1.0, 0.0),
+        (-1.0, 0.0),
+        (0.0, 0.0),
+        (1.0, 1.0),
+        (-1.0, 1.0),
+        (1e300, 1e-300),
+        (1e-300, 1e300),
+        (f64::MAX, 1.0),
+        (f64::MIN_POSITIVE, 1.0),
+        (5e-324, 1.0),
+        (1.0, f64::MAX),
+        (1e-17, 1.0),
+        (0.66, 1.0),
+        (2.414_213_562_373_095, 1.0),
+    ] {
+        y.push(yy);
+        x.push(xx);
+    }
+    (y, x)
+}
+
+#[test]
+fn vector_atan2_and_asin_are_within_two_ulp_of_libm() {
+    let (y, x) = atan_arguments();
+    let out = apply(&y, &x, false);
+    let mut worst = (0u64, 0.0, 0.0);
+    for k in 0..y.len() {
+        let e = libm::atan2(y[k], x[k]);
+        assert!(out[k].is_finite(), "atan2({}, {}) = {}", y[k], x[k], out[k]);
+        let u = ulps(out[k], e);
+        if u > worst.0 {
+            worst = (u, y[k], x[k]);
+        }
+    }
+    std::println!("atan2: max {} ulp at ({}, {})", worst.0, worst.1, worst.2);
+    assert!(worst.0 <= 2, "atan2: {worst:?}");
+    for (yy, xx, e) in [(0.0, 1.0, 0.0), (-0.0, 1.0, -0.0), (0.0, 0.0, 0.0), (1.0, 0.0, PI / 2.0)] {
+        assert_eq!(apply(&[yy], &[xx], false)[0].to_bits(), f64::to_bits(e), "({yy}, {xx})");
+    }
+    // asin over [-1, 1], dense near the ends.
+    let a: Vec<f64> = y
+        .iter()
+        .zip(&x)
+        .map(|(&yy, &xx)| {
+            if xx > 0.5 {
+                libm::fmod(yy, 1.0)
+            } else {
+                1.0 - libm::ldexp(xx, -(libm::fabs(yy * 1e3) as i32 % 60))
+            }
+        })
+        .chain([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-300, 1.0 - f64::EPSILON / 2.0])
+        .collect();
+    let out = apply(&a, &a, true);
+    let mut worst = (0u64, 0.0);
+    for k in 0..a.len() {
+        let u = ulps(out[k], libm::asin(a[k]));
+        if u > worst.0 {
+            worst = (u, a[k]);
+        }
+    }
+    std::println!("asin: max {} ulp at {}", worst.0, worst.1);
+    assert!(worst.0 <= 2, "asin: {worst:?}");
+    assert_eq!(apply(&[1.0], &[1.0], true)[0], PI / 2.0);
+}
+
+/// The lane closed forms against the libm forms of `closed` (the previous implementation).
+#[test]
+fn vector_closed_forms_match_libm_forms() {
+    let mut worst: f64 = 0.0;
+    for (q1, q2, s) in covariances().into_iter().chain((0..20000).map(|k| {
+        let q1 = libm::exp(rng::normal(41, 0, k) * 3.0);
+        let q2 = libm::exp(rng::normal(41, 1, k) * 3.0);
+        let c = libm::tanh(rng::normal(41, 2, k) * 4.0);
+        (q1, q2, c * libm::sqrt(q1 * q2))
+    })) {
+        let p = Geometry::new(q1, q2, s, libm::sqrt(q1), libm::sqrt(q2));
+        let lin = |a: f64, b: f64| {
+            (
+                vector::Family::of(Activation::AbRelu { a, b }).unwrap(),
+                closed::piecewise_linear(a, b, &p),
+                // Cauchy-Schwarz scales: sqrt(E[phi(u)^2] E[phi(v)^2]), E[phi'^2].
+                (0.5 * (a * a + b * b) * p.g, 0.5 * (a * a + b * b)),
+            )
+        };
+        let checks = [
+            lin(0.0, 1.0),
+            lin(0.1, 1.0),
+            lin(-0.5, 1.5),
+            lin(1.0, 1.0),
+            (vector::Family::of(Activation::Erf).unwrap(), closed::erf(&p), (0.0, 0.0)),
+        ];
+        for (fam, (e0, e1), (scale0, scale1)) in checks {
+            let (v0, v1) = fam.scalar(&p);
+            let r0 = libm::fabs(v0 - e0) / libm::fabs(e0).max(scale0).max(f64::MIN_POSITIVE);
+            let r1 = libm::fabs(v1 - e1) / libm::fabs(e1).max(scale1).max(f64::MIN_POSITIVE);
+            worst = worst.max(r0).max(r1);
+            assert!(r0 <= 1e-14 && r1 <= 1e-14, "{fam:?} {q1} {q2} {s}: {v0} {e0} {v1} {e1}");
+        }
+    }
+    std::println!("vector vs libm closed forms: max relative difference {worst:e}");
+}
+
+/// The vector row path (chunks of lanes) against the one-pair scalar recursion: the same bits,
+/// whatever the chunk and lane of the pair, for the symmetric and the cross kernel.
+#[test]
+fn vector_rows_match_scalar_pairs_bitwise() {
+    let d = 5;
+    let n = 150; // more than two chunks, with a tail
+    let x = inputs(n, d, 17);
+    for mlp in configs() {
+        let Some(_) = vector::Family::of(mlp.activation) else { continue };
+        let pr = mlp.prepare().unwrap();
+        let (mut k, mut t) = (vec![0.0; n * n], vec![0.0; n * n]);
+        let mut scratch = vec![0.0; kernel_scratch(n, 0, mlp.depth)];
+        kernel(Some(&mut k), Some(&mut t), &x, None, d, &mlp, &mut scratch).unwrap();
+        let per = 2 * (mlp.depth + 1);
+        let chains = &scratch[..n * per];
+        let mut info = KernelInfo::default();
+        for i in 0..n {
+            for j in 0..n {
+                let (xi, xj) = (&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]);
+                let (ci, cj) = (&chains[i * per..(i + 1) * per], &chains[j * per..(j + 1) * per]);
+                let (a, b) = if i == j {
+                    pr.diag(xi, None, &mut info).unwrap()
+                } else {
+                    let (r, c) = if i < j { (xi, xj) } else { (xj, xi) };
+                    let (cr, cc) = if i < j { (ci, cj) } else { (cj, ci) };
+                    pr.pair(r, c, cr, cc, &mut info).unwrap()
+                };
+                assert_eq!(k[i * n + j].to_bits(), a.to_bits(), "{mlp:?} {i} {j}");
+                assert_eq!(t[i * n + j].to_bits(), b.to_bits(), "{mlp:?} {i} {j}");
+            }
+        }
+        // Bands of any size give the same bits (the split of cli's par_infinite_kernel).
+        for bd in [1, 7, 64] {
+            let (mut k2, mut t2) = (vec![0.0; n * n], vec![0.0; n * n]);
+            for (b, (kb, tb)) in k2.chunks_mut(bd * n).zip(t2.chunks_mut(bd * n)).enumerate() {
+                kernel_rows(Some(kb), Some(tb), b * bd, &x, chains, None, None, d, &mlp).unwrap();
+            }
+            for i in 0..n {
+                for j in i..n {
+                    assert_eq!(k2[i * n + j].to_bits(), k[i * n + j].to_bits());
+                    assert_eq!(t2[i * n + j].to_bits(), t[i * n + j].to_bits());
+                }
+            }
+        }
+        // Cross kernel of x with a shifted copy of itself: each entry as the scalar pair.
+        let x2 = &x[3 * d..];
+        let n2 = n - 3;
+        let mut kc = vec![0.0; n * n2];
+        let mut scratch = vec![0.0; kernel_scratch(n, n2, mlp.depth)];
+        kernel(Some(&mut kc), None, &x, Some(x2), d, &mlp, &mut scratch).unwrap();
+        for i in 0..n {
+            for j in 0..n2 {
+                let jj = j + 3;
+                let (a, _) = pr
+                    .pair(
+                        &x[i * d..(i + 1) * d],
+                        &x[jj * d..(jj + 1) * d],
+                        &chains[i * per..(i + 1) * per],
+                        &chains[jj * per..(jj + 1) * per],
+                        &mut info,
+                    )
+                    .unwrap();
+                assert_eq!(kc[i * n2 + j].to_bits(), a.to_bits(), "{mlp:?} cross {i} {j}");
+            }
+        }
+    }
+}
