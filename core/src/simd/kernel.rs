@@ -16,6 +16,7 @@
 //! [`Part`]. So an entry does not depend on where it sits or on how the caller tiles the output.
 
 use super::elem::{Elem, MAX_LANES};
+use super::nt;
 use super::{
     MatMut, MatRef, Part, MC, MC_GRAM, MV_NARROW, MV_WIDE, NC, NC_GRAM, NR_NARROW, NR_WIDE,
 };
@@ -350,7 +351,7 @@ fn scale<T: Elem + core::ops::Mul<Output = T>>(dst: &mut MatMut<'_, T>, beta: T)
 }
 
 /// See [`super::gemm`]; shapes and scratch length already checked.
-pub(crate) fn gemm<'a, T: Elem + core::ops::Mul<Output = T>>(
+pub(crate) fn gemm<'a, T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Output = T>>(
     mut dst: MatMut<'a, T>,
     alpha: T,
     lhs: MatRef<'a, T>,
@@ -364,6 +365,19 @@ pub(crate) fn gemm<'a, T: Elem + core::ops::Mul<Output = T>>(
     if lhs.cols == 0 {
         scale(&mut dst, beta);
         return;
+    }
+    if lhs.cs == 1 && rhs.rs == 1 && nt::pays::<T>(lhs.cols) {
+        // Both operands contiguous along K: dot-product tiles, no packing.
+        let k = lhs.cols;
+        let op = nt::GemmNt {
+            dst: nt::Out { data: dst.data, rs: dst.rs, cs: dst.cs },
+            alpha,
+            lhs: nt::Rows { data: lhs.data, rows: lhs.rows, rs: lhs.rs },
+            rhs: nt::Rows { data: rhs.data, rows: rhs.cols, rs: rhs.cs },
+            k,
+            beta,
+        };
+        return dispatch(op);
     }
     let op = if dst.cs == 1 && dst.rs != 1 {
         // Row-major output: vectors along its rows by computing dst^T = rhs^T lhs^T.
@@ -610,7 +624,10 @@ fn pack_chunks<T: Elem>(
 
 /// See [`super::gram_hadamard`]; shapes and scratch length already checked.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gram_hadamard<'a, T: Elem>(
+pub(crate) fn gram_hadamard<
+    'a,
+    T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Output = T>,
+>(
     dst: MatMut<'a, T>,
     a1: MatRef<'a, T>,
     a2: MatRef<'a, T>,
@@ -623,6 +640,24 @@ pub(crate) fn gram_hadamard<'a, T: Elem>(
 ) {
     if dst.rows == 0 || dst.cols == 0 {
         return;
+    }
+    let nt_k = nt::pays::<T>(a1.cols) && nt::pays::<T>(d1.cols);
+    if a1.cs == 1 && a2.cs == 1 && d1.cs == 1 && d2.cs == 1 && nt_k {
+        // Every operand contiguous along K: dot-product tiles, no packing.
+        let rows = |x: MatRef<'a, T>| nt::Rows { data: x.data, rows: x.rows, rs: x.rs };
+        let op = nt::GramNt {
+            dst: nt::Out { data: dst.data, rs: dst.rs, cs: dst.cs },
+            a1: rows(a1),
+            a2: rows(a2),
+            d1: rows(d1),
+            d2: rows(d2),
+            ka: a1.cols,
+            kd: d1.cols,
+            c,
+            shift,
+            upper: part == Part::Upper,
+        };
+        return dispatch(op);
     }
     let op = if dst.cs == 1 && dst.rs != 1 {
         // Row-major output: dst^T += (c a2 a1^T + s) .* (d2 d1^T), vectors along its rows.

@@ -5,6 +5,7 @@
 
 mod elem;
 mod kernel;
+mod nt;
 pub mod scalar;
 #[cfg(test)]
 mod tests;

@@ -598,3 +598,149 @@ fn gemm_k_zero_scales_or_clears() {
     gemm(MatMut::row_major(&mut dst, 1, 2), 1.0, l, r, 3.0, &mut []).unwrap();
     assert_eq!(dst, [3.0, 6.0]);
 }
+
+/// The "NT" paths (both operands contiguous along K: row-major `lhs`, `rhs` a row-major
+/// matrix seen through `.t()`; row-major `a1`, `a2`, `d1`, `d2`) against the scalar twins,
+/// odd sizes and K tails, every destination layout, misaligned slices, NaN destinations.
+fn nt_vs_scalar<T: Real>() {
+    let sz = sizes();
+    let mut case = 7000u64;
+    for (a, &m) in sz.iter().enumerate() {
+        for (b, &n) in sz.iter().enumerate().step_by(3) {
+            let k = pick(&sz, a * 3 + b, 1)[0];
+            let dl = LAYOUTS[(a + b) % 5];
+            let (alpha, beta, nan) = match case % 3 {
+                0 => (1.0, 0.0, true),
+                1 => (-0.75, 1.0, false),
+                _ => (1.5, -0.5, false),
+            };
+            gemm_case::<T>(
+                m,
+                n,
+                k,
+                [Layout::RowMajor, Layout::Transposed, dl],
+                alpha,
+                beta,
+                nan,
+                case,
+            );
+            let part = if b % 2 == 0 { Part::Full } else { Part::Upper };
+            let kd = pick(&sz, a + 5 * b, 1)[0];
+            let ls = [Layout::RowMajor, Layout::RowMajor, dl];
+            gram_case::<T>(m, n, k, kd, ls, 0.5, 1.0, part, case);
+            case += 1;
+        }
+    }
+    // Long K (several vectors and a tail), more rows than one L2 block.
+    let ls = [Layout::RowMajor, Layout::Transposed, Layout::RowMajor];
+    gemm_case::<T>(13, 300, 1019, ls, 0.5, 0.0, true, 7900);
+    gemm_case::<T>(29, 77, 509, ls, -1.0, 0.5, false, 7904);
+    gemm_case::<T>(70, 1100, 129, ls, 0.5, 2.0, false, 7901);
+    let ls = [Layout::RowMajor, Layout::RowMajor, Layout::ColMajor];
+    gram_case::<T>(61, 300, 700, 33, ls, 0.25, 1.0, Part::Full, 7902);
+    gram_case::<T>(130, 130, 509, 1, ls, 0.25, 1.0, Part::Upper, 7903);
+}
+
+#[test]
+fn nt_paths_match_scalar() {
+    nt_vs_scalar::<f64>();
+    nt_vs_scalar::<f32>();
+    at_lower_levels(|| {
+        nt_vs_scalar::<f64>();
+        nt_vs_scalar::<f32>();
+    });
+}
+
+/// NT paths: an entry has the same bits whatever block of the output it is computed in (row
+/// blocks of `lhs` as the CLI's forward pass splits it, column blocks, other destination
+/// layouts), and for the Gram whatever the band, `Part` and destination layout.
+fn nt_deterministic<T: Real>() {
+    let s = seed();
+    let (m, n, k) = (61, 103, 509);
+    let lhs = Mat::<T>::new(Layout::RowMajor, m, k, 1, s, 40);
+    let w = Mat::<T>::new(Layout::RowMajor, n, k, 0, s, 41);
+    let alpha = T::from_f64(0.75);
+    let mut full = Mat::<T>::new(Layout::RowMajor, m, n, 0, s, 42);
+    let mut scratch = vec![T::ZERO; gemm_scratch(m, n, k)];
+    gemm(full.view_mut(), alpha, lhs.view(), w.view().t(), T::ZERO, &mut scratch).unwrap();
+    for (layout, (i0, rows), (j0, cols)) in [
+        (Layout::RowMajor, (5, 9), (0, n)),
+        (Layout::ColMajor, (13, 37), (29, 41)),
+        (Layout::Strided, (60, 1), (102, 1)),
+        (Layout::RowMajor, (0, m), (7, 1)),
+    ] {
+        let mut sub = Mat::<T>::new(layout, rows, cols, 1, s, 0);
+        let l = lhs.view().rows(i0, rows);
+        let r = w.view().rows(j0, cols).t();
+        let mut scratch = vec![T::ZERO; gemm_scratch(rows, cols, k)];
+        gemm(sub.view_mut(), alpha, l, r, T::ZERO, &mut scratch).unwrap();
+        for i in 0..rows {
+            for j in 0..cols {
+                assert_eq!(
+                    bits(sub.at(i, j)),
+                    bits(full.at(i0 + i, j0 + j)),
+                    "gemm nt<{}> block ({i0}, {j0}) {layout:?} entry ({i}, {j})",
+                    T::NAME
+                );
+            }
+        }
+    }
+    // Gram: bands of rows against all later columns, Upper vs Full, other layouts.
+    let (ka, kd) = (77, 300);
+    let a = Mat::<T>::new(Layout::RowMajor, m, ka, 0, s, 43);
+    let d = Mat::<T>::new(Layout::RowMajor, m, kd, 1, s, 44);
+    let (c, shift) = (T::from_f64(0.3), T::from_f64(1.0));
+    let run =
+        |layout: Layout, part: Part, (i0, rows): (usize, usize), (j0, cols): (usize, usize)| {
+            let mut out = Mat::<T>::new(layout, rows, cols, 0, s, 45);
+            out.fill(T::from_f64(0.125));
+            let mut scratch = vec![T::ZERO; gram_hadamard_scratch(rows, cols, ka, kd)];
+            let (av, dv) = (a.view(), d.view());
+            gram_hadamard(
+                out.view_mut(),
+                av.rows(i0, rows),
+                av.rows(j0, cols),
+                dv.rows(i0, rows),
+                dv.rows(j0, cols),
+                c,
+                shift,
+                part,
+                &mut scratch,
+            )
+            .unwrap();
+            out
+        };
+    let full = run(Layout::RowMajor, Part::Full, (0, m), (0, m));
+    for (layout, part, (i0, rows), (j0, cols)) in [
+        (Layout::RowMajor, Part::Upper, (0, m), (0, m)),
+        (Layout::ColMajor, Part::Upper, (0, m), (0, m)),
+        (Layout::Strided, Part::Full, (0, m), (0, m)),
+        (Layout::RowMajor, Part::Full, (17, 11), (17, m - 17)),
+        (Layout::RowMajor, Part::Upper, (30, 13), (30, 13)),
+        (Layout::ColMajor, Part::Full, (5, 50), (40, 9)),
+    ] {
+        let got = run(layout, part, (i0, rows), (j0, cols));
+        for i in 0..rows {
+            for j in 0..cols {
+                if part == Part::Full || j >= i {
+                    assert_eq!(
+                        bits(got.at(i, j)),
+                        bits(full.at(i0 + i, j0 + j)),
+                        "gram nt<{}> {layout:?} {part:?} ({i0}, {j0}) entry ({i}, {j})",
+                        T::NAME
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nt_paths_are_tile_independent() {
+    nt_deterministic::<f64>();
+    nt_deterministic::<f32>();
+    at_lower_levels(|| {
+        nt_deterministic::<f64>();
+        nt_deterministic::<f32>();
+    });
+}
