@@ -10,8 +10,8 @@ pub mod io;
 pub mod linear_model;
 pub mod plot;
 pub mod runinfo;
-pub mod sweep;
 pub mod studyc;
+pub mod sweep;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
