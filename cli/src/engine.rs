@@ -7,7 +7,7 @@ use ntk_core::backward::{signals_init, signals_step, signals_step_scratch};
 use ntk_core::forward::{
     activations, cache_offset, check_finite, forward_layer, forward_layer_scratch,
 };
-use ntk_core::ntk::{accumulate_rows, mirror, OutputMode};
+use ntk_core::ntk::{accumulate_rows, finish, OutputMode};
 use ntk_core::simd::{gram_hadamard_scratch, MatRef};
 use ntk_core::spec::{max_width, units};
 use ntk_core::{Real, Spec};
@@ -159,8 +159,7 @@ pub fn par_empirical_ntk<T: Real>(
     let symmetric = x2.is_none();
     let m = max_width(spec.widths);
     let gs_len = gram_hadamard_scratch(bd * k, n2 * k, m, k * m);
-    let s =
-        T::from_f64(if spec.bias { spec.bias_multiplier() * spec.bias_multiplier() } else { 0.0 });
+    let s = T::from_f64(spec.bias_gram_factor());
     for i in (0..spec.layers()).rev() {
         let c = T::from_f64(spec.weight_multiplier(i) * spec.weight_multiplier(i));
         let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
@@ -196,16 +195,7 @@ pub fn par_empirical_ntk<T: Real>(
             }
         }
     }
-    if symmetric {
-        mirror(&mut out, mode, n1, k);
-    }
-    if matches!(mode, OutputMode::Trace | OutputMode::Diagonal) && k > 1 {
-        let inv = T::ONE / T::from_f64(k as f64);
-        out.iter_mut().for_each(|v| *v *= inv);
-    }
-    if out.iter().any(|v| !v.is_finite()) {
-        return Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Ntk }.into());
-    }
+    finish(&mut out, mode, n1, k, symmetric)?;
     Ok(out)
 }
 
@@ -261,11 +251,7 @@ pub fn par_infinite_kernel(
     err = errs.into_iter().fold(err, f64::max);
     if x2.is_none() {
         for o in [&mut k, &mut t] {
-            for i in 0..n1 {
-                for j in 0..i {
-                    o[i * n1 + j] = o[j * n1 + i];
-                }
-            }
+            ntk_core::ntk::mirror(o, OutputMode::Trace, n1, 1);
         }
     }
     Ok((k, t, err))

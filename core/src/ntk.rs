@@ -174,24 +174,7 @@ pub fn empirical_ntk<T: Real>(
     let widths = spec.widths;
     let (d, k) = (spec.input_dim(), spec.output_dim());
     check_shape("params", params, spec.param_count())?;
-    if !x1.len().is_multiple_of(d) {
-        return Err(Error::ShapeMismatch { what: "x1", expected: x1.len() / d * d, got: x1.len() });
-    }
-    let n1 = x1.len() / d;
-    let n2 = match x2 {
-        Some(x2) if !x2.len().is_multiple_of(d) => {
-            return Err(Error::ShapeMismatch {
-                what: "x2",
-                expected: x2.len() / d * d,
-                got: x2.len(),
-            })
-        }
-        Some(x2) => x2.len() / d,
-        None => n1,
-    };
-    if matches!(mode, OutputMode::Diagonal | OutputMode::DiagonalFull) && n1 != n2 {
-        return Err(Error::ShapeMismatch { what: "x2", expected: n1 * d, got: n2 * d });
-    }
+    let (n1, n2) = input_counts(d, x1, x2, mode)?;
     check_shape("out", out, mode.len(n1, n2, k))?;
     check_len("scratch", scratch, empirical_ntk_scratch(widths, n1, x2.map(|_| n2)))?;
 
@@ -211,8 +194,7 @@ pub fn empirical_ntk<T: Real>(
     }
 
     out.fill(T::ZERO);
-    let s =
-        T::from_f64(if spec.bias { spec.bias_multiplier() * spec.bias_multiplier() } else { 0.0 });
+    let s = T::from_f64(spec.bias_gram_factor());
     for i in (0..spec.layers()).rev() {
         let c = T::from_f64(spec.weight_multiplier(i) * spec.weight_multiplier(i));
         let n_out = widths[i + 1];
@@ -231,7 +213,54 @@ pub fn empirical_ntk<T: Real>(
             }
         }
     }
-    if x2.is_none() {
+    finish(out, mode, n1, k, x2.is_none())
+}
+
+/// Numbers of inputs `(n1, n2)` of `x1` and `x2` (`None`: `x2 = x1`) with `d` features each.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when a length is not a multiple of `d`, or when a diagonal mode
+/// gets sets of different sizes.
+pub(crate) fn input_counts<T>(
+    d: usize,
+    x1: &[T],
+    x2: Option<&[T]>,
+    mode: OutputMode,
+) -> Result<(usize, usize), Error> {
+    if !x1.len().is_multiple_of(d) {
+        return Err(Error::ShapeMismatch { what: "x1", expected: x1.len() / d * d, got: x1.len() });
+    }
+    let n1 = x1.len() / d;
+    let n2 = match x2 {
+        Some(x2) if !x2.len().is_multiple_of(d) => {
+            return Err(Error::ShapeMismatch {
+                what: "x2",
+                expected: x2.len() / d * d,
+                got: x2.len(),
+            })
+        }
+        Some(x2) => x2.len() / d,
+        None => n1,
+    };
+    if matches!(mode, OutputMode::Diagonal | OutputMode::DiagonalFull) && n1 != n2 {
+        return Err(Error::ShapeMismatch { what: "x2", expected: n1 * d, got: n2 * d });
+    }
+    Ok((n1, n2))
+}
+
+/// Completes an accumulated kernel: mirrors a symmetric one ([`mirror`]), takes the mean over
+/// outputs in `trace` / `diagonal` mode, and checks that every value is finite.
+///
+/// # Errors
+/// [`Error::NonFinite`] (pass `Ntk`) if a value overflowed.
+pub fn finish<T: Real>(
+    out: &mut [T],
+    mode: OutputMode,
+    n1: usize,
+    k: usize,
+    symmetric: bool,
+) -> Result<(), Error> {
+    if symmetric {
         mirror(out, mode, n1, k);
     }
     if matches!(mode, OutputMode::Trace | OutputMode::Diagonal) && k > 1 {
@@ -367,7 +396,8 @@ pub fn accumulate_rows<T: Real>(
     }
 }
 
-/// Completes a symmetric kernel filled by [`accumulate`] with `symmetric = true`.
+/// Completes a symmetric kernel filled by [`accumulate`] with `symmetric = true` (any square
+/// matrix whose upper triangle is filled, with `Trace` and `k = 1`).
 pub fn mirror<T: Real>(out: &mut [T], mode: OutputMode, n: usize, k: usize) {
     let dim = match mode {
         OutputMode::Trace => n,

@@ -497,24 +497,7 @@ pub fn empirical_ntk_scaled(
     let widths = spec.widths;
     let (d, k) = (spec.input_dim(), spec.output_dim());
     check_shape("params", params, spec.param_count())?;
-    if !x1.len().is_multiple_of(d) {
-        return Err(Error::ShapeMismatch { what: "x1", expected: x1.len() / d * d, got: x1.len() });
-    }
-    let n1 = x1.len() / d;
-    let n2 = match x2 {
-        Some(x2) if !x2.len().is_multiple_of(d) => {
-            return Err(Error::ShapeMismatch {
-                what: "x2",
-                expected: x2.len() / d * d,
-                got: x2.len(),
-            })
-        }
-        Some(x2) => x2.len() / d,
-        None => n1,
-    };
-    if matches!(mode, OutputMode::Diagonal | OutputMode::DiagonalFull) && n1 != n2 {
-        return Err(Error::ShapeMismatch { what: "x2", expected: n1 * d, got: n2 * d });
-    }
+    let (n1, n2) = crate::ntk::input_counts(d, x1, x2, mode)?;
     check_shape("out", out, mode.len(n1, n2, k))?;
     check_len("scratch", scratch, empirical_ntk_scaled_scratch(widths, n1, x2.map(|_| n2)))?;
 
@@ -531,7 +514,7 @@ pub fn empirical_ntk_scaled(
         s2.forward(spec, params, x2, gs)?;
     }
     out.fill(Scaled::ZERO);
-    let s = if spec.bias { spec.bias_multiplier() * spec.bias_multiplier() } else { 0.0 };
+    let s = spec.bias_gram_factor();
     for i in (0..spec.layers()).rev() {
         let c = spec.weight_multiplier(i) * spec.weight_multiplier(i);
         let (n_in, n_out) = (widths[i], widths[i + 1]);

@@ -197,6 +197,15 @@ impl<'a> Spec<'a> {
             Parameterization::Standard => 1.0,
         }
     }
+    /// The bias term of a layer's NTK factor `c^2 <x, x'> + s^2`: `s^2` with `s` the bias
+    /// multiplier, 0 without biases.
+    pub fn bias_gram_factor(&self) -> f64 {
+        if self.bias {
+            self.bias_multiplier() * self.bias_multiplier()
+        } else {
+            0.0
+        }
+    }
     /// Standard deviation of layer `i`'s stored weights at initialization.
     pub fn weight_init_std(&self, i: usize) -> f64 {
         match self.parameterization {

@@ -738,11 +738,7 @@ pub fn kernel(
     info.quadrature_nodes += i3.quadrature_nodes;
     if x2.is_none() {
         for o in [nngp, ntk].into_iter().flatten() {
-            for i in 0..n1 {
-                for j in 0..i {
-                    o[i * n1 + j] = o[j * n1 + i];
-                }
-            }
+            crate::ntk::mirror(o, crate::ntk::OutputMode::Trace, n1, 1);
         }
     }
     Ok(info)
