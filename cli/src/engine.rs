@@ -15,10 +15,11 @@ use rayon::prelude::*;
 
 use crate::error::CliResult;
 
-/// Inputs per forward / backward work item: about two items per thread (each kernel gives an
-/// entry the same value whatever block it is in, so the split never changes results).
+/// Inputs per forward / backward work item: one item per thread, so each thread packs a
+/// layer's weights once (each kernel gives an entry the same value whatever block it is in,
+/// so the split never changes results).
 pub fn row_block(n: usize) -> usize {
-    n.div_ceil(2 * rayon::current_num_threads()).max(8)
+    n.div_ceil(rayon::current_num_threads()).max(8)
 }
 
 /// Output rows (inputs of the first set) per Gram work item: about three bands per thread,
@@ -124,6 +125,33 @@ impl<'x, T: Real> Set<'x, T> {
     }
 }
 
+/// Wall-clock seconds spent in each phase of [`par_empirical_ntk_timed`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Phases {
+    /// Forward passes (both input sets).
+    pub forward: f64,
+    /// Recomputing the layer inputs `phi(h)` from the cached pre-activations.
+    pub activations: f64,
+    /// Backprop of the signals (`signals_step`).
+    pub backward: f64,
+    /// Fused Gram–Hadamard accumulation and the finishing step.
+    pub gram: f64,
+}
+
+impl Phases {
+    /// Sum of the phases.
+    pub fn total(&self) -> f64 {
+        self.forward + self.activations + self.backward + self.gram
+    }
+}
+
+/// Seconds since `t`, added to `acc`; restarts `t`.
+fn lap(t: &mut std::time::Instant, acc: &mut f64) {
+    let now = std::time::Instant::now();
+    *acc += (now - *t).as_secs_f64();
+    *t = now;
+}
+
 /// The empirical NTK between `x1` and `x2` (`None`: `x2 = x1`, with symmetry) in `mode`,
 /// using the current rayon pool. Same values, bit for bit, as
 /// [`ntk_core::ntk::empirical_ntk`] with any number of threads.
@@ -137,12 +165,29 @@ pub fn par_empirical_ntk<T: Real>(
     x2: Option<&[T]>,
     mode: OutputMode,
 ) -> CliResult<Vec<T>> {
+    par_empirical_ntk_timed(spec, params, x1, x2, mode).map(|(out, _)| out)
+}
+
+/// [`par_empirical_ntk`] that also reports the time spent in each phase.
+///
+/// # Errors
+/// As [`par_empirical_ntk`].
+pub fn par_empirical_ntk_timed<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    x1: &[T],
+    x2: Option<&[T]>,
+    mode: OutputMode,
+) -> CliResult<(Vec<T>, Phases)> {
     let (d, k) = (spec.input_dim(), spec.output_dim());
+    let mut ph = Phases::default();
+    let mut t = std::time::Instant::now();
     let mut s1 = Set::new(spec, params, x1)?;
     let mut s2 = match x2 {
         Some(x2) => Some(Set::new(spec, params, x2)?),
         None => None,
     };
+    lap(&mut t, &mut ph.forward);
     let (n1, n2) = (x1.len() / d, x2.map_or(x1.len() / d, |x| x.len() / d));
     if matches!(mode, OutputMode::Diagonal | OutputMode::DiagonalFull) && n1 != n2 {
         return Err(crate::CliError::Usage(format!(
@@ -151,7 +196,7 @@ pub fn par_empirical_ntk<T: Real>(
     }
     let len = mode.len(n1, n2, k);
     if len == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), ph));
     }
     let mut out = vec![T::ZERO; len];
     let bd = band(n1);
@@ -167,6 +212,7 @@ pub fn par_empirical_ntk<T: Real>(
         if let Some(s2) = s2.as_mut() {
             s2.prepare(spec, i);
         }
+        lap(&mut t, &mut ph.activations);
         {
             let a1 = s1.inputs(spec, i);
             let d1 = &s1.cur[..n1 * k * n_out];
@@ -188,15 +234,18 @@ pub fn par_empirical_ntk<T: Real>(
                 },
             )?;
         }
+        lap(&mut t, &mut ph.gram);
         if i > 0 {
             s1.step(spec, params, i)?;
             if let Some(s2) = s2.as_mut() {
                 s2.step(spec, params, i)?;
             }
         }
+        lap(&mut t, &mut ph.backward);
     }
     finish(&mut out, mode, n1, k, symmetric)?;
-    Ok(out)
+    lap(&mut t, &mut ph.gram);
+    Ok((out, ph))
 }
 
 /// The infinite-width NNGP and NTK (`n1 x n2` each, `x2 = None`: symmetric) of `mlp`, row

@@ -10,6 +10,7 @@ use ntk_core::{Activation, Parameterization, Real, Spec};
 use serde::Serialize;
 
 use crate::args::Precision;
+use crate::engine::Phases;
 use crate::error::{CliError, CliResult};
 
 /// A standard workload (DESIGN §9): ReLU MLP, scalar output, x2 = x1.
@@ -45,28 +46,51 @@ impl Workload {
     }
 }
 
-/// FLOPs of the empirical NTK by DESIGN §3 (a multiply-add counts 2): forward
-/// `2 N sum n_{l-1} n_l`, backward `2 N k sum_{l>=2} n_{l-1} n_l`, Grams
-/// `pairs * sum_l (n_{l-1} + k_D n_l)` with `pairs = N (N + 1)` (symmetric) or `2 N1 N2`.
-pub fn ntk_flops(widths: &[usize], n1: usize, n2: Option<usize>, k_d: usize) -> f64 {
-    let k = *widths.last().unwrap_or(&1) as f64;
-    let n_total = (n1 + n2.unwrap_or(0)) as f64;
-    let mut fwd = 0.0;
-    let mut bwd = 0.0;
-    let mut gram = 0.0;
-    for l in 1..widths.len() {
-        let (a, b) = (widths[l - 1] as f64, widths[l] as f64);
-        fwd += 2.0 * n_total * a * b;
-        if l >= 2 {
-            bwd += 2.0 * n_total * k * a * b;
+/// FLOPs of the empirical NTK by DESIGN §3 (a multiply-add counts 2), per phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct NtkFlops {
+    /// Forward `2 N sum n_{l-1} n_l` (N = all inputs of both sets).
+    pub forward: f64,
+    /// Backward `2 N k sum_{l>=2} n_{l-1} n_l`.
+    pub backward: f64,
+    /// Grams `pairs * sum_l (n_{l-1} + k_D n_l)`, `pairs = N (N + 1)` (symmetric) or
+    /// `2 N1 N2`.
+    pub gram: f64,
+}
+
+impl NtkFlops {
+    /// The counts for `widths`, `n1` inputs and `n2` (`None`: x2 = x1) and `k_d` (1 for a
+    /// scalar output, k for `trace`, k^2 for `full`).
+    pub fn of(widths: &[usize], n1: usize, n2: Option<usize>, k_d: usize) -> Self {
+        let k = *widths.last().unwrap_or(&1) as f64;
+        let n_total = (n1 + n2.unwrap_or(0)) as f64;
+        let mut f = Self::default();
+        let mut per_pair = 0.0;
+        for l in 1..widths.len() {
+            let (a, b) = (widths[l - 1] as f64, widths[l] as f64);
+            f.forward += 2.0 * n_total * a * b;
+            if l >= 2 {
+                f.backward += 2.0 * n_total * k * a * b;
+            }
+            per_pair += a + k_d as f64 * b;
         }
-        gram += a + k_d as f64 * b;
+        let pairs = match n2 {
+            None => (n1 * (n1 + 1)) as f64,
+            Some(n2) => 2.0 * (n1 * n2) as f64,
+        };
+        f.gram = pairs * per_pair;
+        f
     }
-    let pairs = match n2 {
-        None => (n1 * (n1 + 1)) as f64,
-        Some(n2) => 2.0 * (n1 * n2) as f64,
-    };
-    fwd + bwd + pairs * gram
+
+    /// All phases.
+    pub fn total(&self) -> f64 {
+        self.forward + self.backward + self.gram
+    }
+}
+
+/// Total FLOPs of the empirical NTK ([`NtkFlops::of`]).
+pub fn ntk_flops(widths: &[usize], n1: usize, n2: Option<usize>, k_d: usize) -> f64 {
+    NtkFlops::of(widths, n1, n2, k_d).total()
 }
 
 /// Flags of `ntk bench`.
@@ -171,6 +195,24 @@ pub struct BenchRow {
     pub roofline_ratio: f64,
     /// median_s divided by the roofline time (the "x roofline").
     pub x_roofline: f64,
+    /// Median seconds and GFLOP/s of each phase (`activations` recomputes `phi(h)` and has
+    /// no FLOPs in the count).
+    pub phases: Vec<PhaseRow>,
+}
+
+/// One phase of a [`BenchRow`].
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseRow {
+    /// `forward`, `activations`, `backward` or `gram`.
+    pub phase: &'static str,
+    /// Median seconds per call.
+    pub median_s: f64,
+    /// FLOPs per call (DESIGN §3).
+    pub flops: f64,
+    /// flops / median_s / 1e9.
+    pub gflops: f64,
+    /// Phase time over its roofline time (flops / GEMM rate); 1 is at the roofline.
+    pub x_roofline: f64,
 }
 
 /// Median of a non-empty slice.
@@ -249,13 +291,29 @@ fn run_workload<T: Real>(
     spec.init(&mut params, 0)?;
     let mut x = vec![T::ZERO; w.n * w.d];
     ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
+    let mut phases = Vec::new();
     let (first, med, reps) = time_it(min_time, || {
-        let out = crate::engine::par_empirical_ntk(&spec, &params, &x, None, OutputMode::Trace)?;
+        let (out, ph) =
+            crate::engine::par_empirical_ntk_timed(&spec, &params, &x, None, OutputMode::Trace)?;
+        phases.push(ph);
         std::hint::black_box(out);
         Ok(())
     })?;
-    let flops = ntk_flops(&widths, w.n, None, 1);
+    phases.remove(0);
+    let fl = NtkFlops::of(&widths, w.n, None, 1);
+    let flops = fl.total();
     let roof = flops / (gemm_gflops * 1e9);
+    let phase_row = |phase, flops: f64, get: fn(&Phases) -> f64| {
+        let median_s = median(&mut phases.iter().map(get).collect::<Vec<_>>());
+        let x_roofline = if flops > 0.0 { median_s / (flops / (gemm_gflops * 1e9)) } else { 0.0 };
+        PhaseRow { phase, median_s, flops, gflops: flops / median_s / 1e9, x_roofline }
+    };
+    let phases = vec![
+        phase_row("forward", fl.forward, |p| p.forward),
+        phase_row("activations", 0.0, |p| p.activations),
+        phase_row("backward", fl.backward, |p| p.backward),
+        phase_row("gram", fl.gram, |p| p.gram),
+    ];
     Ok(BenchRow {
         workload: w.name.into(),
         precision: T::NAME.into(),
@@ -268,6 +326,7 @@ fn run_workload<T: Real>(
         gemm_gflops,
         roofline_ratio: roof / med,
         x_roofline: med / roof,
+        phases,
     })
 }
 
@@ -320,6 +379,18 @@ pub fn run(a: BenchArgs) -> CliResult {
                     row.workload, row.precision, row.threads, row.median_s * 1e3,
                     row.first_s * 1e3, row.gflops, row.gemm_gflops, row.x_roofline
                 );
+                    let ph: Vec<String> = row
+                        .phases
+                        .iter()
+                        .map(|p| format!("{} {:.2} ms", p.phase, p.median_s * 1e3))
+                        .chain(
+                            row.phases
+                                .iter()
+                                .filter(|p| p.flops > 0.0)
+                                .map(|p| format!("{} {:.0} GFLOP/s", p.phase, p.gflops)),
+                        )
+                        .collect();
+                    println!("    phases: {}", ph.join(", "));
                     rows.push(row);
                 }
             }

@@ -366,7 +366,7 @@ pub(crate) fn gemm<'a, T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Out
         scale(&mut dst, beta);
         return;
     }
-    if lhs.cs == 1 && rhs.rs == 1 && nt::pays::<T>(lhs.cols) {
+    if lhs.cs == 1 && rhs.rs == 1 && nt::pays_gemm::<T>(lhs.cols) {
         // Both operands contiguous along K: dot-product tiles, no packing.
         let k = lhs.cols;
         let op = nt::GemmNt {
@@ -641,7 +641,7 @@ pub(crate) fn gram_hadamard<
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }
-    let nt_k = nt::pays::<T>(a1.cols) && nt::pays::<T>(d1.cols);
+    let nt_k = nt::pays_gram::<T>(a1.cols) && nt::pays_gram::<T>(d1.cols);
     if a1.cs == 1 && a2.cs == 1 && d1.cs == 1 && d2.cs == 1 && nt_k {
         // Every operand contiguous along K: dot-product tiles, no packing.
         let rows = |x: MatRef<'a, T>| nt::Rows { data: x.data, rows: x.rows, rs: x.rs };

@@ -21,17 +21,28 @@ const L2_BLOCK_BYTES: usize = 512 * 1024;
 /// Most columns per block of [`gram_nt`] (a multiple of every `NR`; bounds a stack row).
 const GRAM_NB: usize = 60;
 
-/// Longest rows (bytes) served by the NT kernels. Measured (Zen 5, DESIGN §9 workloads): NT
-/// wins at every K up to 2048 `f64` with 2 threads; with 1 thread it loses ~15% on W2 `f64`
-/// (K = 1024, N = 512 Gram) while winning elsewhere. Longer rows fall back to packing (the A
-/// tile no longer fits L2 comfortably). The choice depends on K only, so it never splits an
-/// output between the two paths.
-const NT_MAX_ROW_BYTES: usize = 16384;
+/// Longest rows (bytes) for which [`gemm_nt`] serves a product. The forward product
+/// `A W^T` (K = fan-in) is the NT case; measured by thread CPU time with one thread
+/// (`ntk bench`, DESIGN §9 workloads): the packed GEMM wins from K = 512 `f32` / 256 `f64`
+/// on (W2 forward 159 -> 185 GFLOP/s `f32`, 55 -> 74 `f64`), the NT tiles below.
+const GEMM_NT_MAX_ROW_BYTES: usize = 1024;
 
-/// Whether the NT kernels serve an inner dimension `k` of `T`.
+/// Longest rows (bytes) for which [`gram_nt`] serves a Gram term. Measured the same way, NT
+/// wins at every K of the workloads (packed Gram: W4 `f32` 113 -> 61 GFLOP/s, W1 143 -> 104).
+/// Longer rows fall back to packing (the A tile no longer fits L2 comfortably).
+const GRAM_NT_MAX_ROW_BYTES: usize = 16384;
+
+/// Whether [`gemm_nt`] serves an inner dimension `k` of `T`. The choice depends on K only,
+/// so it never splits an output between the two paths.
 #[inline(always)]
-pub(crate) fn pays<T>(k: usize) -> bool {
-    k * core::mem::size_of::<T>() <= NT_MAX_ROW_BYTES
+pub(crate) fn pays_gemm<T>(k: usize) -> bool {
+    k * core::mem::size_of::<T>() <= GEMM_NT_MAX_ROW_BYTES
+}
+
+/// Whether [`gram_nt`] serves an inner dimension `k` of `T` (depends on K only).
+#[inline(always)]
+pub(crate) fn pays_gram<T>(k: usize) -> bool {
+    k * core::mem::size_of::<T>() <= GRAM_NT_MAX_ROW_BYTES
 }
 
 /// Micro-tile with 32 vector registers: 4 x 6 accumulators (+ 4 + 1 operand registers).
