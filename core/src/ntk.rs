@@ -202,9 +202,9 @@ pub fn empirical_ntk<T: Real>(
         match (s2.as_mut(), x2) {
             (Some(s2), Some(x2)) => {
                 let (a2, d2) = s2.views(spec, x2, i);
-                accumulate(out, mode, a1, a2, d1, d2, k, n_out, c, s, false, gs)?;
+                accumulate_rows(out, mode, a1, a2, d1, d2, k, n_out, c, s, false, 0, gs)?;
             }
-            _ => accumulate(out, mode, a1, a1, d1, d1, k, n_out, c, s, true, gs)?,
+            _ => accumulate_rows(out, mode, a1, a1, d1, d1, k, n_out, c, s, true, 0, gs)?,
         }
         if i > 0 {
             s1.step(spec, params, i, gs)?;
@@ -273,34 +273,13 @@ pub fn finish<T: Real>(
     Ok(())
 }
 
-/// Adds one layer's term to `out`: `(c A1 A2^T + s) .* (D1 D2^T)` arranged per `mode`.
-/// `d1` holds n1 k rows of length `n_out` (k per input), likewise `d2`. With `symmetric`
-/// (A1 = A2, D1 = D2) only the upper part needed by [`mirror`] is filled.
-///
-/// # Errors
-/// [`Error::ShortBuffer`] if `scratch` is short.
-#[allow(clippy::too_many_arguments)]
-pub fn accumulate<T: Real>(
-    out: &mut [T],
-    mode: OutputMode,
-    a1: MatRef<'_, T>,
-    a2: MatRef<'_, T>,
-    d1: &[T],
-    d2: &[T],
-    k: usize,
-    n_out: usize,
-    c: T,
-    s: T,
-    symmetric: bool,
-    scratch: &mut [T],
-) -> Result<(), Error> {
-    accumulate_rows(out, mode, a1, a2, d1, d2, k, n_out, c, s, symmetric, 0, scratch)
-}
-
-/// [`accumulate`] for a band of rows: `a1` / `d1` are the inputs `row0..row0 + a1.rows` of
-/// the first set and `out` holds exactly those rows of the output (all columns, row-major),
-/// while `a2` / `d2` are the whole second set. Every entry gets the same value as in the
-/// unbanded call, so bands can run on different threads with bit-identical results.
+/// Adds one layer's term `(c A1 A2^T + s) .* (D1 D2^T)`, arranged per `mode`, to a band of
+/// output rows. `d1` holds `a1.rows * k` rows of length `n_out` (k per input), likewise `d2`;
+/// `a1` / `d1` are the inputs `row0..row0 + a1.rows` of the first set and `out` holds exactly
+/// those rows of the output (all columns, row-major), while `a2` / `d2` are the whole second
+/// set (`row0 = 0` and all rows: the whole output). Every entry gets the same value whatever
+/// the band, so bands can run on different threads with bit-identical results. With
+/// `symmetric` (A1 = A2, D1 = D2) only the upper part needed by [`mirror`] is filled.
 ///
 /// # Errors
 /// [`Error::ShortBuffer`] if `scratch` is short.
@@ -396,7 +375,7 @@ pub fn accumulate_rows<T: Real>(
     }
 }
 
-/// Completes a symmetric kernel filled by [`accumulate`] with `symmetric = true` (any square
+/// Completes a symmetric kernel filled by [`accumulate_rows`] with `symmetric = true` (any square
 /// matrix whose upper triangle is filled, with `Trace` and `k = 1`).
 pub fn mirror<T: Real>(out: &mut [T], mode: OutputMode, n: usize, k: usize) {
     let dim = match mode {

@@ -272,18 +272,7 @@ pub(crate) struct Gemm<'a, T> {
     scratch: &'a mut [T],
 }
 
-impl<T: Elem> WithSimd for Gemm<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        if S::REGISTER_COUNT >= 32 {
-            gemm_run::<T, S, MV_WIDE, NR_WIDE>(s, self)
-        } else {
-            gemm_run::<T, S, MV_NARROW, NR_NARROW>(s, self)
-        }
-    }
-}
+register_tiles!(Gemm, [Elem], gemm_run, (MV_WIDE, NR_WIDE), (MV_NARROW, NR_NARROW));
 
 #[inline(always)]
 fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'_, T>) {
@@ -412,18 +401,7 @@ pub(crate) struct Gram<'a, T> {
     scratch: &'a mut [T],
 }
 
-impl<T: Elem> WithSimd for Gram<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        if S::REGISTER_COUNT >= 32 {
-            gram_run::<T, S, MV_WIDE, NR_WIDE>(s, self)
-        } else {
-            gram_run::<T, S, MV_NARROW, NR_NARROW>(s, self)
-        }
-    }
-}
+register_tiles!(Gram, [Elem], gram_run, (MV_WIDE, NR_WIDE), (MV_NARROW, NR_NARROW));
 
 /// Loads a tile of accumulators stored by [`store_tile`].
 #[inline(always)]

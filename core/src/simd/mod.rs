@@ -3,6 +3,25 @@
 //! Every kernel here has a plain scalar twin in [`scalar`] that is its test oracle.
 //! Matrices are strided views ([`MatRef`], [`MatMut`]) over caller-owned slices.
 
+/// `impl WithSimd for $op` that runs `$run::<T, S, ..>` with the wide micro-tile constants
+/// on instruction sets with 32 vector registers and the narrow ones otherwise.
+macro_rules! register_tiles {
+    ($op:ident, [$($bound:tt)+], $run:ident, ($w1:ident, $w2:ident), ($n1:ident, $n2:ident)) => {
+        impl<T: $($bound)+> WithSimd for $op<'_, T> {
+            type Output = ();
+
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, s: S) {
+                if S::REGISTER_COUNT >= 32 {
+                    $run::<T, S, $w1, $w2>(s, self)
+                } else {
+                    $run::<T, S, $n1, $n2>(s, self)
+                }
+            }
+        }
+    };
+}
+
 mod elem;
 mod kernel;
 mod nt;

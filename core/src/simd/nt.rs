@@ -266,18 +266,13 @@ pub(crate) struct GemmNt<'a, T> {
     pub beta: T,
 }
 
-impl<T: Elem + Add<Output = T> + Mul<Output = T>> WithSimd for GemmNt<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        if S::REGISTER_COUNT >= 32 {
-            gemm_nt_run::<T, S, MR_WIDE, NR_WIDE>(s, self)
-        } else {
-            gemm_nt_run::<T, S, MR_NARROW, NR_NARROW>(s, self)
-        }
-    }
-}
+register_tiles!(
+    GemmNt,
+    [Elem + Add<Output = T> + Mul<Output = T>],
+    gemm_nt_run,
+    (MR_WIDE, NR_WIDE),
+    (MR_NARROW, NR_NARROW)
+);
 
 #[inline(always)]
 fn gemm_nt_run<
@@ -331,18 +326,13 @@ pub(crate) struct GramNt<'a, T> {
     pub upper: bool,
 }
 
-impl<T: Elem + Add<Output = T> + Mul<Output = T>> WithSimd for GramNt<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        if S::REGISTER_COUNT >= 32 {
-            gram_nt_run::<T, S, MR_WIDE, NR_WIDE>(s, self)
-        } else {
-            gram_nt_run::<T, S, MR_NARROW, NR_NARROW>(s, self)
-        }
-    }
-}
+register_tiles!(
+    GramNt,
+    [Elem + Add<Output = T> + Mul<Output = T>],
+    gram_nt_run,
+    (MR_WIDE, NR_WIDE),
+    (MR_NARROW, NR_NARROW)
+);
 
 #[inline(always)]
 fn gram_nt_run<

@@ -484,6 +484,38 @@ fn gemm_is_tile_independent() {
     gemm_deterministic::<f32>();
 }
 
+/// `0.125 + (c a[i0..] a[j0..]^T + shift) .* (d[i0..] d[j0..]^T)` for a `rows x cols` block
+/// in `layout` (output filled from stream `salt`, then overwritten to 0.125).
+#[allow(clippy::too_many_arguments)]
+fn gram_block<T: Real>(
+    a: &Mat<T>,
+    d: &Mat<T>,
+    (c, shift): (T, T),
+    layout: Layout,
+    part: Part,
+    (i0, rows): (usize, usize),
+    (j0, cols): (usize, usize),
+    salt: u64,
+) -> Mat<T> {
+    let mut out = Mat::<T>::new(layout, rows, cols, 0, seed(), salt);
+    out.fill(T::from_f64(0.125));
+    let mut scratch = vec![T::ZERO; gram_hadamard_scratch(rows, cols, a.cols, d.cols)];
+    let (av, dv) = (a.view(), d.view());
+    gram_hadamard(
+        out.view_mut(),
+        av.rows(i0, rows),
+        av.rows(j0, cols),
+        dv.rows(i0, rows),
+        dv.rows(j0, cols),
+        c,
+        shift,
+        part,
+        &mut scratch,
+    )
+    .unwrap();
+    out
+}
+
 /// Full, Upper, a sub-block and a row-major / column-major destination give the same bits.
 fn gram_deterministic<T: Real>() {
     let s = seed();
@@ -492,25 +524,7 @@ fn gram_deterministic<T: Real>() {
     let d = Mat::<T>::new(Layout::ColMajor, m, kd, 1, s, 31);
     let (c, shift) = (T::from_f64(0.3), T::from_f64(1.0));
     let run =
-        |layout: Layout, part: Part, (i0, rows): (usize, usize), (j0, cols): (usize, usize)| {
-            let mut out = Mat::<T>::new(layout, rows, cols, 0, s, 32);
-            out.fill(T::from_f64(0.125));
-            let mut scratch = vec![T::ZERO; gram_hadamard_scratch(rows, cols, ka, kd)];
-            let (av, dv) = (a.view(), d.view());
-            gram_hadamard(
-                out.view_mut(),
-                av.rows(i0, rows),
-                av.rows(j0, cols),
-                dv.rows(i0, rows),
-                dv.rows(j0, cols),
-                c,
-                shift,
-                part,
-                &mut scratch,
-            )
-            .unwrap();
-            out
-        };
+        |layout, part, rows, cols| gram_block(&a, &d, (c, shift), layout, part, rows, cols, 32);
     let full = run(Layout::RowMajor, Part::Full, (0, m), (0, m));
     let check_same = |what: &str, got: &Mat<T>, i0: usize, j0: usize, upper: bool| {
         for i in 0..got.rows {
@@ -691,25 +705,7 @@ fn nt_deterministic<T: Real>() {
     let d = Mat::<T>::new(Layout::RowMajor, m, kd, 1, s, 44);
     let (c, shift) = (T::from_f64(0.3), T::from_f64(1.0));
     let run =
-        |layout: Layout, part: Part, (i0, rows): (usize, usize), (j0, cols): (usize, usize)| {
-            let mut out = Mat::<T>::new(layout, rows, cols, 0, s, 45);
-            out.fill(T::from_f64(0.125));
-            let mut scratch = vec![T::ZERO; gram_hadamard_scratch(rows, cols, ka, kd)];
-            let (av, dv) = (a.view(), d.view());
-            gram_hadamard(
-                out.view_mut(),
-                av.rows(i0, rows),
-                av.rows(j0, cols),
-                dv.rows(i0, rows),
-                dv.rows(j0, cols),
-                c,
-                shift,
-                part,
-                &mut scratch,
-            )
-            .unwrap();
-            out
-        };
+        |layout, part, rows, cols| gram_block(&a, &d, (c, shift), layout, part, rows, cols, 45);
     let full = run(Layout::RowMajor, Part::Full, (0, m), (0, m));
     for (layout, part, (i0, rows), (j0, cols)) in [
         (Layout::RowMajor, Part::Upper, (0, m), (0, m)),
