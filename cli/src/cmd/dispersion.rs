@@ -152,6 +152,10 @@ pub const HEADER: &str = "activation,input_dim,width,depth,sigma_w2,sigma_b2,par
 bias,inputs,samples,r,mean,var,sem,dispersion,dispersion_lo,dispersion_hi,log_mean,log_var,exact_mean,\
 log10_mean,log10_var,log10_exact_mean,representation";
 
+/// Version of the row layout of the part files (in the task keys): 2 added the columns
+/// `log10_mean,log10_var,log10_exact_mean,representation`.
+const ROWS_FORMAT: &str = "rows-v2";
+
 /// Runs `ntk dispersion`.
 ///
 /// # Errors
@@ -209,6 +213,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// Seed of sample `s` of this task's group (inputs and unit draw).
+    pub fn sample_seed(&self, s: usize) -> u64 {
+        rng::derive_seed(self.group_seed, 1, s as u64)
+    }
+
     /// Relative cost of one sample (layer products: one backprop per depth plus the forward
     /// pass), the unit of the progress bar so that its ETA holds for deep chunks too.
     fn work(&self) -> u64 {
@@ -340,8 +349,9 @@ impl Plan {
                     );
                     let group_seed = rng::derive_seed(c.seed, sweep::fnv1a(&group), 0);
                     for chunk in c.depths.chunks(c.depth_chunk) {
+                        // ROWS_FORMAT: parts of an older row layout are never reused.
                         let desc = format!(
-                            "{group}|{chunk:?}|{:?}|{:?}|{}|{}|{}|{}",
+                            "{group}|{chunk:?}|{:?}|{:?}|{}|{}|{}|{}|{ROWS_FORMAT}",
                             c.sigma_w2, c.correlations, c.samples, c.bootstrap, c.level, c.seed
                         );
                         let key = format!(
@@ -449,7 +459,7 @@ impl Plan {
         let per_sample: Vec<(Vec<f64>, Vec<bool>)> = (0..s_count)
             .into_par_iter()
             .map(|s| -> CliResult<(Vec<f64>, Vec<bool>)> {
-                let seed = rng::derive_seed(task.group_seed, 1, s as u64);
+                let seed = task.sample_seed(s);
                 let (x, map) = self.inputs(d, seed)?;
                 let n = x.len() / d;
                 let mut draw = vec![0.0; fam.draw_len(lmax, nd)];
@@ -569,7 +579,7 @@ impl Plan {
         let per_sample: Vec<Vec<Scaled>> = (0..s_count)
             .into_par_iter()
             .map(|s| -> CliResult<Vec<Scaled>> {
-                let seed = rng::derive_seed(task.group_seed, 1, s as u64);
+                let seed = task.sample_seed(s);
                 let (x, map) = self.inputs(d, seed)?;
                 let mut draw = vec![0.0; fam.draw_len(lmax, nd)];
                 fam.draw(&mut draw, seed, &task.depths)?;
