@@ -34,11 +34,7 @@ fn num(row: &HashMap<String, String>, col: &str) -> f64 {
 }
 
 /// The row of (sigma_w2, depth) and r = 1.
-fn cell<'a>(
-    t: &'a [HashMap<String, String>],
-    sw2: f64,
-    depth: usize,
-) -> &'a HashMap<String, String> {
+fn cell(t: &[HashMap<String, String>], sw2: f64, depth: usize) -> &HashMap<String, String> {
     t.iter()
         .find(|r| {
             num(r, "sigma_w2") == sw2 && num(r, "depth") == depth as f64 && num(r, "r") == 1.0
@@ -410,4 +406,56 @@ fn kernel_underflow_switches_too() {
     let (v, info, _) = kernel(d, &x, "v.npy", &f("30"));
     assert_eq!(info["results"]["values"], "kernel");
     assert!(v.iter().all(|t| t.is_normal() && *t > 0.0), "{v:?}");
+}
+
+/// `ntk forward` switches too: at sigma_w2 = 1e4 and depth 200 (f ~ 10^365) it writes
+/// ln|f| from the core's `forward_scaled` (exactly), counts the negative outputs in run.json,
+/// and warns; at depth 5 it writes f unchanged.
+#[test]
+fn forward_switches_to_ln_where_outputs_leave_f64() {
+    use ntk_core::forward::{cache_len, output};
+    use ntk_core::scaled::{forward_scaled, forward_scaled_scratch, Scaled};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = inputs(d);
+    let run = |depth: &str| {
+        let o = ntk()
+            .args(["forward", "--quiet", "--x"])
+            .arg(&x)
+            .arg("--out")
+            .arg(d.join("f.npy"))
+            .args(["--sigma-w2", "1e4", "--width", "16", "--seed", "3", "--depth", depth])
+            .assert()
+            .success();
+        let err = String::from_utf8_lossy(&o.get_output().stderr).into_owned();
+        let info: serde_json::Value = serde_json::from_str(&read(&d.join("run.json"))).unwrap();
+        (read_matrix(&d.join("f.npy")).unwrap().as_slice().to_vec(), info, err)
+    };
+    let (f, info, err) = run("200");
+    assert_eq!(info["results"]["values"], "ln|f| (block floating point)");
+    assert!(err.contains("f.npy"), "{err}");
+    let mut widths = vec![16usize; 202];
+    (widths[0], widths[201]) = (4, 1);
+    let spec =
+        ntk_core::Spec::new(&widths, Activation::Relu, 1e4, 0.0, true, Parameterization::Ntk)
+            .unwrap();
+    let mut p = vec![0.0; spec.param_count()];
+    spec.init(&mut p, 3).unwrap();
+    let xs = read_matrix(&x).unwrap();
+    let mut cache = vec![0.0; cache_len(&widths, 3)];
+    let mut exps = vec![0.0; 3 * spec.layers()];
+    let mut s = vec![0.0; forward_scaled_scratch(&widths, 3)];
+    forward_scaled(&spec, &p, xs.as_slice(), 3, &mut cache, &mut exps, &mut s).unwrap();
+    let want: Vec<Scaled> = output(&spec, &cache, 3)
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| Scaled::from_parts(m, exps[200 * 3 + i] as i64))
+        .collect();
+    assert_eq!(f, want.iter().map(|v| v.ln()).collect::<Vec<_>>());
+    assert!(f.iter().all(|v| *v > 300.0 * 10f64.ln()), "{f:?}");
+    let neg = want.iter().filter(|v| v.m < 0.0).count();
+    assert_eq!(info["results"]["negative_entries"], neg);
+    let (f, info, err) = run("5");
+    assert_eq!(info["results"]["values"], "f");
+    assert!(err.is_empty() && f.iter().all(|v| v.is_normal()), "{err} {f:?}");
 }

@@ -242,9 +242,9 @@ pub fn run(a: KernelArgs) -> CliResult {
     )
 }
 
-/// How the numbers of the output file were obtained.
+/// How the numbers of an output file were obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Repr {
+pub enum Repr {
     /// The plain computation (its values are in range, or agree with the scaled ones).
     Plain,
     /// The block floating point computation; every value fits `f64` and is written as is.
@@ -270,7 +270,7 @@ impl Repr {
 /// scaled value to [`PLAIN_TOLERANCE`] (e.g. exact zeros), the scaled values are written if they all
 /// fit `f64` ([`Scaled::fits_f64`]), and `ln|value|` otherwise.
 /// Also returns the number of negative values written as `ln|value|`.
-fn auto(
+pub fn auto(
     plain: CliResult<Vec<Vec<f64>>>,
     scaled: impl FnOnce() -> CliResult<Vec<Vec<Scaled>>>,
 ) -> CliResult<(Vec<Vec<f64>>, Repr, usize)> {
