@@ -459,3 +459,74 @@ fn forward_switches_to_ln_where_outputs_leave_f64() {
     assert_eq!(info["results"]["values"], "f");
     assert!(err.is_empty() && f.iter().all(|v| v.is_normal()), "{err} {f:?}");
 }
+
+/// In range the statistics are those of the plain f64 path bit for bit: the CSV fields
+/// mean, var, sem, dispersion and its interval, log_mean, log_var equal `stats::moments` and
+/// `stats::bootstrap_dispersion` on the engine's plain entries (homogeneous ReLU path,
+/// printed with the same formatting), although the command computes them over a common
+/// power-of-two exponent.
+#[test]
+fn in_range_statistics_are_the_plain_ones_bit_for_bit() {
+    use ntk_core::{rng, stats};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plain");
+    let (samples, b) = (30, 40);
+    ntk()
+        .args(["dispersion", "--activation", "relu", "--input-dim", "6", "--width", "8"])
+        .args(["--depths", "3,5", "--sigma-w2", "0.5,2,3", "--sigma-b2", "0", "--correlations"])
+        .args(["1.0", "--samples", "30", "--bootstrap", "40", "--seed", "5", "--quiet"])
+        .arg("--out-dir")
+        .arg(&out)
+        .assert()
+        .success();
+    let t = table(&out);
+    let mut cfg = config(vec![0.5, 2.0, 3.0], 0.0, 3);
+    (cfg.input_dim, cfg.widths, cfg.depths, cfg.samples, cfg.bootstrap, cfg.seed) =
+        (6, vec![8], vec![3, 5], samples, b, 5);
+    let plan = Plan::new(&cfg).unwrap();
+    let task = &plan.tasks[0];
+    let fam = Family {
+        input_dim: 6,
+        width: 8,
+        activation: Activation::Relu,
+        bias: true,
+        parameterization: Parameterization::Standard,
+    };
+    let depths = [3, 5];
+    let mut counts = vec![0.0; b * samples];
+    stats::bootstrap_counts(&mut counts, rng::derive_seed(5, u64::MAX, 0), samples, b);
+    for (si, sw2) in [0.5, 2.0, 3.0].into_iter().enumerate() {
+        for (k, depth) in depths.into_iter().enumerate() {
+            let v: Vec<f64> = (0..samples)
+                .map(|i| {
+                    let seed = task.sample_seed(i);
+                    let mut x = vec![0.0; 6];
+                    sphere_inputs(&mut x, seed, 6, &[]).unwrap();
+                    let mut draw = vec![0.0; fam.draw_len(5, 2)];
+                    fam.draw(&mut draw, seed, &depths).unwrap();
+                    let (mut a, mut g) = (vec![0.0; 6], vec![0.0; 12]);
+                    let mut s = vec![0.0; fam.terms_scratch(5, 2, 1)];
+                    fam.terms(&mut a, &mut g, &draw, &depths, &x, 1.0, 0.0, &mut s).unwrap();
+                    Terms { a: &a, g: &g, n: 1, max_depth: 5 }.theta_scaled(&fam, sw2, k, depth, 0)
+                })
+                .collect();
+            let m = stats::moments(&v);
+            let mut work = vec![0.0; b];
+            let (lo, hi) = stats::bootstrap_dispersion(&mut work, &v, &counts, b, 0.95);
+            let r = cell(&t, sw2, depth);
+            assert_eq!(r["representation"], "f64");
+            for (col, want) in [
+                ("mean", m.mean),
+                ("var", m.var),
+                ("sem", m.sem),
+                ("dispersion", m.dispersion),
+                ("dispersion_lo", lo),
+                ("dispersion_hi", hi),
+                ("log_mean", m.log_mean),
+                ("log_var", m.log_var),
+            ] {
+                assert_eq!(r[col], want.to_string(), "sigma_w2 {sw2} depth {depth} {col} ({si})");
+            }
+        }
+    }
+}
