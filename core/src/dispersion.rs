@@ -132,6 +132,66 @@ impl Family {
         Ok(())
     }
 
+    /// Fills `params` (in `spec`'s layout) with the depth-`depths[k]` network of a unit draw
+    /// `draw` ([`Family::draw`] with the same `depths`) at `spec`'s sigma_w2, sigma_b2:
+    /// hidden weights `W^l = sigma_w Z^l / sqrt(n_{l-1})`, biases `b^l = sigma_b beta^l`,
+    /// readout `sigma_w v_L / sqrt(M)` (standard parameterization), or the unit-variance
+    /// `Z^l`, `beta^l`, `v_L` that the NTK parameterization multiplies by
+    /// `sigma_w / sqrt(n_{l-1})`, `sigma_b`. The network [`Family::terms`] evaluates, for
+    /// [`crate::ntk::empirical_ntk`] or [`crate::scaled::empirical_ntk_scaled`].
+    ///
+    /// # Errors
+    /// As [`Family::draw`] for `depths`; [`Error::InvalidSpec`] if `spec` is not this family
+    /// at depth `depths[k]` (widths `[d, M x depth, 1]`, same bias and parameterization);
+    /// [`Error::ShapeMismatch`] for wrong buffer lengths.
+    pub fn params(
+        &self,
+        params: &mut [f64],
+        spec: &crate::spec::Spec<'_>,
+        draw: &[f64],
+        depths: &[usize],
+        k: usize,
+    ) -> Result<(), Error> {
+        let lmax = check_depths(depths)?;
+        let depth =
+            *depths.get(k).ok_or(Error::InvalidSpec { field: "depths.index", value: k as f64 })?;
+        let (m, w) = (self.width, spec.widths);
+        let ok = w.len() == depth + 2
+            && w[0] == self.input_dim
+            && w[depth + 1] == 1
+            && w[1..=depth].iter().all(|&n| n == m)
+            && spec.bias == self.bias
+            && spec.parameterization == self.parameterization;
+        if !ok {
+            return Err(Error::InvalidSpec { field: "widths", value: w.len() as f64 });
+        }
+        crate::error::check_shape("draw", draw, self.draw_len(lmax, depths.len()))?;
+        crate::error::check_shape("params", params, spec.param_count())?;
+        let ntk = self.parameterization == Parameterization::Ntk;
+        let (sw, sb) = (libm::sqrt(spec.sigma_w2), libm::sqrt(spec.sigma_b2));
+        for i in 0..=depth {
+            let n_in = self.fan_in(i);
+            let (wsrc, bsrc): (&[f64], &[f64]) = if i < depth {
+                let off = self.weight_offset(i);
+                let b0 = self.weight_offset(lmax) + i * m;
+                (&draw[off..off + m * n_in], &draw[b0..b0 + m])
+            } else {
+                let r0 = self.weight_offset(lmax) + (lmax + k) * m;
+                (&draw[r0..r0 + m], &[])
+            };
+            let (wt, bt) = spec.layer_mut(params, i);
+            let unscale = libm::sqrt(n_in as f64);
+            for (t, &z) in wt.iter_mut().zip(wsrc) {
+                *t = if ntk { z * unscale } else { sw * z };
+            }
+            bt.fill(0.0);
+            for (t, &z) in bt.iter_mut().zip(bsrc) {
+                *t = if ntk { z } else { sb * z };
+            }
+        }
+        Ok(())
+    }
+
     /// Computes the layer terms of every depth in `depths` for the inputs `x` (`n x d`,
     /// row-major; the entries are `Theta(x_0, x_j)`, `j = 0..n`) at scale
     /// `sigma_w`, `sigma_b` from a unit draw `draw` ([`Family::draw`] with the same `depths`):
@@ -467,6 +527,41 @@ pub fn relu_mean_theta(
     main + tail
 }
 
+/// `ln E[Theta(x, x)]` of [`relu_mean_theta`] without overflow or underflow, for every
+/// sigma_w2 > 0 and depth: with `q = sigma_w2 / 2`, the log-sum-exp of
+/// `l ln q + ln(||x||^2 (1 + l M / n_0))` and (with biases) `ln sum_{j=0}^{l} q^j`, which is
+/// `ln(-expm1((l+1) ln q)) - ln(1 - q)` for `q < 1`, `ln(l + 1)` for `q = 1`, and
+/// `(l+1) ln q + ln(-expm1(-(l+1) ln q)) - ln(q - 1)` for `q > 1`.
+pub fn relu_ln_mean_theta(
+    sigma_w2: f64,
+    depth: usize,
+    width: usize,
+    input_dim: usize,
+    norm2: f64,
+    bias: bool,
+) -> f64 {
+    let q = sigma_w2 / 2.0;
+    let (l, lq) = (depth as f64, libm::log(q));
+    let lql = if depth == 0 { 0.0 } else { l * lq };
+    let main = lql + libm::log(norm2 * (1.0 + l * width as f64 / input_dim as f64));
+    if !bias {
+        return main;
+    }
+    let l1 = l + 1.0;
+    let tail = if q < 1.0 {
+        libm::log(-libm::expm1(l1 * lq)) - libm::log(1.0 - q)
+    } else if q == 1.0 {
+        libm::log(l1)
+    } else {
+        l1 * lq + libm::log(-libm::expm1(-l1 * lq)) - libm::log(q - 1.0)
+    };
+    let (hi, lo) = if main >= tail { (main, tail) } else { (tail, main) };
+    if lo == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + libm::log1p(libm::exp(lo - hi))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,40 +569,6 @@ mod tests {
     use crate::spec::Spec;
     use std::vec;
     use std::vec::Vec;
-
-    /// Parameters of the depth-`depths[k]` network of a unit draw, in `Spec`'s layout.
-    fn params_of(
-        fam: &Family,
-        spec: &Spec<'_>,
-        draw: &[f64],
-        depths: &[usize],
-        k: usize,
-    ) -> Vec<f64> {
-        let (lmax, m) = (depths[depths.len() - 1], fam.width);
-        let depth = depths[k];
-        let sw = spec.sigma_w2.sqrt();
-        let ntk = fam.parameterization == Parameterization::Ntk;
-        let mut p = vec![0.0; spec.param_count()];
-        for i in 0..=depth {
-            let n_in = fam.fan_in(i);
-            let (wsrc, bsrc): (&[f64], &[f64]) = if i < depth {
-                let off = fam.weight_offset(i);
-                let b0 = fam.weight_offset(lmax) + i * m;
-                (&draw[off..off + m * n_in], &draw[b0..b0 + m])
-            } else {
-                let r0 = fam.weight_offset(lmax) + (lmax + k) * m;
-                (&draw[r0..r0 + m], &[])
-            };
-            let (w, b) = spec.layer_mut(&mut p, i);
-            for (t, &z) in w.iter_mut().zip(wsrc) {
-                *t = if ntk { z * (n_in as f64).sqrt() } else { sw * z };
-            }
-            for (t, &z) in b.iter_mut().zip(bsrc) {
-                *t = if ntk { z } else { spec.sigma_b2.sqrt() * z };
-            }
-        }
-        p
-    }
 
     #[allow(clippy::too_many_arguments)]
     fn reference(
@@ -525,7 +586,8 @@ mod tests {
         widths.push(1);
         let spec =
             Spec::new(&widths, fam.activation, sw2, sb2, fam.bias, fam.parameterization).unwrap();
-        let p = params_of(fam, &spec, draw, depths, k);
+        let mut p = vec![0.0; spec.param_count()];
+        fam.params(&mut p, &spec, draw, depths, k).unwrap();
         let d = fam.input_dim;
         let mut out = [0.0];
         let mut s = vec![0.0; empirical_ntk_scratch(&widths, 1, Some(1))];
@@ -789,5 +851,97 @@ mod tests {
         let (lo, hi) = crate::stats::bootstrap_dispersion(&mut w, &al, &c, b, 0.6827);
         let truth = (1.0 + 5.0 / m as f64).powi(l as i32);
         assert!((dd - truth).abs() < 4.0 * (hi - lo) / 2.0, "D = {dd} [{lo}, {hi}], exact {truth}");
+    }
+
+    /// The log form equals ln of the plain exact mean wherever that is a normal f64
+    /// (1e-13 relative in ln), and stays finite (and monotone in depth) where it is not.
+    #[test]
+    fn ln_exact_mean_matches_plain_and_extends_it() {
+        for bias in [false, true] {
+            for sw2 in [1e-4, 0.5, 1.9, 2.0, 2.1, 3.5, 1e4] {
+                let mut prev = f64::NAN;
+                for depth in [1usize, 2, 5, 30, 100, 500, 1000] {
+                    let plain = relu_mean_theta(sw2, depth, 16, 8, 1.3, bias);
+                    let ln = relu_ln_mean_theta(sw2, depth, 16, 8, 1.3, bias);
+                    assert!(ln.is_finite(), "sw2 {sw2} depth {depth} bias {bias}");
+                    if plain.is_normal() {
+                        let want = plain.ln();
+                        assert!(
+                            (ln - want).abs() <= 1e-13 * want.abs().max(1.0),
+                            "sw2 {sw2} depth {depth} bias {bias}: {ln} vs {want}"
+                        );
+                    }
+                    if sw2 > 2.0 {
+                        assert!(
+                            prev.is_nan() || ln >= prev,
+                            "not increasing at sw2 {sw2} depth {depth}"
+                        );
+                    }
+                    prev = ln;
+                }
+            }
+        }
+        // sigma_w2 = 1e4, depth 1000 with biases: q^1000 (1 + 1000 M / n_0) + (q^1001 - 1) / (q - 1)
+        // with q = 5000 is q^1000 (2001 + q / (q - 1)) up to a relative 1e-3700.
+        let ln = relu_ln_mean_theta(1e4, 1000, 16, 8, 1.0, true);
+        let want = 1000.0 * 5000f64.ln() + (2001.0 + 5000.0 / 4999.0f64).ln();
+        assert!((ln - want).abs() < 1e-10, "{ln} vs {want}");
+    }
+
+    /// The block floating point fallback of `ntk dispersion` (`empirical_ntk_scaled` on
+    /// [`Family::params`]) equals the engine's plain entries where those are finite (1e-12
+    /// relative), for homogeneous and non-homogeneous families, biases or not.
+    #[test]
+    fn scaled_ntk_on_family_params_matches_terms() {
+        use crate::scaled::{empirical_ntk_scaled, empirical_ntk_scaled_scratch, Scaled};
+        let fams = [
+            (Activation::Relu, true, Parameterization::Standard, 1.7f64, 0.0f64),
+            (Activation::Relu, true, Parameterization::Standard, 2.3, 0.4),
+            (Activation::Relu, false, Parameterization::Ntk, 40.0, 0.0),
+            (Activation::Tanh, true, Parameterization::Ntk, 1.3, 0.3),
+            (Activation::Erf, true, Parameterization::Standard, 2.5, 1.0),
+        ];
+        for (ci, &(activation, bias, parameterization, sw2, sb2)) in fams.iter().enumerate() {
+            let fam = Family { input_dim: 5, width: 7, activation, bias, parameterization };
+            let depths = [1, 3, 6];
+            let mut x = vec![0.0; 3 * 5];
+            sphere_inputs(&mut x, 50 + ci as u64, 5, &[0.8, 0.1]).unwrap();
+            let (draw, a, g) = run_terms(&fam, 3 + ci as u64, &depths, &x, sw2.sqrt(), sb2.sqrt());
+            let t = Terms { a: &a, g: &g, n: 3, max_depth: 6 };
+            for (k, &depth) in depths.iter().enumerate() {
+                let mut widths = vec![7; depth + 2];
+                widths[0] = 5;
+                widths[depth + 1] = 1;
+                let spec =
+                    Spec::new(&widths, activation, sw2, sb2, bias, parameterization).unwrap();
+                let mut p = vec![0.0; spec.param_count()];
+                fam.params(&mut p, &spec, &draw, &depths, k).unwrap();
+                let mut out = [Scaled::ZERO; 3];
+                let mut s = vec![0.0; empirical_ntk_scaled_scratch(&widths, 1, Some(3))];
+                empirical_ntk_scaled(
+                    &spec,
+                    &p,
+                    &mut out,
+                    &x[..5],
+                    Some(&x),
+                    OutputMode::Full,
+                    &mut s,
+                )
+                .unwrap();
+                for (j, o) in out.iter().enumerate() {
+                    let want = t.theta_direct(&fam, sw2, sb2, k, depth, j);
+                    let got = o.to_f64();
+                    assert!(
+                        rel(got, want) < 1e-12,
+                        "case {ci} depth {depth} j {j}: {got} vs {want}"
+                    );
+                }
+            }
+            // A spec of another depth or family is refused.
+            let spec =
+                Spec::new(&[5, 7, 1], activation, sw2, sb2, !bias, parameterization).unwrap();
+            let mut p = vec![0.0; spec.param_count()];
+            assert!(fam.params(&mut p, &spec, &draw, &depths, 0).is_err());
+        }
     }
 }

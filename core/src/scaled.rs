@@ -89,6 +89,52 @@ impl Scaled {
     pub fn is_finite(self) -> bool {
         self.m.is_finite()
     }
+
+    /// `true` if `m 2^e` is an `f64` of full precision: exactly 0, or normal
+    /// (`2^-1022 <= |m 2^e| < 2^1024`, i.e. `-1021 <= e <= 1024` for `|m|` in `[0.5, 1)`).
+    pub fn fits_f64(self) -> bool {
+        self.m == 0.0 || (self.m.is_finite() && (-1021..=1024).contains(&self.e))
+    }
+
+    /// `true` if the plain `f64` result `x` is this value to relative accuracy `rel`:
+    /// `self` fits `f64` ([`Scaled::fits_f64`]), `x` is finite and
+    /// `|x - self| <= rel |self|` (so an exact 0 only matches an exact 0).
+    pub fn matches_f64(self, x: f64, rel: f64) -> bool {
+        let v = self.to_f64();
+        self.fits_f64() && x.is_finite() && libm::fabs(x - v) <= rel * libm::fabs(v)
+    }
+}
+
+/// Relative agreement with the scaled value under which a suspect plain result is kept
+/// (the scaled routines agree with the plain ones to 1e-12 where both are accurate).
+pub const PLAIN_TOLERANCE: f64 = 1e-10;
+
+/// `true` if a plain `f64` result may have left the range of `f64`, so that the scaled
+/// computation is needed to tell: `x` is non-finite, zero or subnormal (`|x| < 2^-1022`).
+/// (A zero can be exact, e.g. a dead ReLU network without biases: callers then compare with
+/// the scaled value and keep the plain one when they agree.)
+pub fn suspect(x: f64) -> bool {
+    !x.is_finite() || libm::fabs(x) < f64::MIN_POSITIVE
+}
+
+/// The common exponent of a sample: the largest `e` of its nonzero values (0 if all are 0),
+/// so that `|v_i| < 2^E` for every `i`.
+pub fn common_exponent(v: &[Scaled]) -> i64 {
+    v.iter().filter(|x| x.m != 0.0).map(|x| x.e).max().unwrap_or(0)
+}
+
+/// `out_i = v_i / 2^e`: the sample over its common exponent ([`common_exponent`]), a set of
+/// `f64` values of magnitude below 1 whose moments are those of `v` up to exact powers of
+/// two (values below `2^-1074` of the largest become 0).
+///
+/// # Panics
+/// If `out.len() != v.len()`.
+#[track_caller]
+pub fn mantissas(out: &mut [f64], v: &[Scaled], e: i64) {
+    assert_eq!(out.len(), v.len(), "mantissas: lengths");
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = libm::scalbn(x.m, (x.e - e).clamp(-2000, 2000) as i32);
+    }
 }
 
 impl Mul for Scaled {
@@ -741,4 +787,29 @@ pub fn kernel_scaled(
         }
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_checks_and_common_exponent() {
+        assert!(Scaled::new(1.0).fits_f64() && Scaled::ZERO.fits_f64());
+        assert!(Scaled::new(f64::MIN_POSITIVE).fits_f64() && Scaled::new(f64::MAX).fits_f64());
+        assert!(!Scaled::new(f64::MIN_POSITIVE / 2.0).fits_f64());
+        assert!(!(Scaled::new(f64::MAX) * Scaled::new(2.0)).fits_f64());
+        assert!(Scaled::new(3.0).matches_f64(3.0 + 1e-15, 1e-12));
+        assert!(!Scaled::new(3.0).matches_f64(f64::INFINITY, 1e-12));
+        assert!(Scaled::ZERO.matches_f64(0.0, 1e-12) && !Scaled::ZERO.matches_f64(1e-300, 1e-12));
+        assert!(suspect(0.0) && suspect(1e-310) && suspect(f64::NAN) && suspect(-f64::INFINITY));
+        assert!(!suspect(f64::MIN_POSITIVE) && !suspect(-1e300));
+        let v = [Scaled::from_parts(0.75, 3000), Scaled::ZERO, Scaled::from_parts(-0.5, 2990)];
+        let e = common_exponent(&v);
+        assert_eq!(e, 3000);
+        let mut m = [0.0; 3];
+        mantissas(&mut m, &v, e);
+        assert_eq!(m, [0.75, 0.0, -0.5 / 1024.0]);
+        assert_eq!(common_exponent(&[Scaled::ZERO]), 0);
+    }
 }

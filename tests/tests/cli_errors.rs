@@ -209,9 +209,10 @@ fn overflow_is_an_error_and_outputs_stay_whole() {
     std::fs::write(&out, b"previous result").unwrap();
     let mut c = ntk();
     c.args(["kernel", "--quiet", "--x1"]).arg(&x).arg("--out").arg(&out);
-    c.args(["--sigma-w2", "10000", "--depth", "200", "--width", "16"]);
+    // f64 switches to block floating point by itself (tests/tests/scaled_cli.rs); f32 does not.
+    c.args(["--sigma-w2", "10000", "--depth", "200", "--width", "16", "--precision", "f32"]);
     let msg = fails(c, 1, &["layer"], d, &["x.npy", "k.npy"]);
-    assert!(msg.contains("non-finite") && msg.contains("--log"), "{msg}");
+    assert!(msg.contains("non-finite") && msg.contains("--precision f64"), "{msg}");
     assert_eq!(std::fs::read(&out).unwrap(), b"previous result");
     // An output directory that does not exist: named, nothing created.
     let nowhere = d.join("no/such/dir/k.npy");

@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ntk_core::dispersion::{relu_mean_theta, sphere_inputs, Family, Terms};
+use ntk_core::dispersion::{relu_ln_mean_theta, relu_mean_theta, sphere_inputs, Family, Terms};
+use ntk_core::scaled::{suspect, Scaled, PLAIN_TOLERANCE};
 use ntk_core::{rng, stats, Activation, Parameterization};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::f64::consts::LOG10_E;
 
 use crate::args::{parse_activation, ParamArg, Precision, RunArgs};
 use crate::error::{CliError, CliResult};
@@ -147,7 +149,12 @@ pub struct SweepConfig {
 
 /// CSV header of `dispersion.csv` and `phase.csv`.
 pub const HEADER: &str = "activation,input_dim,width,depth,sigma_w2,sigma_b2,parameterization,\
-bias,inputs,samples,r,mean,var,sem,dispersion,dispersion_lo,dispersion_hi,log_mean,log_var,exact_mean";
+bias,inputs,samples,r,mean,var,sem,dispersion,dispersion_lo,dispersion_hi,log_mean,log_var,exact_mean,\
+log10_mean,log10_var,log10_exact_mean,representation";
+
+/// Version of the row layout of the part files (in the task keys): 2 added the columns
+/// `log10_mean,log10_var,log10_exact_mean,representation`.
+const ROWS_FORMAT: &str = "rows-v2";
 
 /// Runs `ntk dispersion`.
 ///
@@ -206,6 +213,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// Seed of sample `s` of this task's group (inputs and unit draw).
+    pub fn sample_seed(&self, s: usize) -> u64 {
+        rng::derive_seed(self.group_seed, 1, s as u64)
+    }
+
     /// Relative cost of one sample (layer products: one backprop per depth plus the forward
     /// pass), the unit of the progress bar so that its ETA holds for deep chunks too.
     fn work(&self) -> u64 {
@@ -337,8 +349,9 @@ impl Plan {
                     );
                     let group_seed = rng::derive_seed(c.seed, sweep::fnv1a(&group), 0);
                     for chunk in c.depths.chunks(c.depth_chunk) {
+                        // ROWS_FORMAT: parts of an older row layout are never reused.
                         let desc = format!(
-                            "{group}|{chunk:?}|{:?}|{:?}|{}|{}|{}|{}",
+                            "{group}|{chunk:?}|{:?}|{:?}|{}|{}|{}|{}|{ROWS_FORMAT}",
                             c.sigma_w2, c.correlations, c.samples, c.bootstrap, c.level, c.seed
                         );
                         let key = format!(
@@ -361,6 +374,35 @@ impl Plan {
             }
         }
         tasks
+    }
+
+    /// For run.json, per group (activation, width, sigma_b2): whether the homogeneous
+    /// scaling was used, and whether (in how many rows of `cells`) the entries were computed
+    /// in block floating point.
+    fn groups(&self, cells: &[Cell]) -> serde_json::Value {
+        let groups: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|t| t.depths[0] == self.cfg.depths[0])
+            .map(|t| {
+                let act = &self.cfg.activations[t.act];
+                let n = cells
+                    .iter()
+                    .filter(|c| {
+                        c.scaled
+                            && &c.activation == act
+                            && c.width == t.width
+                            && c.sigma_b2 == t.sigma_b2
+                    })
+                    .count();
+                json!({
+                    "activation": act, "width": t.width, "sigma_b2": t.sigma_b2,
+                    "homogeneous_scaling": self.scaled(t),
+                    "scaled_representation": n > 0, "scaled_rows": n,
+                })
+            })
+            .collect();
+        json!(groups)
     }
 
     /// Whether the group of `task` uses the homogeneous scaling (one unit-scale computation
@@ -394,18 +436,30 @@ impl Plan {
         }
     }
 
-    /// Runs one task: the values `[(si * nd + k) * ne + e] * samples + s`.
-    fn sample_task(&self, task: &Task, pb: &ProgressBar) -> CliResult<Vec<f64>> {
+    /// Runs one task: the plain values of every cell, then the block floating point values
+    /// of the cells that need them (see [`TaskValues`]).
+    fn sample_task(&self, task: &Task, pb: &ProgressBar) -> CliResult<TaskValues> {
         let fam = self.family(task.act, task.width);
         let d = fam.input_dim;
         let scaled = fam.scalable(task.sigma_b2);
         let (ns, nd, ne, s_count) =
             (self.cfg.sigma_w2.len(), task.depths.len(), self.entries(), self.cfg.samples);
         let lmax = task.depths[nd - 1];
-        let per_sample: Vec<Vec<f64>> = (0..s_count)
+        let cell_err = |e: ntk_core::Error, sw2: Option<f64>, s: usize| {
+            CliError::Runtime(format!(
+                "{} width {} sigma_b2 {}{} sample {s}: {e}",
+                fam.activation,
+                fam.width,
+                task.sigma_b2,
+                sw2.map_or(String::new(), |v| format!(" sigma_w2 {v}"))
+            ))
+        };
+        // Pass 1, plain f64: values and, per cell (si, k), whether it is suspect (an overflow
+        // error, a suspect value or subnormal layer terms: see `ntk_core::scaled::suspect`).
+        let per_sample: Vec<(Vec<f64>, Vec<bool>)> = (0..s_count)
             .into_par_iter()
-            .map(|s| -> CliResult<Vec<f64>> {
-                let seed = rng::derive_seed(task.group_seed, 1, s as u64);
+            .map(|s| -> CliResult<(Vec<f64>, Vec<bool>)> {
+                let seed = task.sample_seed(s);
                 let (x, map) = self.inputs(d, seed)?;
                 let n = x.len() / d;
                 let mut draw = vec![0.0; fam.draw_len(lmax, nd)];
@@ -413,95 +467,183 @@ impl Plan {
                 let mut a = vec![0.0; (lmax + 1) * n];
                 let mut g = vec![0.0; nd * (lmax + 1) * n];
                 let mut scratch = vec![0.0; fam.terms_scratch(lmax, nd, n)];
-                let mut out = vec![0.0; ns * nd * ne];
-                let sb = task.sigma_b2.sqrt();
-                let cell_err = |e: ntk_core::Error, sw2: Option<f64>| {
-                    CliError::Runtime(format!(
-                        "{} width {} sigma_b2 {}{} sample {s}: {e}",
-                        fam.activation,
-                        fam.width,
-                        task.sigma_b2,
-                        sw2.map_or(String::new(), |v| format!(" sigma_w2 {v}"))
-                    ))
+                let mut out = vec![f64::NAN; ns * nd * ne];
+                let mut flag = vec![false; ns * nd];
+                let subnormal = |v: &[f64]| v.iter().any(|t| *t != 0.0 && !t.is_normal());
+                // Subnormal layer terms of depth index k (A_0..A_L, G_1..G_{L+1}).
+                let weak = |a: &[f64], g: &[f64], lm: usize, k: usize, depth: usize| {
+                    let gk = &g[k * (lm + 1) * n..][..(depth + 1) * n];
+                    subnormal(&a[..(depth + 1) * n]) || subnormal(gk)
                 };
                 if scaled {
-                    fam.terms(&mut a, &mut g, &draw, &task.depths, &x, 1.0, 0.0, &mut scratch)
-                        .map_err(|e| cell_err(e, None))?;
-                    let t = Terms { a: &a, g: &g, n, max_depth: lmax };
-                    for (si, &sw2) in self.cfg.sigma_w2.iter().enumerate() {
-                        for (k, &depth) in task.depths.iter().enumerate() {
-                            for (e, &j) in map.iter().enumerate() {
-                                out[(si * nd + k) * ne + e] =
-                                    t.theta_scaled(&fam, sw2, k, depth, j);
+                    match fam.terms(&mut a, &mut g, &draw, &task.depths, &x, 1.0, 0.0, &mut scratch)
+                    {
+                        Err(ntk_core::Error::NonFinite { .. }) => flag.fill(true),
+                        Err(e) => return Err(cell_err(e, None, s)),
+                        Ok(()) => {
+                            let t = Terms { a: &a, g: &g, n, max_depth: lmax };
+                            for (k, &depth) in task.depths.iter().enumerate() {
+                                let w = weak(&a, &g, lmax, k, depth);
+                                for (si, &sw2) in self.cfg.sigma_w2.iter().enumerate() {
+                                    flag[si * nd + k] = w;
+                                    for (e, &j) in map.iter().enumerate() {
+                                        out[(si * nd + k) * ne + e] =
+                                            t.theta_scaled(&fam, sw2, k, depth, j);
+                                    }
+                                }
                             }
                         }
                     }
                 } else {
                     for (si, &sw2) in self.cfg.sigma_w2.iter().enumerate() {
-                        fam.terms(
+                        let (sw, sb) = (sw2.sqrt(), task.sigma_b2.sqrt());
+                        let r = fam.terms(
                             &mut a,
                             &mut g,
                             &draw,
                             &task.depths,
                             &x,
-                            sw2.sqrt(),
+                            sw,
                             sb,
                             &mut scratch,
-                        )
-                        .map_err(|e| cell_err(e, Some(sw2)))?;
-                        let t = Terms { a: &a, g: &g, n, max_depth: lmax };
-                        for (k, &depth) in task.depths.iter().enumerate() {
-                            for (e, &j) in map.iter().enumerate() {
-                                out[(si * nd + k) * ne + e] =
-                                    t.theta_direct(&fam, sw2, task.sigma_b2, k, depth, j);
+                        );
+                        match r {
+                            Ok(()) => {
+                                let t = Terms { a: &a, g: &g, n, max_depth: lmax };
+                                for (k, &depth) in task.depths.iter().enumerate() {
+                                    flag[si * nd + k] = weak(&a, &g, lmax, k, depth);
+                                    for (e, &j) in map.iter().enumerate() {
+                                        out[(si * nd + k) * ne + e] =
+                                            t.theta_direct(&fam, sw2, task.sigma_b2, k, depth, j);
+                                    }
+                                }
                             }
+                            // An overflow at the chunk's deepest depths: each depth alone (the
+                            // same values as in the chunk), so that shallower depths keep their
+                            // plain values whatever the chunking.
+                            Err(ntk_core::Error::NonFinite { .. }) => {
+                                for (k, &depth) in task.depths.iter().enumerate() {
+                                    let one = [depth];
+                                    let mut dr = vec![0.0; fam.draw_len(depth, 1)];
+                                    fam.draw(&mut dr, seed, &one)?;
+                                    let (a1, g1) =
+                                        (&mut a[..(depth + 1) * n], &mut g[..(depth + 1) * n]);
+                                    let sc = &mut scratch[..fam.terms_scratch(depth, 1, n)];
+                                    match fam.terms(a1, g1, &dr, &one, &x, sw, sb, sc) {
+                                        Err(ntk_core::Error::NonFinite { .. }) => {
+                                            flag[si * nd + k] = true
+                                        }
+                                        Err(e) => return Err(cell_err(e, Some(sw2), s)),
+                                        Ok(()) => {
+                                            flag[si * nd + k] = weak(a1, g1, depth, 0, depth);
+                                            let t = Terms { a: a1, g: g1, n, max_depth: depth };
+                                            for (e, &j) in map.iter().enumerate() {
+                                                out[(si * nd + k) * ne + e] = t.theta_direct(
+                                                    &fam,
+                                                    sw2,
+                                                    task.sigma_b2,
+                                                    0,
+                                                    depth,
+                                                    j,
+                                                );
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            Err(e) => return Err(cell_err(e, Some(sw2), s)),
                         }
                     }
                 }
-                if let Some(v) = out.iter().find(|v| !v.is_finite()) {
-                    return Err(CliError::Runtime(format!(
-                        "{} width {} sigma_b2 {} sample {s}: NTK entry {v} overflowed",
-                        fam.activation, fam.width, task.sigma_b2
-                    )));
+                for (c, f) in flag.iter_mut().enumerate() {
+                    *f = *f || out[c * ne..(c + 1) * ne].iter().any(|v| suspect(*v));
                 }
                 pb.inc(task.work());
-                Ok(out)
+                Ok((out, flag))
             })
             .collect::<CliResult<_>>()?;
         let cells = ns * nd * ne;
-        let mut vals = vec![0.0; cells * s_count];
-        for (s, v) in per_sample.iter().enumerate() {
+        let mut plain = vec![0.0; cells * s_count];
+        for (s, (v, _)) in per_sample.iter().enumerate() {
             for (c, &x) in v.iter().enumerate() {
-                vals[c * s_count + s] = x;
+                plain[c * s_count + s] = x;
             }
         }
-        Ok(vals)
+        // Pass 2, block floating point, for every sample of the cells suspect in any sample.
+        let todo: Vec<usize> =
+            (0..ns * nd).filter(|&c| per_sample.iter().any(|(_, f)| f[c])).collect();
+        let mut scaled_vals: Vec<Option<Vec<Scaled>>> = vec![None; ns * nd];
+        if todo.is_empty() {
+            return Ok(TaskValues { plain, scaled: scaled_vals });
+        }
+        let per_sample: Vec<Vec<Scaled>> = (0..s_count)
+            .into_par_iter()
+            .map(|s| -> CliResult<Vec<Scaled>> {
+                let seed = task.sample_seed(s);
+                let (x, map) = self.inputs(d, seed)?;
+                let mut draw = vec![0.0; fam.draw_len(lmax, nd)];
+                fam.draw(&mut draw, seed, &task.depths)?;
+                let mut out = Vec::with_capacity(todo.len() * ne);
+                for &c in &todo {
+                    let (si, k) = (c / nd, c % nd);
+                    let sw2 = self.cfg.sigma_w2[si];
+                    let t = scaled_entries(&fam, task, &draw, &x, sw2, k)
+                        .map_err(|e| cell_err(e, Some(sw2), s))?;
+                    out.extend(map.iter().map(|&j| t[j]));
+                }
+                Ok(out)
+            })
+            .collect::<CliResult<_>>()?;
+        for (t, &c) in todo.iter().enumerate() {
+            let mut v = vec![Scaled::ZERO; ne * s_count];
+            for (s, vals) in per_sample.iter().enumerate() {
+                for e in 0..ne {
+                    v[e * s_count + s] = vals[t * ne + e];
+                }
+            }
+            // Keep the plain values where they are accurate after all (e.g. exact zeros).
+            let p = (0..ne).flat_map(|e| {
+                let q = (c * ne + e) * s_count;
+                plain[q..q + s_count].iter().copied()
+            });
+            let accurate = p.zip(&v).all(|(p, v)| v.matches_f64(p, PLAIN_TOLERANCE));
+            if !accurate {
+                scaled_vals[c] = Some(v);
+            }
+        }
+        Ok(TaskValues { plain, scaled: scaled_vals })
     }
 
     /// The rows of one task from its values (statistics per cell entry, in parallel).
-    fn rows(&self, task: &Task, vals: &[f64], counts: &[f64]) -> Vec<Row> {
+    fn rows(&self, task: &Task, vals: &TaskValues, counts: &[f64]) -> Vec<Row> {
         let fam = self.family(task.act, task.width);
         let (nd, ne, s) = (task.depths.len(), self.entries(), self.cfg.samples);
         let act_name = &self.cfg.activations[task.act];
         let act_csv =
             if act_name.contains(',') { format!("\"{act_name}\"") } else { act_name.clone() };
         let (rs, norm2) = self.entry_geometry(fam.input_dim);
-        let b = self.cfg.bootstrap;
         (0..self.cfg.sigma_w2.len() * nd * ne)
             .into_par_iter()
             .map(|c| {
                 let (si, k, e) = (c / (nd * ne), (c / ne) % nd, c % ne);
                 let (sw2, depth) = (self.cfg.sigma_w2[si], task.depths[k]);
-                let v = &vals[c * s..(c + 1) * s];
-                let m = stats::moments(v);
-                let mut work = vec![0.0; b];
-                let (lo, hi) = stats::bootstrap_dispersion(&mut work, v, counts, b, self.cfg.level);
+                let st = match &vals.scaled[si * nd + k] {
+                    Some(v) => CellStats::of_scaled(&v[e * s..(e + 1) * s], counts, &self.cfg),
+                    None => CellStats::of_plain(&vals.plain[c * s..(c + 1) * s], counts, &self.cfg),
+                };
                 let exact = (e < rs.len()
                     && rs[e] == 1.0
                     && self.exact_applies(&fam, task.sigma_b2))
-                .then(|| relu_mean_theta(sw2, depth, fam.width, fam.input_dim, norm2, true));
+                .then(|| {
+                    let (w, d) = (fam.width, fam.input_dim);
+                    (
+                        relu_mean_theta(sw2, depth, w, d, norm2, true),
+                        relu_ln_mean_theta(sw2, depth, w, d, norm2, true) * LOG10_E,
+                    )
+                });
+                let opt = |x: Option<f64>| x.map_or(String::new(), |x| x.to_string());
                 let line = format!(
-                    "{act_csv},{},{},{depth},{sw2},{},{},{},{},{s},{},{},{},{},{},{},{},{},{},{}",
+                    "{act_csv},{},{},{depth},{sw2},{},{},{},{},{s},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                     fam.input_dim,
                     fam.width,
                     task.sigma_b2,
@@ -512,15 +654,19 @@ impl Plan {
                         InputProtocol::Fixed => "fixed",
                     },
                     rs[e],
-                    m.mean,
-                    m.var,
-                    m.sem,
-                    m.dispersion,
-                    lo,
-                    hi,
-                    m.log_mean,
-                    m.log_var,
-                    exact.map_or(String::new(), |x| x.to_string()),
+                    value(st.mean),
+                    value(st.var),
+                    value(st.sem),
+                    st.dispersion,
+                    st.lo,
+                    st.hi,
+                    st.log_mean,
+                    st.log_var,
+                    opt(exact.map(|x| x.0).filter(|x| x.is_normal())),
+                    opt((st.mean.m > 0.0).then(|| st.mean.log10())),
+                    opt((st.var.m > 0.0).then(|| st.var.log10())),
+                    opt(exact.map(|x| x.1)),
+                    if vals.scaled[si * nd + k].is_some() { "scaled" } else { "f64" },
                 );
                 Row {
                     activation: act_name.clone(),
@@ -557,6 +703,125 @@ impl Plan {
             && fam.parameterization == Parameterization::Standard
             && fam.bias
             && sigma_b2 == 0.0
+    }
+}
+
+/// The values of one task: plain `f64` entries of every cell, and block floating point
+/// entries of the cells (sigma_w2, depth) where the plain ones are not accurate.
+///
+/// A cell is computed in block floating point when, in some sample, the plain computation
+/// overflowed, gave a suspect entry (non-finite, zero or subnormal:
+/// [`ntk_core::scaled::suspect`]) or subnormal layer terms, *and* the scaled entries of the
+/// cell (every sample) differ from the plain ones by more than
+/// [`ntk_core::scaled::PLAIN_TOLERANCE`] or do not fit `f64`. Elsewhere the plain values are
+/// used unchanged.
+struct TaskValues {
+    /// `[((si * nd + k) * ne + e) * samples + s]`.
+    plain: Vec<f64>,
+    /// Per cell `si * nd + k`: the scaled entries `[e * samples + s]`, if used.
+    scaled: Vec<Option<Vec<Scaled>>>,
+}
+
+/// `Theta(x_0, x_j)` (`j` over the rows of `x`) of the depth-`task.depths[k]` network of the
+/// unit draw `draw` at `sigma_w2`, in block floating point:
+/// [`ntk_core::scaled::empirical_ntk_scaled`] on the parameters of [`Family::params`].
+fn scaled_entries(
+    fam: &Family,
+    task: &Task,
+    draw: &[f64],
+    x: &[f64],
+    sigma_w2: f64,
+    k: usize,
+) -> Result<Vec<Scaled>, ntk_core::Error> {
+    use ntk_core::scaled::{empirical_ntk_scaled, empirical_ntk_scaled_scratch};
+    let (d, depth) = (fam.input_dim, task.depths[k]);
+    let n = x.len() / d;
+    let mut widths = vec![fam.width; depth + 2];
+    (widths[0], widths[depth + 1]) = (d, 1);
+    let spec = ntk_core::Spec::new(
+        &widths,
+        fam.activation,
+        sigma_w2,
+        task.sigma_b2,
+        fam.bias,
+        fam.parameterization,
+    )?;
+    let mut p = vec![0.0; spec.param_count()];
+    fam.params(&mut p, &spec, draw, &task.depths, k)?;
+    let mut out = vec![Scaled::ZERO; n];
+    let mut s = vec![0.0; empirical_ntk_scaled_scratch(&widths, 1, Some(n))];
+    let full = ntk_core::ntk::OutputMode::Full;
+    empirical_ntk_scaled(&spec, &p, &mut out, &x[..d], Some(x), full, &mut s)?;
+    Ok(out)
+}
+
+/// Statistics of one cell entry (DESIGN §6). Mean, variance and standard error are
+/// [`Scaled`] numbers, computed over the sample's common power-of-two exponent `E`
+/// ([`ntk_core::scaled::common_exponent`]): `stats::moments` and the bootstrap of the values
+/// `t_i / 2^E`, then scaled back by `2^E` (`2^2E` for the variance). Scaling by a power of two
+/// is exact, so these equal the plain `f64` statistics bit for bit wherever those neither
+/// overflow nor underflow, and the dispersion `E[T^2] / E[T]^2` and its interval, which do
+/// not depend on a common scale, are finite at any scale.
+struct CellStats {
+    mean: Scaled,
+    var: Scaled,
+    sem: Scaled,
+    dispersion: f64,
+    lo: f64,
+    hi: f64,
+    /// Mean and unbiased variance of `ln t_i` (NaN if some `t_i <= 0`).
+    log_mean: f64,
+    log_var: f64,
+}
+
+impl CellStats {
+    /// From plain values; the log-moments are those of `stats::moments` on the values.
+    fn of_plain(v: &[f64], counts: &[f64], cfg: &SweepConfig) -> Self {
+        let m = stats::moments(v);
+        let sv: Vec<Scaled> = v.iter().map(|&x| Scaled::new(x)).collect();
+        Self { log_mean: m.log_mean, log_var: m.log_var, ..Self::common(&sv, counts, cfg) }
+    }
+
+    /// From block floating point values; the log-moments are those of `ln t_i = ln m_i +
+    /// e_i ln 2`.
+    fn of_scaled(v: &[Scaled], counts: &[f64], cfg: &SweepConfig) -> Self {
+        let (log_mean, log_var) = if v.iter().all(|x| x.m > 0.0) {
+            let l: Vec<f64> = v.iter().map(|x| x.ln()).collect();
+            let m = stats::moments(&l);
+            (m.mean, m.var)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        Self { log_mean, log_var, ..Self::common(v, counts, cfg) }
+    }
+
+    fn common(v: &[Scaled], counts: &[f64], cfg: &SweepConfig) -> Self {
+        use ntk_core::scaled::{common_exponent, mantissas};
+        let e = common_exponent(v);
+        let mut t = vec![0.0; v.len()];
+        mantissas(&mut t, v, e);
+        let m = stats::moments(&t);
+        let mut work = vec![0.0; cfg.bootstrap];
+        let (lo, hi) = stats::bootstrap_dispersion(&mut work, &t, counts, cfg.bootstrap, cfg.level);
+        Self {
+            mean: Scaled::from_parts(m.mean, e),
+            var: Scaled::from_parts(m.var, 2 * e),
+            sem: Scaled::from_parts(m.sem, e),
+            dispersion: m.dispersion,
+            lo,
+            hi,
+            log_mean: f64::NAN,
+            log_var: f64::NAN,
+        }
+    }
+}
+
+/// A CSV field for `x`: its value if it fits `f64` ([`Scaled::fits_f64`]), else empty.
+fn value(x: Scaled) -> String {
+    if x.fits_f64() {
+        x.to_f64().to_string()
+    } else {
+        String::new()
     }
 }
 
@@ -617,25 +882,18 @@ pub fn run_sweep(cfg: &SweepConfig, r: &SweepRunArgs) -> CliResult {
         Ok((todo.len(), t0.elapsed().as_secs_f64()))
     })?;
     let results = finish(&plan, std::slice::from_ref(&r.out_dir), &r.out_dir, r.png)?;
-    let scaled: Vec<_> = plan
-        .tasks
-        .iter()
-        .filter(|t| t.depths[0] == plan.cfg.depths[0])
-        .map(|t| {
-            json!({
-                "activation": plan.cfg.activations[t.act], "width": t.width,
-                "sigma_b2": t.sigma_b2, "homogeneous_scaling": plan.scaled(t)
-            })
-        })
-        .collect();
+    let groups = results["groups"].clone();
+    let any_scaled = groups
+        .as_array()
+        .is_some_and(|g| g.iter().any(|x| x["scaled_representation"].as_bool() == Some(true)));
     info.write(
         &r.out_dir,
         json!({
             "tasks_total": plan.tasks.len(), "tasks_in_shard": mine.len(),
             "tasks_computed": done, "tasks_skipped_done": skipped,
             "compute_time_s": compute_s, "threads": r.run.thread_count(),
-            "groups": scaled,
-            "scaled_representation": false,
+            "groups": groups,
+            "scaled_representation": any_scaled,
             "precision": "f64",
             "tables": results,
         }),
@@ -666,6 +924,7 @@ pub fn finish(
         "csv": csv, "rows": rows.len(),
         "tasks_present": present.len(), "tasks_missing": plan.tasks.len() - present.len(),
     });
+    summary["groups"] = plan.groups(&table);
     if kind == "phase" {
         phase_figure(plan, &table, &out_dir.join("phase.svg"), png)?;
     } else {
@@ -687,6 +946,11 @@ struct Cell {
     sem: f64,
     dispersion: f64,
     exact: Option<f64>,
+    log10_mean: Option<f64>,
+    log10_var: Option<f64>,
+    log10_exact: Option<f64>,
+    /// The entries were computed in block floating point.
+    scaled: bool,
 }
 
 fn parse_rows(rows: &[Row]) -> Vec<Cell> {
@@ -694,8 +958,11 @@ fn parse_rows(rows: &[Row]) -> Vec<Cell> {
         .map(|r| {
             // The activation may be quoted and contain commas: parse the numeric tail.
             let f: Vec<&str> = r.line.rsplitn(HEADER.split(',').count() - 1, ',').collect();
-            // rsplitn yields fields from the end: exact_mean is f[0], mean is f[8], sem f[6].
+            // rsplitn yields fields from the end: representation is f[0], log10_exact_mean
+            // f[1], log10_var f[2], log10_mean f[3], exact_mean f[4], dispersion f[9], sem
+            // f[10], mean f[12].
             let num = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
+            let opt = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok());
             Cell {
                 activation: r.activation.clone(),
                 width: r.width,
@@ -703,10 +970,14 @@ fn parse_rows(rows: &[Row]) -> Vec<Cell> {
                 sigma_w2: r.sigma_w2,
                 sigma_b2: r.sigma_b2,
                 entry: r.entry,
-                mean: num(8),
-                sem: num(6),
-                dispersion: num(5),
-                exact: f.first().and_then(|s| s.parse().ok()),
+                mean: num(12),
+                sem: num(10),
+                dispersion: num(9),
+                exact: opt(4),
+                log10_mean: opt(3),
+                log10_var: opt(2),
+                log10_exact: opt(1),
+                scaled: f.first() == Some(&"scaled"),
             }
         })
         .collect()
@@ -767,9 +1038,21 @@ fn figures(plan: &Plan, cells: &[Cell], out_dir: &Path, png: bool) -> CliResult<
                     dashed: true,
                 });
             }
+            let n = plan.cfg.samples as f64;
             let ex: Vec<(f64, f64, f64)> = sel
                 .iter()
-                .filter_map(|c| c.exact.map(|e| (beta(c), c.mean / e, (c.mean - e) / c.sem)))
+                .filter_map(|c| match c.exact {
+                    Some(e) if c.mean.is_finite() && c.sem.is_finite() => {
+                        Some((beta(c), c.mean / e, (c.mean - e) / c.sem))
+                    }
+                    // Beyond f64: mean / exact and sem / exact from the log10 columns.
+                    _ => {
+                        let (lm, lv, le) = (c.log10_mean?, c.log10_var?, c.log10_exact?);
+                        let q = 10f64.powf(lm - le);
+                        let se = 10f64.powf(0.5 * lv - 0.5 * n.log10() - le);
+                        Some((beta(c), q, (q - 1.0) / se))
+                    }
+                })
                 .collect();
             if !ex.is_empty() {
                 for &(_, _, z) in &ex {
