@@ -3,6 +3,7 @@
 //! empirical NTK never touch the heap.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -15,10 +16,18 @@ use ntk_core::{Activation, Parameterization, Spec};
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
+std::thread_local! {
+    /// Set on the test's own thread while the core runs: the harness's other threads (slow-test
+    /// reports, output capture) may allocate meanwhile, and must not count.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
 // SAFETY: forwards to the system allocator; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        if COUNTING.with(|c| c.get()) {
+            ALLOCS.fetch_add(1, Ordering::SeqCst);
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(l) }
     }
@@ -63,6 +72,7 @@ fn static_buffers_and_no_heap() {
     let y: [f32; N * 2] = core::array::from_fn(|i| (i % 2) as f32);
     let mut g = [0.0f32; N * 2];
     let before = ALLOCS.load(Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
     let spec = Spec::new(&WIDTHS, Activation::Gelu, 1.5, 0.1, true, Parameterization::Ntk).unwrap();
     spec.init(&mut b.params, 3).unwrap();
     forward(&spec, &b.params, &x, N, &mut b.cache, &mut b.fscratch).unwrap();
@@ -80,6 +90,7 @@ fn static_buffers_and_no_heap() {
         OutputMode::Full,
         &mut b.nscratch[..empirical_ntk_scratch(&WIDTHS, N, None) - 1],
     );
+    COUNTING.with(|c| c.set(false));
     let after = ALLOCS.load(Ordering::SeqCst);
     assert_eq!(after, before, "the core allocated");
     assert!(loss.is_finite() && loss > 0.0);
