@@ -266,48 +266,41 @@ pub fn run(a: ForgettingArgs) -> CliResult {
     })
 }
 
+/// A measured/linearized quantity of a cell.
+type PairOf = fn(&ForgettingCell) -> Pair;
+
+/// The measured/linearized quantities of a cell, by CSV column (`NAME`, `NAME_kernel`).
+const PAIRS: [(&str, PairOf); 7] = [
+    ("loss_a_after_a", |r| r.loss_a_after_a),
+    ("loss_a_after_b", |r| r.loss_a_after_b),
+    ("loss_b_after_b", |r| r.loss_b_after_b),
+    ("acc_a_after_a", |r| r.acc_a_after_a),
+    ("acc_a_after_b", |r| r.acc_a_after_b),
+    ("forgetting", ForgettingCell::forgetting),
+    ("acc_drop", ForgettingCell::acc_drop),
+];
+
 fn write_outputs(s: &StudyArgs, done: &[(Cell, ForgettingCell)]) -> CliResult {
-    let mut t = Table::cells(&[
-        "eta",
-        "loss_a_after_a",
-        "loss_a_after_a_kernel",
-        "loss_a_after_b",
-        "loss_a_after_b_kernel",
-        "loss_b_after_b",
-        "loss_b_after_b_kernel",
-        "acc_a_after_a",
-        "acc_a_after_a_kernel",
-        "acc_a_after_b",
-        "acc_a_after_b_kernel",
-        "forgetting",
-        "forgetting_kernel",
-        "acc_drop",
-        "acc_drop_kernel",
-        "function_gap",
-    ]);
+    let pairs: Vec<String> =
+        PAIRS.iter().flat_map(|(name, _)| [name.to_string(), format!("{name}_kernel")]).collect();
+    let mut columns = vec!["eta"];
+    columns.extend(pairs.iter().map(String::as_str));
+    columns.push("function_gap");
+    let mut t = Table::cells(&columns);
     for (c, r) in done {
-        let (f, d) = (r.forgetting(), r.acc_drop());
-        let middle = [
-            r.eta,
-            r.loss_a_after_a.measured,
-            r.loss_a_after_a.kernel,
-            r.loss_a_after_b.measured,
-            r.loss_a_after_b.kernel,
-            r.loss_b_after_b.measured,
-            r.loss_b_after_b.kernel,
-            r.acc_a_after_a.measured,
-            r.acc_a_after_a.kernel,
-            r.acc_a_after_b.measured,
-            r.acc_a_after_b.kernel,
-            f.measured,
-            f.kernel,
-            d.measured,
-            d.kernel,
-            r.function_gap,
-        ];
+        let mut middle = vec![r.eta];
+        middle.extend(PAIRS.iter().flat_map(|(_, f)| [f(r).measured, f(r).kernel]));
+        middle.push(r.function_gap);
         t.push_cell(c, r.params, &middle, r.phase_s, r.time_s);
     }
     t.write(&s.out_dir, "forgetting_cells.csv")?;
+    // A pair as a figure's lines: the network solid, the linearized model dashed.
+    let lines = |f: PairOf| {
+        vec![
+            Line::solid("network", move |r: &ForgettingCell| f(r).measured),
+            Line::dashed("linearized", move |r: &ForgettingCell| f(r).kernel),
+        ]
+    };
     width_figures(
         s,
         done,
@@ -317,20 +310,14 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, ForgettingCell)]) -> CliResult {
                 title: "Forgetting: increase of task-A loss after task B (solid: network, dashed: linearized)",
                 y_label: "loss_A(after B) - loss_A(after A)",
                 log_y: false,
-                lines: vec![
-                    Line::solid("network", |r: &ForgettingCell| r.forgetting().measured),
-                    Line::dashed("linearized", |r: &ForgettingCell| r.forgetting().kernel),
-                ],
+                lines: lines(ForgettingCell::forgetting),
             },
             Figure {
                 name: "accuracy_drop_vs_width.svg",
                 title: "Held-out task-A accuracy drop after task B (solid: network, dashed: linearized)",
                 y_label: "acc_A(after A) - acc_A(after B)",
                 log_y: false,
-                lines: vec![
-                    Line::solid("network", |r: &ForgettingCell| r.acc_drop().measured),
-                    Line::dashed("linearized", |r: &ForgettingCell| r.acc_drop().kernel),
-                ],
+                lines: lines(ForgettingCell::acc_drop),
             },
             Figure {
                 name: "function_gap_vs_width.svg",

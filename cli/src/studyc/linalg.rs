@@ -148,26 +148,29 @@ pub fn gd_filter(lambda: f64, eta_over_n: f64, t: f64) -> f64 {
     one_minus / lambda
 }
 
+/// `G G^T + shift I` (row-major) with `G` an `n x n` matrix of standard normals drawn from
+/// `seed`: a random symmetric positive definite matrix for tests.
+#[cfg(test)]
+pub(crate) fn random_spd(n: usize, seed: u64, shift: f64) -> Vec<f64> {
+    let g: Vec<f64> = (0..n * n).map(|i| ntk_core::rng::normal(seed, 0, i as u64)).collect();
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n).map(|k| g[i * n + k] * g[j * n + k]).sum::<f64>();
+        }
+        a[i * n + i] += shift;
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn random_spd(n: usize, seed: u64) -> Vec<f64> {
-        let g: Vec<f64> = (0..n * n).map(|i| ntk_core::rng::normal(seed, 0, i as u64)).collect();
-        let mut a = vec![0.0; n * n];
-        for i in 0..n {
-            for j in 0..n {
-                a[i * n + j] = (0..n).map(|k| g[i * n + k] * g[j * n + k]).sum::<f64>();
-            }
-            a[i * n + i] += 0.1;
-        }
-        a
-    }
-
     #[test]
     fn eigen_reconstructs_and_matches_trace() {
         let n = 17;
-        let a = random_spd(n, 3);
+        let a = random_spd(n, 3, 0.1);
         let e = sym_eig(&a, n).unwrap();
         let trace: f64 = (0..n).map(|i| a[i * n + i]).sum();
         let sum: f64 = e.values.iter().sum();
@@ -186,7 +189,7 @@ mod tests {
     #[test]
     fn spd_solve_matches_spectral_inverse() {
         let n = 9;
-        let a = random_spd(n, 5);
+        let a = random_spd(n, 5, 0.1);
         let b: Vec<f64> = (0..n * 2).map(|i| (i as f64).sin()).collect();
         let x = spd_solve(&a, n, 0.0, &b, 2, "test").unwrap();
         let e = sym_eig(&a, n).unwrap();
