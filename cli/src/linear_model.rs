@@ -184,25 +184,13 @@ pub fn gp_operator(theta: &SymEigen, theta_tx: &[f64], g: impl Fn(f64) -> f64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A random symmetric positive definite matrix from a fixed seed.
-    fn spd(n: usize, seed: u64) -> Vec<f64> {
-        let a: Vec<f64> = (0..n * n).map(|i| ntk_core::rng::normal(seed, 0, i as u64)).collect();
-        let mut s = vec![0.0; n * n];
-        for i in 0..n {
-            for j in 0..n {
-                s[i * n + j] = (0..n).map(|p| a[i * n + p] * a[j * n + p]).sum::<f64>()
-                    + if i == j { 0.5 } else { 0.0 };
-            }
-        }
-        s
-    }
+    use crate::studyc::linalg::random_spd;
 
     /// V diag(lambda) V^T reproduces A, and apply with g = 1/lambda solves A x = b (1e-10).
     #[test]
     fn eigen_reconstructs_and_solves() {
         let n = 7;
-        let a = spd(n, 3);
+        let a = random_spd(n, 3, 0.5);
         let e = SymEigen::new(&a, n).unwrap();
         assert!(e.values.windows(2).all(|w| w[0] <= w[1]));
         let b: Vec<f64> = (0..n).map(|i| i as f64 - 2.0).collect();
@@ -224,7 +212,7 @@ mod tests {
     #[test]
     fn infinite_time_limits() {
         let (n, m) = (5, 3);
-        let big = spd(n + m, 8);
+        let big = random_spd(n + m, 8, 0.5);
         let theta: Vec<f64> = (0..n * n).map(|i| big[(i / n) * (n + m) + i % n]).collect();
         let theta_tx: Vec<f64> = (0..m * n).map(|i| big[(n + i / n) * (n + m) + i % n]).collect();
         let e = SymEigen::new(&theta, n).unwrap();

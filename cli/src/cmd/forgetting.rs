@@ -22,11 +22,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::{CliError, CliResult};
-use crate::runinfo::RunInfo;
 use crate::studyc::data::{load_digits, Labelled, CLASSES};
 use crate::studyc::linalg::{gd_filter, sym_eig};
 use crate::studyc::net::{accuracy, mse, Net, Optimizer};
-use crate::studyc::{finish, run_cells, timed, width_figure, Cell, Phases, StudyArgs, Table};
+use crate::studyc::{
+    cell_summary, check_lr_scale, run_study, timed, width_figures, Cell, Figure, Line, Phases,
+    StudyArgs, Table,
+};
 
 /// The second task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -209,7 +211,6 @@ pub fn forgetting_cell(
 pub fn run(a: ForgettingArgs) -> CliResult {
     let s = &a.study;
     s.check()?;
-    faer::set_global_parallelism(faer::Par::Seq);
     let n_task = a.n_task.unwrap_or(if s.quick { 60 } else { 100 });
     let n_test = a.n_test.unwrap_or(if s.quick { 60 } else { 100 });
     let steps = a.steps.unwrap_or(if s.quick { 100 } else { 300 });
@@ -220,13 +221,7 @@ pub fn run(a: ForgettingArgs) -> CliResult {
             "need at least one training and one test image",
         ));
     }
-    if !(a.lr_scale > 0.0 && a.lr_scale < 2.0) {
-        return Err(CliError::flag(
-            "--lr-scale",
-            a.lr_scale,
-            "must be in (0, 2) for GD to be stable",
-        ));
-    }
+    check_lr_scale(a.lr_scale)?;
     let digits = load_digits(&a.data)?;
     let order = digits.shuffled_indices(a.data_seed);
     let first: Vec<usize> = (0..5).collect();
@@ -260,115 +255,77 @@ pub fn run(a: ForgettingArgs) -> CliResult {
         "steps": steps, "lr_scale": a.lr_scale, "data_seed": a.data_seed,
         "targets": "centred one-hot (k = 10), MSE", "optimizer": "full-batch GD",
     });
-    let config = s.config_json(specific);
-    let info = RunInfo::start(
-        "forgetting",
-        json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}),
-    );
     let net_cfg = s.net();
-    let sweep = run_cells(s, &config, "forgetting", |c: &Cell| {
+    let compute = |c: &Cell| {
         let mut net = Net::new(net_cfg, digits.d, c.width, c.depth, CLASSES, c.seed)?;
         forgetting_cell(&mut net, &task_a, &test_a, &task_b, steps, a.lr_scale)
-    })?;
-    write_outputs(s, &sweep.done)?;
-    let summary: Vec<_> = sweep
-        .done
-        .iter()
-        .map(|(c, r)| json!({"width": c.width, "depth": c.depth, "seed": c.seed,
-            "forgetting": r.forgetting(), "acc_drop": r.acc_drop(), "function_gap": r.function_gap, "phase_s": r.phase_s, "time_s": r.time_s}))
-        .collect();
-    finish(s, &info, &sweep, json!({"cells": summary}))
+    };
+    run_study(s, "forgetting", specific, compute, write_outputs, |c, r: &ForgettingCell| {
+        let fields = json!({"forgetting": r.forgetting(), "acc_drop": r.acc_drop(), "function_gap": r.function_gap});
+        cell_summary(c, fields, r.phase_s, r.time_s)
+    })
 }
 
+/// A measured/linearized quantity of a cell.
+type PairOf = fn(&ForgettingCell) -> Pair;
+
+/// The measured/linearized quantities of a cell, by CSV column (`NAME`, `NAME_kernel`).
+const PAIRS: [(&str, PairOf); 7] = [
+    ("loss_a_after_a", |r| r.loss_a_after_a),
+    ("loss_a_after_b", |r| r.loss_a_after_b),
+    ("loss_b_after_b", |r| r.loss_b_after_b),
+    ("acc_a_after_a", |r| r.acc_a_after_a),
+    ("acc_a_after_b", |r| r.acc_a_after_b),
+    ("forgetting", ForgettingCell::forgetting),
+    ("acc_drop", ForgettingCell::acc_drop),
+];
+
 fn write_outputs(s: &StudyArgs, done: &[(Cell, ForgettingCell)]) -> CliResult {
-    let mut t = Table::new(&[
-        "width",
-        "depth",
-        "seed",
-        "params",
-        "eta",
-        "loss_a_after_a",
-        "loss_a_after_a_kernel",
-        "loss_a_after_b",
-        "loss_a_after_b_kernel",
-        "loss_b_after_b",
-        "loss_b_after_b_kernel",
-        "acc_a_after_a",
-        "acc_a_after_a_kernel",
-        "acc_a_after_b",
-        "acc_a_after_b_kernel",
-        "forgetting",
-        "forgetting_kernel",
-        "acc_drop",
-        "acc_drop_kernel",
-        "function_gap",
-        "ntk_s",
-        "eig_s",
-        "train_s",
-        "time_s",
-    ]);
+    let pairs: Vec<String> =
+        PAIRS.iter().flat_map(|(name, _)| [name.to_string(), format!("{name}_kernel")]).collect();
+    let mut columns = vec!["eta"];
+    columns.extend(pairs.iter().map(String::as_str));
+    columns.push("function_gap");
+    let mut t = Table::cells(&columns);
     for (c, r) in done {
-        let (f, d) = (r.forgetting(), r.acc_drop());
-        t.push(&[
-            c.width as f64,
-            c.depth as f64,
-            c.seed as f64,
-            r.params as f64,
-            r.eta,
-            r.loss_a_after_a.measured,
-            r.loss_a_after_a.kernel,
-            r.loss_a_after_b.measured,
-            r.loss_a_after_b.kernel,
-            r.loss_b_after_b.measured,
-            r.loss_b_after_b.kernel,
-            r.acc_a_after_a.measured,
-            r.acc_a_after_a.kernel,
-            r.acc_a_after_b.measured,
-            r.acc_a_after_b.kernel,
-            f.measured,
-            f.kernel,
-            d.measured,
-            d.kernel,
-            r.function_gap,
-            r.phase_s.ntk,
-            r.phase_s.eig,
-            r.phase_s.train,
-            r.time_s,
-        ]);
+        let mut middle = vec![r.eta];
+        middle.extend(PAIRS.iter().flat_map(|(_, f)| [f(r).measured, f(r).kernel]));
+        middle.push(r.function_gap);
+        t.push_cell(c, r.params, &middle, r.phase_s, r.time_s);
     }
     t.write(&s.out_dir, "forgetting_cells.csv")?;
-    width_figure(
+    // A pair as a figure's lines: the network solid, the linearized model dashed.
+    let lines = |f: PairOf| {
+        vec![
+            Line::solid("network", move |r: &ForgettingCell| f(r).measured),
+            Line::dashed("linearized", move |r: &ForgettingCell| f(r).kernel),
+        ]
+    };
+    width_figures(
         s,
         done,
-        "forgetting_vs_width.svg",
-        "Forgetting: increase of task-A loss after task B (solid: network, dashed: linearized)",
-        "loss_A(after B) - loss_A(after A)",
-        false,
         &[
-            ("network", &|r: &ForgettingCell| r.forgetting().measured, false),
-            ("linearized", &|r: &ForgettingCell| r.forgetting().kernel, true),
+            Figure {
+                name: "forgetting_vs_width.svg",
+                title: "Forgetting: increase of task-A loss after task B (solid: network, dashed: linearized)",
+                y_label: "loss_A(after B) - loss_A(after A)",
+                log_y: false,
+                lines: lines(ForgettingCell::forgetting),
+            },
+            Figure {
+                name: "accuracy_drop_vs_width.svg",
+                title: "Held-out task-A accuracy drop after task B (solid: network, dashed: linearized)",
+                y_label: "acc_A(after A) - acc_A(after B)",
+                log_y: false,
+                lines: lines(ForgettingCell::acc_drop),
+            },
+            Figure {
+                name: "function_gap_vs_width.svg",
+                title: "Distance of the network from its linearization on task A after B",
+                y_label: "||f_net - f_lin|| / ||f_lin - f_0||",
+                log_y: true,
+                lines: vec![Line::solid("gap", |r: &ForgettingCell| r.function_gap)],
+            },
         ],
-    )?;
-    width_figure(
-        s,
-        done,
-        "accuracy_drop_vs_width.svg",
-        "Held-out task-A accuracy drop after task B (solid: network, dashed: linearized)",
-        "acc_A(after A) - acc_A(after B)",
-        false,
-        &[
-            ("network", &|r: &ForgettingCell| r.acc_drop().measured, false),
-            ("linearized", &|r: &ForgettingCell| r.acc_drop().kernel, true),
-        ],
-    )?;
-    width_figure(
-        s,
-        done,
-        "function_gap_vs_width.svg",
-        "Distance of the network from its linearization on task A after B",
-        "||f_net - f_lin|| / ||f_lin - f_0||",
-        true,
-        &[("gap", &|r: &ForgettingCell| r.function_gap, false)],
-    )?;
-    Ok(())
+    )
 }

@@ -23,11 +23,13 @@ use serde_json::json;
 
 use crate::error::{CliError, CliResult};
 use crate::plot::{LineChart, Series};
-use crate::runinfo::RunInfo;
 use crate::studyc::data::{load_digits, Labelled, CLASSES};
 use crate::studyc::linalg::{sym_eig, sym_eigenvalues};
 use crate::studyc::net::{accuracy, mse, Net, Optimizer};
-use crate::studyc::{finish, run_cells, timed, width_figure, Cell, Phases, StudyArgs, Table};
+use crate::studyc::{
+    cell_summary, check_lr_scale, run_study, timed, width_figures, Cell, Figure, Line, Phases,
+    StudyArgs, Table,
+};
 
 /// Flags of `ntk spectrum`.
 #[derive(Args, Clone, Debug)]
@@ -242,19 +244,12 @@ pub fn spectrum_cell(
 pub fn run(a: SpectrumArgs) -> CliResult {
     let s = &a.study;
     s.check()?;
-    faer::set_global_parallelism(faer::Par::Seq);
     let n_train = a.n_train.unwrap_or(if s.quick { 96 } else { 128 });
     let steps = a.steps.unwrap_or(if s.quick { 150 } else { 300 });
     if n_train < 2 {
         return Err(CliError::flag("--n-train", n_train, "need at least 2 inputs"));
     }
-    if !(a.lr_scale > 0.0 && a.lr_scale < 2.0) {
-        return Err(CliError::flag(
-            "--lr-scale",
-            a.lr_scale,
-            "must be in (0, 2) for GD to be stable",
-        ));
-    }
+    check_lr_scale(a.lr_scale)?;
     if !(a.rcond >= 0.0 && a.rcond < 1.0) {
         return Err(CliError::flag("--rcond", a.rcond, "must be in [0, 1)"));
     }
@@ -275,38 +270,23 @@ pub fn run(a: SpectrumArgs) -> CliResult {
         "lr_scale": a.lr_scale, "rcond": a.rcond, "data_seed": a.data_seed,
         "targets": "centred one-hot (k = 10), MSE", "optimizer": "full-batch GD",
     });
-    let config = s.config_json(specific.clone());
-    let info = RunInfo::start(
-        "spectrum",
-        json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}),
-    );
     let net_cfg = s.net();
-    let sweep = run_cells(s, &config, "spectrum", |c: &Cell| {
+    let compute = |c: &Cell| {
         let mut net = Net::new(net_cfg, train.d, c.width, c.depth, CLASSES, c.seed)?;
         spectrum_cell(&mut net, &train.x, &y, steps, a.lr_scale, a.rcond)
-    })?;
-    write_outputs(s, &sweep.done)?;
-    let summary: Vec<_> = sweep
-        .done
-        .iter()
-        .map(|(c, r)| {
-            json!({"width": c.width, "depth": c.depth, "seed": c.seed, "cond_init": r.cond_init(),
-                "gn_residual": r.gn_residual, "curve_log_error": r.curve_log_error,
-                "loss_final": r.curve.last().map(|v| v.1), "loss_final_kernel": r.curve.last().map(|v| v.2),
-                "ntk_rel_change": r.checkpoints.last().map(|c| c.rel_change), "function_gap": r.function_gap,
-                "phase_s": r.phase_s, "time_s": r.time_s})
-        })
-        .collect();
-    finish(s, &info, &sweep, json!({"cells": summary}))
+    };
+    run_study(s, "spectrum", specific, compute, write_outputs, |c, r: &SpectrumCell| {
+        let fields = json!({"cond_init": r.cond_init(),
+            "gn_residual": r.gn_residual, "curve_log_error": r.curve_log_error,
+            "loss_final": r.curve.last().map(|v| v.1), "loss_final_kernel": r.curve.last().map(|v| v.2),
+            "ntk_rel_change": r.checkpoints.last().map(|c| c.rel_change), "function_gap": r.function_gap});
+        cell_summary(c, fields, r.phase_s, r.time_s)
+    })
 }
 
 fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
     let dir = &s.out_dir;
-    let mut cells = Table::new(&[
-        "width",
-        "depth",
-        "seed",
-        "params",
+    let mut cells = Table::cells(&[
         "n_k",
         "lambda_max_init",
         "lambda_min_init",
@@ -326,10 +306,6 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
         "ntk_rel_change_mid",
         "ntk_rel_change_final",
         "function_gap",
-        "ntk_s",
-        "eig_s",
-        "train_s",
-        "time_s",
     ]);
     let mut curves = Table::new(&["width", "depth", "seed", "step", "loss", "loss_kernel"]);
     let mut eigs = Table::new(&["width", "depth", "seed", "stage", "rank", "eigenvalue"]);
@@ -339,11 +315,7 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
         let last = r.curve.last().copied().unwrap_or((0, f64::NAN, f64::NAN));
         let ck = |i: usize| r.checkpoints.get(i);
         let fin = r.checkpoints.last();
-        cells.push(&[
-            w,
-            d,
-            sd,
-            r.params as f64,
+        let middle = [
             r.eig_init.len() as f64,
             r.eig_init.last().copied().unwrap_or(f64::NAN),
             r.eig_init.first().copied().unwrap_or(f64::NAN),
@@ -363,11 +335,8 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
             ck(0).map_or(f64::NAN, |c| c.rel_change),
             fin.map_or(f64::NAN, |c| c.rel_change),
             r.function_gap,
-            r.phase_s.ntk,
-            r.phase_s.eig,
-            r.phase_s.train,
-            r.time_s,
-        ]);
+        ];
+        cells.push_cell(c, r.params, &middle, r.phase_s, r.time_s);
         for &(t, m, p) in &r.curve {
             curves.push(&[w, d, sd, t as f64, m, p]);
         }
@@ -381,67 +350,57 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, SpectrumCell)]) -> CliResult {
     curves.write(dir, "loss_curves.csv")?;
     eigs.write(dir, "eigenvalues.csv")?;
 
-    width_figure(
+    width_figures(
         s,
         done,
-        "cond_vs_width.svg",
-        "NTK condition number (solid: init, dashed: end of GD)",
-        "lambda_max / lambda_min",
-        true,
         &[
-            ("init", &|r: &SpectrumCell| r.cond_init(), false),
-            (
-                "trained",
-                &|r: &SpectrumCell| r.checkpoints.last().map_or(f64::NAN, |c| c.cond),
-                true,
-            ),
-        ],
-    )?;
-    width_figure(
-        s,
-        done,
-        "gn_residual_vs_width.svg",
-        "Gauss-Newton step: relative residual (kernel regime: ~0)",
-        "||y - f_GN|| / ||y - f_0||",
-        true,
-        &[("GN", &|r: &SpectrumCell| r.gn_residual, false)],
-    )?;
-    width_figure(
-        s,
-        done,
-        "loss_prediction_error_vs_width.svg",
-        "GD loss vs kernel-regime prediction: mean |log10(measured / predicted)|",
-        "mean |log10 ratio|",
-        true,
-        &[("GD", &|r: &SpectrumCell| r.curve_log_error, false)],
-    )?;
-    width_figure(
-        s,
-        done,
-        "function_gap_vs_width.svg",
-        "Network vs linearized model after GD (kernel regime: 0)",
-        "||f_T - f_lin,T|| / ||f_0 - y||",
-        true,
-        &[("gap", &|r: &SpectrumCell| r.function_gap, false)],
-    )?;
-    width_figure(
-        s,
-        done,
-        "ntk_change_vs_width.svg",
-        "Relative NTK change during GD (dashed: middle)",
-        "||Theta_t - Theta_0||_F / ||Theta_0||_F",
-        true,
-        &[
-            (
-                "end",
-                &|r: &SpectrumCell| r.checkpoints.last().map_or(f64::NAN, |c| c.rel_change),
-                false,
-            ),
-            (
-                "middle",
-                &|r: &SpectrumCell| r.checkpoints.first().map_or(f64::NAN, |c| c.rel_change),
-                true,
-            ),
+            Figure {
+                name: "cond_vs_width.svg",
+                title: "NTK condition number (solid: init, dashed: end of GD)",
+                y_label: "lambda_max / lambda_min",
+                log_y: true,
+                lines: vec![
+                    Line::solid("init", |r: &SpectrumCell| r.cond_init()),
+                    Line::dashed("trained", |r: &SpectrumCell| {
+                        r.checkpoints.last().map_or(f64::NAN, |c| c.cond)
+                    }),
+                ],
+            },
+            Figure {
+                name: "gn_residual_vs_width.svg",
+                title: "Gauss-Newton step: relative residual (kernel regime: ~0)",
+                y_label: "||y - f_GN|| / ||y - f_0||",
+                log_y: true,
+                lines: vec![Line::solid("GN", |r: &SpectrumCell| r.gn_residual)],
+            },
+            Figure {
+                name: "loss_prediction_error_vs_width.svg",
+                title: "GD loss vs kernel-regime prediction: mean |log10(measured / predicted)|",
+                y_label: "mean |log10 ratio|",
+                log_y: true,
+                lines: vec![Line::solid("GD", |r: &SpectrumCell| r.curve_log_error)],
+            },
+            Figure {
+                name: "function_gap_vs_width.svg",
+                title: "Network vs linearized model after GD (kernel regime: 0)",
+                y_label: "||f_T - f_lin,T|| / ||f_0 - y||",
+                log_y: true,
+                lines: vec![Line::solid("gap", |r: &SpectrumCell| r.function_gap)],
+            },
+            Figure {
+                name: "ntk_change_vs_width.svg",
+                title: "Relative NTK change during GD (dashed: middle)",
+                y_label: "||Theta_t - Theta_0||_F / ||Theta_0||_F",
+                log_y: true,
+                lines: vec![
+                    Line::solid("end", |r: &SpectrumCell| {
+                        r.checkpoints.last().map_or(f64::NAN, |c| c.rel_change)
+                    }),
+                    Line::dashed("middle", |r: &SpectrumCell| {
+                        r.checkpoints.first().map_or(f64::NAN, |c| c.rel_change)
+                    }),
+                ],
+            },
         ],
     )?;
 

@@ -24,12 +24,14 @@ use serde_json::json;
 
 use crate::engine::par_infinite_kernel;
 use crate::error::{CliError, CliResult};
-use crate::runinfo::RunInfo;
 use crate::studyc::data::Regression;
 use crate::studyc::gauss::{calibration, laplace_var, ntk_gp, Calibration, GpKernels, Prediction};
 use crate::studyc::linalg::sym_eig;
 use crate::studyc::net::{Net, Optimizer};
-use crate::studyc::{finish, run_cells, timed, width_figure, Cell, Phases, StudyArgs, Table};
+use crate::studyc::{
+    cell_summary, check_lr_scale, run_study, timed, width_figures, Cell, Figure, Line, Phases,
+    StudyArgs, Table,
+};
 
 /// Optimizer of the ensemble members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -267,7 +269,6 @@ pub fn gp_fn(
 pub fn run(a: UncertaintyArgs) -> CliResult {
     let s = &a.study;
     s.check()?;
-    faer::set_global_parallelism(faer::Par::Seq);
     let n_train = a.n_train.unwrap_or(if s.quick { 32 } else { 64 });
     let n_test = a.n_test.unwrap_or(if s.quick { 100 } else { 200 });
     let members = a.ensemble.unwrap_or(if s.quick { 4 } else { 5 });
@@ -295,13 +296,7 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
     if !(a.prior_var.is_finite() && a.prior_var > 0.0) {
         return Err(CliError::flag("--prior-var", a.prior_var, "must be positive"));
     }
-    if !(a.lr_scale > 0.0 && a.lr_scale < 2.0) {
-        return Err(CliError::flag(
-            "--lr-scale",
-            a.lr_scale,
-            "must be in (0, 2) for GD to be stable",
-        ));
-    }
+    check_lr_scale(a.lr_scale)?;
     if !(a.adam_lr.is_finite() && a.adam_lr > 0.0) {
         return Err(CliError::flag("--adam-lr", a.adam_lr, "must be positive"));
     }
@@ -325,34 +320,22 @@ pub fn run(a: UncertaintyArgs) -> CliResult {
         "optimizer": a.optimizer, "adam_lr": a.adam_lr, "prior_var": a.prior_var, "data_seed": a.data_seed,
         "task": "y = sin(a.x) + 0.5 cos(b.x) + noise; test N(0, I) and N(0, 4 I)",
     });
-    let config = s.config_json(specific);
-    let info = RunInfo::start(
-        "uncertainty",
-        json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}),
-    );
     let net_cfg = s.net();
     let gd_steps = (a.optimizer == OptArg::Gd).then_some(steps);
-    let sweep = run_cells(s, &config, "uncertainty", |c: &Cell| {
+    let compute = |c: &Cell| {
         let make = |seed: u64| Net::new(net_cfg, a.input_dim, c.width, c.depth, 1, seed);
         let gp = gp_fn(&make(c.seed)?, &task, gd_steps)?;
         uncertainty_cell(&make, c.seed, &task, set, Some(&gp))
-    })?;
-    write_outputs(s, &sweep.done)?;
-    let summary: Vec<_> = sweep
-        .done
-        .iter()
-        .map(|(c, r)| json!({"width": c.width, "depth": c.depth, "seed": c.seed, "ensemble": r.ensemble,
-            "laplace": r.laplace, "ntk_gp": r.ntk_gp, "ens_over_gp_var": r.ens_over_gp_var, "phase_s": r.phase_s, "time_s": r.time_s}))
-        .collect();
-    finish(s, &info, &sweep, json!({"cells": summary}))
+    };
+    run_study(s, "uncertainty", specific, compute, write_outputs, |c, r: &UncertaintyCell| {
+        let fields = json!({"ensemble": r.ensemble, "laplace": r.laplace, "ntk_gp": r.ntk_gp,
+            "ens_over_gp_var": r.ens_over_gp_var});
+        cell_summary(c, fields, r.phase_s, r.time_s)
+    })
 }
 
 fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
-    let mut t = Table::new(&[
-        "width",
-        "depth",
-        "seed",
-        "params",
+    let mut t = Table::cells(&[
         "eta",
         "train_loss",
         "method",
@@ -362,10 +345,6 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
         "mean_std",
         "calibration_error",
         "ens_over_gp_var",
-        "ntk_s",
-        "eig_s",
-        "train_s",
-        "time_s",
     ]);
     for (c, r) in done {
         let methods = [(0.0, Some(&r.ensemble)), (1.0, Some(&r.laplace)), (2.0, r.ntk_gp.as_ref())];
@@ -382,100 +361,69 @@ fn write_outputs(s: &StudyArgs, done: &[(Cell, UncertaintyCell)]) -> CliResult {
                     }
                     _ => f64::NAN,
                 };
-                t.push(&[
-                    c.width as f64,
-                    c.depth as f64,
-                    c.seed as f64,
-                    r.params as f64,
-                    r.eta,
-                    r.train_loss,
-                    code,
-                    sp,
-                    cal.nll,
-                    cal.rmse,
-                    cal.mean_std,
-                    cal.ece,
-                    gap,
-                    r.phase_s.ntk,
-                    r.phase_s.eig,
-                    r.phase_s.train,
-                    r.time_s,
-                ]);
+                let middle =
+                    [r.eta, r.train_loss, code, sp, cal.nll, cal.rmse, cal.mean_std, cal.ece, gap];
+                t.push_cell(c, r.params, &middle, r.phase_s, r.time_s);
             }
         }
     }
     t.write(&s.out_dir, "uncertainty_cells.csv")?;
-    type F = dyn Fn(&UncertaintyCell) -> f64;
-    let gp =
-        |f: fn(&Method) -> f64| move |r: &UncertaintyCell| r.ntk_gp.as_ref().map_or(f64::NAN, f);
-    let nll_id: [(&str, &F, bool); 3] = [
-        ("ensemble", &|r| r.ensemble.id.nll, false),
-        ("Laplace", &|r| r.laplace.id.nll, false),
-        ("NTK-GP", &gp(|m| m.id.nll), true),
-    ];
-    width_figure(
+    // One metric of the three methods (the NTK-GP dashed).
+    let methods = |f: fn(&Method) -> f64| {
+        vec![
+            Line::solid("ensemble", move |r: &UncertaintyCell| f(&r.ensemble)),
+            Line::solid("Laplace", move |r: &UncertaintyCell| f(&r.laplace)),
+            Line::dashed("NTK-GP", move |r: &UncertaintyCell| {
+                r.ntk_gp.as_ref().map_or(f64::NAN, f)
+            }),
+        ]
+    };
+    width_figures(
         s,
         done,
-        "nll_in_distribution_vs_width.svg",
-        "Gaussian NLL, in distribution",
-        "NLL",
-        false,
-        &nll_id,
-    )?;
-    let nll_ood: [(&str, &F, bool); 3] = [
-        ("ensemble", &|r| r.ensemble.ood.nll, false),
-        ("Laplace", &|r| r.laplace.ood.nll, false),
-        ("NTK-GP", &gp(|m| m.ood.nll), true),
-    ];
-    width_figure(
-        s,
-        done,
-        "nll_out_of_distribution_vs_width.svg",
-        "Gaussian NLL, out of distribution (x ~ N(0, 4 I))",
-        "NLL",
-        false,
-        &nll_ood,
-    )?;
-    let ece: [(&str, &F, bool); 3] = [
-        ("ensemble", &|r| r.ensemble.id.ece, false),
-        ("Laplace", &|r| r.laplace.id.ece, false),
-        ("NTK-GP", &gp(|m| m.id.ece), true),
-    ];
-    width_figure(
-        s,
-        done,
-        "calibration_error_vs_width.svg",
-        "Regression calibration error, in distribution",
-        "mean |coverage - p|",
-        false,
-        &ece,
-    )?;
-    let std_ood: [(&str, &F, bool); 3] = [
-        ("ensemble", &|r| r.ensemble.ood.mean_std, false),
-        ("Laplace", &|r| r.laplace.ood.mean_std, false),
-        ("NTK-GP", &gp(|m| m.ood.mean_std), true),
-    ];
-    width_figure(
-        s,
-        done,
-        "predictive_std_ood_vs_width.svg",
-        "Mean predictive std of f, out of distribution",
-        "std",
-        true,
-        &std_ood,
-    )?;
-    let gap: [(&str, &F, bool); 2] = [
-        ("in distribution", &|r| r.ens_over_gp_var.map_or(f64::NAN, |v| v.0), false),
-        ("out of distribution", &|r| r.ens_over_gp_var.map_or(f64::NAN, |v| v.1), true),
-    ];
-    width_figure(
-        s,
-        done,
-        "ensemble_vs_ntk_gp_vs_width.svg",
-        "Ensemble variance / NTK-GP variance (kernel regime: 1)",
-        "mean var_ens / mean var_gp",
-        true,
-        &gap,
-    )?;
-    Ok(())
+        &[
+            Figure {
+                name: "nll_in_distribution_vs_width.svg",
+                title: "Gaussian NLL, in distribution",
+                y_label: "NLL",
+                log_y: false,
+                lines: methods(|m| m.id.nll),
+            },
+            Figure {
+                name: "nll_out_of_distribution_vs_width.svg",
+                title: "Gaussian NLL, out of distribution (x ~ N(0, 4 I))",
+                y_label: "NLL",
+                log_y: false,
+                lines: methods(|m| m.ood.nll),
+            },
+            Figure {
+                name: "calibration_error_vs_width.svg",
+                title: "Regression calibration error, in distribution",
+                y_label: "mean |coverage - p|",
+                log_y: false,
+                lines: methods(|m| m.id.ece),
+            },
+            Figure {
+                name: "predictive_std_ood_vs_width.svg",
+                title: "Mean predictive std of f, out of distribution",
+                y_label: "std",
+                log_y: true,
+                lines: methods(|m| m.ood.mean_std),
+            },
+            Figure {
+                name: "ensemble_vs_ntk_gp_vs_width.svg",
+                title: "Ensemble variance / NTK-GP variance (kernel regime: 1)",
+                y_label: "mean var_ens / mean var_gp",
+                log_y: true,
+                lines: vec![
+                    Line::solid("in distribution", |r: &UncertaintyCell| {
+                        r.ens_over_gp_var.map_or(f64::NAN, |v| v.0)
+                    }),
+                    Line::dashed("out of distribution", |r: &UncertaintyCell| {
+                        r.ens_over_gp_var.map_or(f64::NAN, |v| v.1)
+                    }),
+                ],
+            },
+        ],
+    )
 }

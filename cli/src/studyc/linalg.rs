@@ -8,36 +8,13 @@ use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
 use crate::error::{CliError, CliResult};
+use crate::linear_model::SymEigen;
 
-/// A row-major `rows x cols` slice as a faer matrix.
-///
-/// # Panics
-/// If `a.len() != rows * cols`.
-#[track_caller]
-pub fn to_mat(a: &[f64], rows: usize, cols: usize) -> Mat<f64> {
-    assert_eq!(a.len(), rows * cols, "to_mat: shape");
-    Mat::from_fn(rows, cols, |i, j| a[i * cols + j])
-}
+pub use crate::linear_model::{from_mat, to_mat};
 
-/// A faer matrix as a row-major `Vec`.
-pub fn from_mat(m: &Mat<f64>) -> Vec<f64> {
-    let (r, c) = (m.nrows(), m.ncols());
-    let mut out = Vec::with_capacity(r * c);
-    for i in 0..r {
-        for j in 0..c {
-            out.push(m[(i, j)]);
-        }
-    }
-    out
-}
-
-/// Eigendecomposition `A = U diag(lambda) U^T` of a symmetric matrix, eigenvalues ascending.
-pub struct SymEig {
-    /// Eigenvalues, ascending.
-    pub values: Vec<f64>,
-    /// Orthonormal eigenvectors (columns), `n x n`.
-    pub vectors: Mat<f64>,
-}
+/// Eigendecomposition `A = U diag(lambda) U^T` of a symmetric matrix, eigenvalues ascending:
+/// the linearized model's [`SymEigen`], with the accessors of study C below.
+pub type SymEig = SymEigen;
 
 /// Eigendecomposition of the symmetric `n x n` row-major matrix `a` (lower triangle read).
 ///
@@ -45,12 +22,7 @@ pub struct SymEig {
 /// A runtime error if the QR iteration does not converge or `a` is not finite.
 pub fn sym_eig(a: &[f64], n: usize) -> CliResult<SymEig> {
     check_finite(a, n)?;
-    let m = to_mat(a, n, n);
-    let e = m
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| CliError::Runtime(format!("symmetric eigendecomposition failed: {e:?}")))?;
-    let values = e.S().column_vector().iter().copied().collect();
-    Ok(SymEig { values, vectors: e.U().to_owned() })
+    SymEigen::new(a, n)
 }
 
 /// Eigenvalues (ascending) of the symmetric `n x n` row-major `a`,
@@ -76,18 +48,13 @@ fn check_finite(a: &[f64], n: usize) -> CliResult {
     }
 }
 
-impl SymEig {
-    /// Matrix size n.
-    pub fn n(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Largest eigenvalue.
+impl SymEigen {
+    /// Largest eigenvalue (0 for an empty matrix).
     pub fn max(&self) -> f64 {
-        self.values.last().copied().unwrap_or(0.0)
+        self.lambda_max()
     }
 
-    /// Smallest eigenvalue.
+    /// Smallest eigenvalue (0 for an empty matrix).
     pub fn min(&self) -> f64 {
         self.values.first().copied().unwrap_or(0.0)
     }
@@ -95,19 +62,7 @@ impl SymEig {
     /// `U^T R` for `R` (`n x m`, row-major): the coordinates of R's columns in the eigenbasis,
     /// row i belonging to eigenvalue i.
     pub fn coords(&self, r: &[f64], m: usize) -> Mat<f64> {
-        self.vectors.transpose() * to_mat(r, self.n(), m)
-    }
-
-    /// `U diag(g(lambda)) U^T R` for `R` (`n x m`, row-major), row-major result.
-    pub fn apply(&self, r: &[f64], m: usize, g: impl Fn(f64) -> f64) -> Vec<f64> {
-        let mut c = self.coords(r, m);
-        for (i, &l) in self.values.iter().enumerate() {
-            let s = g(l);
-            for j in 0..m {
-                c[(i, j)] *= s;
-            }
-        }
-        from_mat(&(&self.vectors * c))
+        self.vectors.transpose() * to_mat(r, self.dim(), m)
     }
 }
 
@@ -148,26 +103,29 @@ pub fn gd_filter(lambda: f64, eta_over_n: f64, t: f64) -> f64 {
     one_minus / lambda
 }
 
+/// `G G^T + shift I` (row-major) with `G` an `n x n` matrix of standard normals drawn from
+/// `seed`: a random symmetric positive definite matrix for tests.
+#[cfg(test)]
+pub(crate) fn random_spd(n: usize, seed: u64, shift: f64) -> Vec<f64> {
+    let g: Vec<f64> = (0..n * n).map(|i| ntk_core::rng::normal(seed, 0, i as u64)).collect();
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n).map(|k| g[i * n + k] * g[j * n + k]).sum::<f64>();
+        }
+        a[i * n + i] += shift;
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn random_spd(n: usize, seed: u64) -> Vec<f64> {
-        let g: Vec<f64> = (0..n * n).map(|i| ntk_core::rng::normal(seed, 0, i as u64)).collect();
-        let mut a = vec![0.0; n * n];
-        for i in 0..n {
-            for j in 0..n {
-                a[i * n + j] = (0..n).map(|k| g[i * n + k] * g[j * n + k]).sum::<f64>();
-            }
-            a[i * n + i] += 0.1;
-        }
-        a
-    }
-
     #[test]
     fn eigen_reconstructs_and_matches_trace() {
         let n = 17;
-        let a = random_spd(n, 3);
+        let a = random_spd(n, 3, 0.1);
         let e = sym_eig(&a, n).unwrap();
         let trace: f64 = (0..n).map(|i| a[i * n + i]).sum();
         let sum: f64 = e.values.iter().sum();
@@ -186,7 +144,7 @@ mod tests {
     #[test]
     fn spd_solve_matches_spectral_inverse() {
         let n = 9;
-        let a = random_spd(n, 5);
+        let a = random_spd(n, 5, 0.1);
         let b: Vec<f64> = (0..n * 2).map(|i| (i as f64).sin()).collect();
         let x = spd_solve(&a, n, 0.0, &b, 2, "test").unwrap();
         let e = sym_eig(&a, n).unwrap();

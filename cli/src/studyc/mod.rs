@@ -29,6 +29,7 @@ use crate::args::{parse_activation, parse_variance, ParamArg, Precision, RunArgs
 use crate::error::{CliError, CliResult};
 use crate::io::{atomic_write, write_csv, write_json_atomic, Matrix};
 use crate::plot::{LineChart, Series};
+use crate::runinfo::RunInfo;
 use crate::sweep::Shard;
 use net::NetConfig;
 
@@ -300,10 +301,21 @@ pub struct Table {
     rows: Vec<f64>,
 }
 
+/// The leading columns of a per-cell table ([`Table::cells`]).
+const CELL_KEY: [&str; 4] = ["width", "depth", "seed", "params"];
+/// The trailing columns of a per-cell table ([`Table::cells`]): seconds per phase, wall time.
+const CELL_TIME: [&str; 4] = ["ntk_s", "eig_s", "train_s", "time_s"];
+
 impl Table {
     /// An empty table with these columns.
     pub fn new(header: &[&str]) -> Self {
         Self { header: header.iter().map(|s| s.to_string()).collect(), rows: vec![] }
+    }
+
+    /// An empty per-cell table: `width, depth, seed, params`, then `middle`, then
+    /// `ntk_s, eig_s, train_s, time_s` (rows by [`Table::push_cell`]).
+    pub fn cells(middle: &[&str]) -> Self {
+        Self::new(&[&CELL_KEY[..], middle, &CELL_TIME[..]].concat())
     }
 
     /// Appends a row.
@@ -314,6 +326,25 @@ impl Table {
     pub fn push(&mut self, row: &[f64]) {
         assert_eq!(row.len(), self.header.len(), "Table::push: row length");
         self.rows.extend_from_slice(row);
+    }
+
+    /// Appends a row of a [`Table::cells`] table: the cell and its parameter count, `middle`,
+    /// then the cell's seconds per phase and wall time.
+    ///
+    /// # Panics
+    /// If the row length differs from the header's.
+    #[track_caller]
+    pub fn push_cell(
+        &mut self,
+        c: &Cell,
+        params: usize,
+        middle: &[f64],
+        phases: Phases,
+        time_s: f64,
+    ) {
+        let key = [c.width as f64, c.depth as f64, c.seed as f64, params as f64];
+        let time = [phases.ntk, phases.eig, phases.train, time_s];
+        self.push(&[&key[..], middle, &time[..]].concat());
     }
 
     /// Writes `dir/name` atomically.
@@ -353,40 +384,134 @@ pub fn per_depth<R>(
     out
 }
 
-/// One quantity of a width figure: (label, value of a cell result, dashed).
-pub type Line<'a, R> = (&'a str, &'a dyn Fn(&R) -> f64, bool);
+/// One quantity of a width figure: its label, its value per cell result, solid or dashed.
+pub struct Line<'a, R> {
+    label: &'a str,
+    value: Box<dyn Fn(&R) -> f64 + 'a>,
+    dashed: bool,
+}
 
-/// A "quantity vs width, one line per depth" figure; `dashed` adds reference lines.
-#[allow(clippy::too_many_arguments)]
-pub fn width_figure<R>(
+impl<'a, R> Line<'a, R> {
+    /// A solid line of `value`.
+    pub fn solid(label: &'a str, value: impl Fn(&R) -> f64 + 'a) -> Self {
+        Self { label, value: Box::new(value), dashed: false }
+    }
+
+    /// A dashed (reference) line of `value`.
+    pub fn dashed(label: &'a str, value: impl Fn(&R) -> f64 + 'a) -> Self {
+        Self { label, value: Box::new(value), dashed: true }
+    }
+}
+
+/// A "quantity vs width, one line per depth (and quantity)" figure, written by
+/// [`width_figures`] to `OUT/name`.
+pub struct Figure<'a, R> {
+    /// File name (`.svg`).
+    pub name: &'a str,
+    /// Title.
+    pub title: &'a str,
+    /// Y axis label.
+    pub y_label: &'a str,
+    /// Logarithmic y axis.
+    pub log_y: bool,
+    /// The quantities (with more than one, labels read "quantity, depth D").
+    pub lines: Vec<Line<'a, R>>,
+}
+
+/// Writes each figure of `figures` from the mean over seeds of its quantities per
+/// (depth, width), log-scaled width axis.
+///
+/// # Errors
+/// I/O and drawing errors naming the file.
+pub fn width_figures<R>(
     args: &StudyArgs,
     done: &[(Cell, R)],
-    name: &str,
-    title: &str,
-    y_label: &str,
-    log_y: bool,
-    lines: &[Line<'_, R>],
+    figures: &[Figure<'_, R>],
 ) -> CliResult {
-    let mut series = vec![];
-    for (label, f, dashed) in lines {
-        for (depth, points) in per_depth(done, f) {
-            let label = if lines.len() > 1 {
-                format!("{label}, depth {depth}")
-            } else {
-                format!("depth {depth}")
-            };
-            series.push(Series { label, points, dashed: *dashed });
+    for fig in figures {
+        let mut series = vec![];
+        for line in &fig.lines {
+            for (depth, points) in per_depth(done, &line.value) {
+                let label = if fig.lines.len() > 1 {
+                    format!("{}, depth {depth}", line.label)
+                } else {
+                    format!("depth {depth}")
+                };
+                series.push(Series { label, points, dashed: line.dashed });
+            }
         }
+        LineChart {
+            title: fig.title.to_string(),
+            x_label: "hidden width".to_string(),
+            y_label: fig.y_label.to_string(),
+            log_y: fig.log_y,
+            log_x: true,
+            series,
+        }
+        .write(&args.out_dir.join(fig.name), args.png)?;
     }
-    LineChart {
-        title: title.to_string(),
-        x_label: "hidden width".to_string(),
-        y_label: y_label.to_string(),
-        log_y,
-        log_x: true,
-        series,
+    Ok(())
+}
+
+/// Checks `--lr-scale`: the fraction of the stability limit of GD on the linearized model.
+///
+/// # Errors
+/// A usage error unless `0 < lr_scale < 2`.
+pub fn check_lr_scale(lr_scale: f64) -> CliResult {
+    if !(lr_scale > 0.0 && lr_scale < 2.0) {
+        return Err(CliError::flag(
+            "--lr-scale",
+            lr_scale,
+            "must be in (0, 2) for GD to be stable",
+        ));
     }
-    .write(&args.out_dir.join(name), args.png)
+    Ok(())
+}
+
+/// Runs a study C command after its flags are checked: records the configuration
+/// (`specific` under "study") in `run.json` and every cell file, computes this shard's
+/// missing cells with `compute` (single-threaded linear algebra within a cell), rebuilds the
+/// tables and figures from all finished cells with `write_outputs`, and writes `run.json`
+/// with `summary` of every finished cell under "cells" (see [`cell_summary`]).
+///
+/// # Errors
+/// Those of [`run_cells`], `write_outputs` and [`finish`].
+pub fn run_study<R, F>(
+    s: &StudyArgs,
+    name: &str,
+    specific: Value,
+    compute: F,
+    write_outputs: impl FnOnce(&StudyArgs, &[(Cell, R)]) -> CliResult,
+    summary: impl Fn(&Cell, &R) -> Value,
+) -> CliResult
+where
+    R: Serialize + DeserializeOwned + Send,
+    F: Fn(&Cell) -> CliResult<R> + Sync,
+{
+    faer::set_global_parallelism(faer::Par::Seq);
+    let config = s.config_json(specific);
+    let info = RunInfo::start(
+        name,
+        json!({"config": config, "widths": s.width_list(), "depths": s.depth_list(), "seeds": s.seeds, "seed": s.run.seed}),
+    );
+    let sweep = run_cells(s, &config, name, compute)?;
+    write_outputs(s, &sweep.done)?;
+    let cells: Vec<Value> = sweep.done.iter().map(|(c, r)| summary(c, r)).collect();
+    finish(s, &info, &sweep, json!({"cells": cells}))
+}
+
+/// A cell's entry in `run.json`: `fields` with the cell (`width`, `depth`, `seed`), its seconds
+/// per phase (`phase_s`) and wall time (`time_s`) added.
+pub fn cell_summary(c: &Cell, fields: Value, phases: Phases, time_s: f64) -> Value {
+    let mut v = fields;
+    if let Value::Object(m) = &mut v {
+        m.insert("width".into(), json!(c.width));
+        m.insert("depth".into(), json!(c.depth));
+        m.insert("seed".into(), json!(c.seed));
+        m.insert("phase_s".into(), json!(phases));
+        m.insert("time_s".into(), json!(time_s));
+    }
+    v
 }
 
 /// Writes `run.json` with the sweep bookkeeping merged into `results`.
@@ -395,7 +520,7 @@ pub fn width_figure<R>(
 /// I/O errors naming the file.
 pub fn finish<R>(
     args: &StudyArgs,
-    info: &crate::runinfo::RunInfo,
+    info: &RunInfo,
     sweep: &Sweep<R>,
     mut results: Value,
 ) -> CliResult {
