@@ -212,7 +212,7 @@ pub fn par_infinite_kernel(
     d: usize,
 ) -> CliResult<(Vec<f64>, Vec<f64>, f64)> {
     use ntk_core::kernel::{kernel_chains, kernel_rows};
-    let per = 2 * (mlp.depth + 1);
+    let per = ntk_core::kernel::kernel_chain_len(mlp.depth);
     let n1 = x1.len() / d;
     let chains = |x: &[f64]| -> CliResult<(Vec<f64>, f64)> {
         let n = x.len() / d;

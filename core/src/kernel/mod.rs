@@ -141,13 +141,54 @@ impl Geometry {
     }
 }
 
+/// One variance q of a diagonal chain with the per-input factors the closed forms use (the
+/// values [`kernel_chains`] stores for each layer).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Var {
+    pub(crate) q: f64,
+    /// sqrt(q).
+    pub(crate) sq: f64,
+    /// 1 / sqrt(1 + 2 q) (erf).
+    pub(crate) r: f64,
+}
+
+impl Var {
+    #[inline(always)]
+    pub(crate) fn new(q: f64) -> Self {
+        Self { q, sq: libm::sqrt(q), r: vector::erf_factor(q) }
+    }
+
+    /// Layer `l` of a stored chain.
+    #[inline(always)]
+    fn stored(chain: &[f64], l: usize) -> Self {
+        let o = CHAIN_VALUES * l;
+        Self { q: chain[o], sq: chain[o + 1], r: chain[o + 2] }
+    }
+
+    #[inline(always)]
+    fn store(&self, chain: &mut [f64], l: usize) {
+        let o = CHAIN_VALUES * l;
+        (chain[o], chain[o + 1], chain[o + 2]) = (self.q, self.sq, self.r);
+    }
+}
+
+/// Values per layer in a diagonal chain: (q, sqrt q, 1 / sqrt(1 + 2 q)).
+const CHAIN_VALUES: usize = 3;
+
 #[inline(always)]
-fn pair_moments(act: Activation, p: &Geometry, quad: &Quadrature) -> Result<Moments, Error> {
+fn pair_moments(
+    act: Activation,
+    v1: &Var,
+    v2: &Var,
+    s: f64,
+    quad: &Quadrature,
+) -> Result<Moments, Error> {
     let done =
         |(phiphi, dphidphi): (f64, f64)| Ok(Moments { phiphi, dphidphi, err: 0.0, nodes: 0 });
     if let Some(f) = vector::Family::of(act) {
-        return done(f.scalar(p));
+        return done(f.scalar(v1, v2, s));
     }
+    let p = &Geometry::new(v1.q, v2.q, s, v1.sq, v2.sq);
     match act {
         Activation::Gelu => done(closed::gelu(p)),
         _ => {
@@ -213,7 +254,7 @@ pub fn moments(
     check_covariance(q1, q2, s)?;
     check_activation(act)?;
     quad.check()?;
-    pair_moments(act, &Geometry::new(q1, q2, s, libm::sqrt(q1), libm::sqrt(q2)), quad)
+    pair_moments(act, &Var::new(q1), &Var::new(q2), s, quad)
 }
 
 /// E[phi(u)^2] and E[phi'(u)^2] for u ~ N(0, q): [`moments`] at q1 = q2 = s = q (bit for bit).
@@ -406,7 +447,7 @@ impl Prepared<'_> {
         (s, t)
     }
 
-    /// The diagonal chain of one input: (K, Theta), storing (q^l, sqrt q^l), l = 1..=L+1.
+    /// The diagonal chain of one input: (K, Theta), storing [`Var`] of q^l, l = 1..=L+1.
     fn diag(
         &self,
         x: &[f64],
@@ -418,15 +459,14 @@ impl Prepared<'_> {
             if !(q.is_finite() && t.is_finite()) {
                 return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
             }
-            let sq = libm::sqrt(q);
+            let v = Var::new(q);
             if let Some(st) = store.as_deref_mut() {
-                st[2 * l] = q;
-                st[2 * l + 1] = sq;
+                v.store(st, l);
             }
             if l == self.depth {
                 break;
             }
-            let m = pair_moments(self.act, &Geometry::new(q, q, q, sq, sq), &self.quad)?;
+            let m = pair_moments(self.act, &v, &v, q, &self.quad)?;
             info.add(&m);
             (q, t) = self.step(l + 1, &m, t);
         }
@@ -448,8 +488,8 @@ impl Prepared<'_> {
             if !(s.is_finite() && t.is_finite()) {
                 return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
             }
-            let p = Geometry::new(cx[2 * l], cy[2 * l], s, cx[2 * l + 1], cy[2 * l + 1]);
-            let m = pair_moments(self.act, &p, &self.quad)?;
+            let (vx, vy) = (Var::stored(cx, l), Var::stored(cy, l));
+            let m = pair_moments(self.act, &vx, &vy, s, &self.quad)?;
             info.add(&m);
             (s, t) = self.step(l + 1, &m, t);
         }
@@ -479,41 +519,77 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
     s
 }
 
-/// `dot(x, y[p])` for four `y` at once, each bit for bit as [`dot`] (same accumulators, same
-/// order), with four independent dependency chains.
+/// `dot(x[p], y)` for [`TILE`] `x` at once, each bit for bit as [`dot`] (same accumulators,
+/// same order; the product is commutative), with independent dependency chains and each `y`
+/// loaded once.
 #[inline(always)]
-fn dot4(x: &[f64], y: [&[f64]; 4]) -> [f64; 4] {
-    let len = x.len();
+fn dot_tile(x: [&[f64]; TILE], y: &[f64]) -> [f64; TILE] {
+    let len = y.len();
     let n4 = len & !3;
-    let y = y.map(|v| &v[..len]);
-    let mut acc = [[0.0f64; 4]; 4];
+    let x = x.map(|v| &v[..len]);
+    let mut acc = [[0.0f64; 4]; TILE];
     for c in (0..n4).step_by(4) {
-        let a = &x[c..c + 4];
-        for p in 0..4 {
-            let b = &y[p][c..c + 4];
+        let b = &y[c..c + 4];
+        for p in 0..TILE {
+            let a = &x[p][c..c + 4];
             for k in 0..4 {
                 acc[p][k] += a[k] * b[k];
             }
         }
     }
-    let mut out = [0.0; 4];
-    for p in 0..4 {
+    let mut out = [0.0; TILE];
+    for p in 0..TILE {
         let mut s = (acc[p][0] + acc[p][1]) + (acc[p][2] + acc[p][3]);
         for c in n4..len {
-            s += x[c] * y[p][c];
+            s += x[p][c] * y[c];
         }
         out[p] = s;
     }
     out
 }
 
-/// Pairs per chunk of the vector path (a multiple of every lane count).
+/// Columns per chunk of the vector path (a multiple of every lane count).
 const CHUNK: usize = 64;
+/// Rows per tile of the vector path: each column's chain values and input are loaded once per
+/// tile.
+const TILE: usize = 4;
+/// 0, 1, ..., CHUNK - 1 (lane positions, to mask lanes outside a row's columns).
+const IOTA: [f64; CHUNK] = {
+    let mut v = [0.0; CHUNK];
+    let mut k = 0;
+    while k < CHUNK {
+        v[k] = k as f64;
+        k += 1;
+    }
+    v
+};
 
-/// [`kernel_rows`] for the closed forms of [`vector::Family`]: every off-diagonal pair of a row
-/// runs the 2 x 2 recursion layer by layer over chunks of [`CHUNK`] pairs in SIMD lanes (tail
-/// lanes padded), through the same lane code whatever its position, so an entry's bits do not
-/// depend on the band, chunk or lane that computes it (nor on the instruction set).
+/// Whether a lane at position `pos` in lo <= pos < m has a non-finite `s` or `t` (NaN compares
+/// false).
+#[inline(always)]
+fn nonfinite_lanes<S: pulp::Simd>(
+    simd: S,
+    pos: S::f64s,
+    lo: S::f64s,
+    m: S::f64s,
+    s: S::f64s,
+    t: S::f64s,
+) -> bool {
+    let max = simd.splat_f64s(f64::MAX);
+    let valid =
+        simd.and_m64s(simd.greater_than_or_equal_f64s(pos, lo), simd.less_than_f64s(pos, m));
+    let fin = simd.and_m64s(
+        simd.less_than_or_equal_f64s(simd.abs_f64s(s), max),
+        simd.less_than_or_equal_f64s(simd.abs_f64s(t), max),
+    );
+    vector::any(simd, simd.and_m64s(valid, simd.not_m64s(fin)))
+}
+
+/// [`kernel_rows`] for the closed forms of [`vector::Family`]: tiles of [`TILE`] rows against
+/// chunks of [`CHUNK`] columns; every pair runs the 2 x 2 recursion layer by layer in SIMD lanes
+/// (lanes outside a row's columns padded), through the same lane code whatever its position,
+/// so an entry's bits do not depend on the band, tile, chunk or lane that computes it (nor on
+/// the instruction set).
 struct VectorRows<'a, 'p> {
     pr: &'a Prepared<'p>,
     fam: vector::Family,
@@ -530,12 +606,14 @@ struct VectorRows<'a, 'p> {
     symmetric: bool,
 }
 
-/// Per-chunk state: (Sigma, Theta) of each pair and the gathered chain of the columns.
+/// Per-chunk state: (Sigma, Theta) of each pair of the tile and the gathered chain values of the
+/// columns at the current layer.
 struct ChunkBufs {
-    s: [f64; CHUNK],
-    t: [f64; CHUNK],
+    s: [[f64; CHUNK]; TILE],
+    t: [[f64; CHUNK]; TILE],
     q2: [f64; CHUNK],
-    sq2: [f64; CHUNK],
+    /// The family's per-input value ([`vector::Family::aux`]) of the columns.
+    a2: [f64; CHUNK],
 }
 
 impl pulp::WithSimd for VectorRows<'_, '_> {
@@ -551,33 +629,44 @@ impl VectorRows<'_, '_> {
     #[inline(always)]
     fn run<S: pulp::Simd>(mut self, simd: S) -> Result<KernelInfo, Error> {
         let (d, n2) = (self.d, self.n2);
-        let per = 2 * (self.pr.depth + 1);
         let mut info = KernelInfo::default();
-        let mut b =
-            ChunkBufs { s: [0.0; CHUNK], t: [0.0; CHUNK], q2: [0.0; CHUNK], sq2: [0.0; CHUNK] };
-        for r in 0..self.n {
-            let i = self.row0 + r;
-            let (xi, ci) = (&self.x1_all[i * d..(i + 1) * d], &self.c1_all[i * per..(i + 1) * per]);
-            let mut jb = 0;
-            if self.symmetric {
-                // The diagonal from the chain: exact (c = 1, theta = 0).
-                let (k, t) = self.pr.diag(xi, None, &mut info)?;
-                if let Some(o) = self.nngp.as_deref_mut() {
-                    o[r * n2 + i] = k;
+        let z = [0.0; CHUNK];
+        let mut b = ChunkBufs { s: [z; TILE], t: [z; TILE], q2: z, a2: z };
+        for r0 in (0..self.n).step_by(TILE) {
+            let rows = (self.n - r0).min(TILE);
+            let i0 = self.row0 + r0;
+            // Row p of the tile takes columns from[p]..n2 (past the diagonal when symmetric).
+            let mut from = [n2; TILE];
+            for p in 0..rows {
+                let i = i0 + p;
+                from[p] = 0;
+                if self.symmetric {
+                    // The diagonal from the chain: exact (c = 1, theta = 0).
+                    let xi = &self.x1_all[i * d..(i + 1) * d];
+                    let (k, t) = self.pr.diag(xi, None, &mut info)?;
+                    if let Some(o) = self.nngp.as_deref_mut() {
+                        o[(r0 + p) * n2 + i] = k;
+                    }
+                    if let Some(o) = self.ntk.as_deref_mut() {
+                        o[(r0 + p) * n2 + i] = t;
+                    }
+                    from[p] = i + 1;
                 }
-                if let Some(o) = self.ntk.as_deref_mut() {
-                    o[r * n2 + i] = t;
-                }
-                jb = i + 1;
             }
+            let mut jb = from[0];
             while jb < n2 {
                 let m = (n2 - jb).min(CHUNK);
-                self.chunk(simd, xi, ci, jb, m, &mut b)?;
-                if let Some(o) = self.nngp.as_deref_mut() {
-                    o[r * n2 + jb..r * n2 + jb + m].copy_from_slice(&b.s[..m]);
-                }
-                if let Some(o) = self.ntk.as_deref_mut() {
-                    o[r * n2 + jb..r * n2 + jb + m].copy_from_slice(&b.t[..m]);
+                // Row p's columns in the chunk: lo[p]..m.
+                let lo = from.map(|f| f.saturating_sub(jb).min(m));
+                self.chunk(simd, i0, rows, jb, m, lo, &mut b)?;
+                for p in 0..rows {
+                    let o = (r0 + p) * n2 + jb;
+                    if let Some(out) = self.nngp.as_deref_mut() {
+                        out[o + lo[p]..o + m].copy_from_slice(&b.s[p][lo[p]..m]);
+                    }
+                    if let Some(out) = self.ntk.as_deref_mut() {
+                        out[o + lo[p]..o + m].copy_from_slice(&b.t[p][lo[p]..m]);
+                    }
                 }
                 jb += m;
             }
@@ -585,72 +674,102 @@ impl VectorRows<'_, '_> {
         Ok(info)
     }
 
-    /// Pairs (i, jb..jb + m) into `b.s[..m]` (K) and `b.t[..m]` (Theta).
+    /// Pairs (i0 + p, jb + k), p < rows, lo[p] <= k < m, into `b.s[p][k]` (K) and `b.t[p][k]`
+    /// (Theta).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn chunk<S: pulp::Simd>(
         &self,
         simd: S,
-        xi: &[f64],
-        ci: &[f64],
+        i0: usize,
+        rows: usize,
         jb: usize,
         m: usize,
+        lo: [usize; TILE],
         b: &mut ChunkBufs,
     ) -> Result<(), Error> {
-        let (pr, d, x2, c2) = (self.pr, self.d, self.x2, self.c2);
-        let per = 2 * (pr.depth + 1);
-        let row = |j: usize| &x2[j * d..(j + 1) * d];
+        let (pr, d, c2) = (self.pr, self.d, self.c2);
+        let per = kernel_chain_len(pr.depth);
         let lanes = S::F64_LANES;
         let mp = m.div_ceil(lanes) * lanes;
-        let mut k = 0;
-        while k + 4 <= m {
+        // A tile row past the band (rows < TILE) repeats the last row and is never used.
+        let row = |p: usize| {
+            let i = i0 + p.min(rows - 1);
+            &self.x1_all[i * d..(i + 1) * d]
+        };
+        let xs: [&[f64]; TILE] = core::array::from_fn(row);
+        // Row p's first vector (none when it has no column in the chunk).
+        let v0 = lo.map(|l| if l < m { l / lanes } else { mp / lanes });
+        let lo_min = lo[..rows].iter().copied().min().unwrap_or(m);
+        for k in lo_min..m {
             let j = jb + k;
-            let ip = dot4(xi, [row(j), row(j + 1), row(j + 2), row(j + 3)]);
-            for (p, v) in ip.into_iter().enumerate() {
-                (b.s[k + p], b.t[k + p]) = pr.first(v, d);
+            let ip = dot_tile(xs, &self.x2[j * d..(j + 1) * d]);
+            for p in 0..rows {
+                (b.s[p][k], b.t[p][k]) = pr.first(ip[p], d);
             }
-            k += 4;
         }
-        for k in k..m {
-            (b.s[k], b.t[k]) = pr.first(dot(xi, row(jb + k)), d);
+        // Lanes outside a row's columns: a harmless padding pair (finite, never written).
+        for p in 0..rows {
+            for k in (v0[p] * lanes..lo[p]).chain(m..mp) {
+                (b.s[p][k], b.t[p][k]) = (0.0, 0.0);
+            }
+        }
+        for k in lo_min / lanes * lanes..lo_min {
+            (b.q2[k], b.a2[k]) = (1.0, 1.0);
         }
         for k in m..mp {
-            (b.s[k], b.t[k], b.q2[k], b.sq2[k]) = (0.0, 0.0, 1.0, 1.0);
+            (b.q2[k], b.a2[k]) = (1.0, 1.0);
         }
-        let finite = |b: &ChunkBufs| b.s[..m].iter().chain(&b.t[..m]).all(|v| v.is_finite());
         let splat = |v: f64| simd.splat_f64s(v);
         let (sw, sb, beta) = (splat(pr.sw), splat(pr.sb), splat(pr.beta));
-        for l in 0..pr.depth {
-            if !finite(b) {
-                return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
-            }
-            for k in 0..m {
-                let o = (jb + k) * per + 2 * l;
-                b.q2[k] = c2[o];
-                b.sq2[k] = c2[o + 1];
-            }
-            let (q1, sq1) = (splat(ci[2 * l]), splat(ci[2 * l + 1]));
-            let width = splat(if pr.standard { pr.width(l + 1) } else { 0.0 });
-            let (sv, _) = S::as_mut_simd_f64s(&mut b.s[..mp]);
-            let (tv, _) = S::as_mut_simd_f64s(&mut b.t[..mp]);
-            let (qv, _) = S::as_simd_f64s(&b.q2[..mp]);
-            let (sqv, _) = S::as_simd_f64s(&b.sq2[..mp]);
-            for (((s, t), &q2), &sq2) in sv.iter_mut().zip(tv.iter_mut()).zip(qv).zip(sqv) {
-                let (g, c, sn) = vector::geometry(simd, q1, q2, *s, sq1, sq2);
-                let (ff, dd) = self.fam.moments(simd, q1, q2, *s, g, c, sn);
-                // Prepared::step, the same operations in the same order.
-                let s_new = simd.add_f64s(simd.mul_f64s(sw, ff), sb);
-                let sdot = simd.mul_f64s(sw, dd);
-                let carry = simd.mul_f64s(sdot, *t);
-                *t = if pr.standard {
-                    simd.add_f64s(simd.add_f64s(simd.mul_f64s(width, ff), beta), carry)
-                } else {
-                    simd.add_f64s(s_new, carry)
-                };
-                *s = s_new;
+        let (iota, _) = S::as_simd_f64s(&IOTA[..mp]);
+        let (mf, lof) = (splat(m as f64), lo.map(|l| splat(l as f64)));
+        let mut nonfinite = false;
+        for p in 0..rows {
+            let (sv, _) = S::as_simd_f64s(&b.s[p][..mp]);
+            let (tv, _) = S::as_simd_f64s(&b.t[p][..mp]);
+            for v in v0[p]..mp / lanes {
+                nonfinite |= nonfinite_lanes(simd, iota[v], lof[p], mf, sv[v], tv[v]);
             }
         }
-        if !finite(b) {
-            return Err(Error::NonFinite { layer: pr.depth + 1, pass: Pass::Kernel });
+        if nonfinite {
+            return Err(Error::NonFinite { layer: 1, pass: Pass::Kernel });
+        }
+        let aux = self.fam.aux_offset();
+        for l in 0..pr.depth {
+            for k in lo_min..m {
+                let o = (jb + k) * per + CHAIN_VALUES * l;
+                b.q2[k] = c2[o];
+                b.a2[k] = c2[o + aux];
+            }
+            let width = splat(if pr.standard { pr.width(l + 1) } else { 0.0 });
+            let (qv, _) = S::as_simd_f64s(&b.q2[..mp]);
+            let (av, _) = S::as_simd_f64s(&b.a2[..mp]);
+            for p in 0..rows {
+                let ci = &self.c1_all[(i0 + p) * per..(i0 + p + 1) * per];
+                let v1 = Var::stored(ci, l);
+                let (q1, a1) = (splat(v1.q), splat(self.fam.aux(&v1)));
+                let (sv, _) = S::as_mut_simd_f64s(&mut b.s[p][..mp]);
+                let (tv, _) = S::as_mut_simd_f64s(&mut b.t[p][..mp]);
+                for v in v0[p]..mp / lanes {
+                    let (s, t) = (sv[v], tv[v]);
+                    let (ff, dd) = self.fam.moments(simd, q1, qv[v], s, a1, av[v]);
+                    // Prepared::step, the same operations in the same order.
+                    let s_new = simd.add_f64s(simd.mul_f64s(sw, ff), sb);
+                    let sdot = simd.mul_f64s(sw, dd);
+                    let carry = simd.mul_f64s(sdot, t);
+                    let t_new = if pr.standard {
+                        simd.add_f64s(simd.add_f64s(simd.mul_f64s(width, ff), beta), carry)
+                    } else {
+                        simd.add_f64s(s_new, carry)
+                    };
+                    nonfinite |= nonfinite_lanes(simd, iota[v], lof[p], mf, s_new, t_new);
+                    (sv[v], tv[v]) = (s_new, t_new);
+                }
+            }
+            if nonfinite {
+                return Err(Error::NonFinite { layer: l + 2, pass: Pass::Kernel });
+            }
         }
         Ok(())
     }
@@ -665,10 +784,16 @@ fn rows(what: &'static str, x: &[f64], d: usize) -> Result<usize, Error> {
     Ok(n)
 }
 
-/// Scratch length (f64 values) for [`kernel`]: 2 (L + 1) per input of x1 and x2; pass
-/// `n2 = 0` when x2 is `None`.
+/// Values per input in [`kernel_chains`]: 3 (L + 1) (q^l, sqrt q^l and 1 / sqrt(1 + 2 q^l) for
+/// l = 1..=L+1).
+pub const fn kernel_chain_len(depth: usize) -> usize {
+    CHAIN_VALUES * (depth + 1)
+}
+
+/// Scratch length (f64 values) for [`kernel`]: [`kernel_chain_len`] = 3 (L + 1) per input of x1
+/// and x2; pass `n2 = 0` when x2 is `None`.
 pub const fn kernel_scratch(n1: usize, n2: usize, depth: usize) -> usize {
-    (n1 + n2) * (depth + 1) * 2
+    (n1 + n2) * kernel_chain_len(depth)
 }
 
 /// NNGP `K(x1_i, x2_j)` and NTK `Theta(x1_i, x2_j)` of [`Mlp`] into `nngp` and `ntk`
@@ -722,7 +847,7 @@ pub fn kernel(
     if let Some(t) = ntk.as_deref() {
         check_shape("ntk", t, n1 * n2)?;
     }
-    let per = 2 * (pr.depth + 1);
+    let per = kernel_chain_len(pr.depth);
     let extra = if x2.is_some() { n2 } else { 0 };
     check_len("scratch", scratch, kernel_scratch(n1, extra, pr.depth))?;
     let (c1, c2) = scratch[..(n1 + extra) * per].split_at_mut(n1 * per);
@@ -744,8 +869,9 @@ pub fn kernel(
     Ok(info)
 }
 
-/// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l)` for l = 1..=L+1,
-/// `2 (L + 1)` values per input, into `chains` (the per-input part of [`kernel_scratch`]).
+/// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l, 1 / sqrt(1 + 2 q^l))`
+/// for l = 1..=L+1, [`kernel_chain_len`] values per input, into `chains` (the per-input part of
+/// [`kernel_scratch`]).
 ///
 /// # Errors
 /// As [`kernel`].
@@ -760,7 +886,7 @@ pub fn kernel_chains(
         return Err(Error::InvalidSpec { field: "d", value: 0.0 });
     }
     let n = rows("x", x, d)?;
-    let per = 2 * (pr.depth + 1);
+    let per = kernel_chain_len(pr.depth);
     check_len("chains", chains, n * per)?;
     let mut info = KernelInfo::default();
     for i in 0..n {
@@ -793,7 +919,7 @@ pub fn kernel_rows(
     if d == 0 {
         return Err(Error::InvalidSpec { field: "d", value: 0.0 });
     }
-    let per = 2 * (pr.depth + 1);
+    let per = kernel_chain_len(pr.depth);
     let (x2, c2, symmetric) = match (x2, c2) {
         (Some(x2), Some(c2)) => (x2, c2, false),
         _ => (x1_all, c1_all, true),

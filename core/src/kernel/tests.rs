@@ -732,7 +732,7 @@ fn vector_closed_forms_match_libm_forms() {
             (vector::Family::of(Activation::Erf).unwrap(), closed::erf(&p), (0.0, 0.0)),
         ];
         for (fam, (e0, e1), (scale0, scale1)) in checks {
-            let (v0, v1) = fam.scalar(&p);
+            let (v0, v1) = fam.scalar(&Var::new(q1), &Var::new(q2), s);
             let r0 = libm::fabs(v0 - e0) / libm::fabs(e0).max(scale0).max(f64::MIN_POSITIVE);
             let r1 = libm::fabs(v1 - e1) / libm::fabs(e1).max(scale1).max(f64::MIN_POSITIVE);
             worst = worst.max(r0).max(r1);
@@ -755,7 +755,7 @@ fn vector_rows_match_scalar_pairs_bitwise() {
         let (mut k, mut t) = (vec![0.0; n * n], vec![0.0; n * n]);
         let mut scratch = vec![0.0; kernel_scratch(n, 0, mlp.depth)];
         kernel(Some(&mut k), Some(&mut t), &x, None, d, &mlp, &mut scratch).unwrap();
-        let per = 2 * (mlp.depth + 1);
+        let per = kernel_chain_len(mlp.depth);
         let chains = &scratch[..n * per];
         let mut info = KernelInfo::default();
         for i in 0..n {
