@@ -500,47 +500,48 @@ impl Prepared<'_> {
     }
 }
 
-/// <x, y> with four accumulators (the same summation order for every pair, so that
-/// <x, x> is bit-identical whichever side x is on).
+/// Accumulators of [`dot_rows`].
+const DOT_ACC: usize = 8;
+
+/// <x, y> through one lane ([`dot_rows`] with [`pulp::Scalar`]).
 #[inline(always)]
 fn dot(x: &[f64], y: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (xc, xr) = x.split_at(x.len() & !3);
-    let (yc, yr) = y.split_at(xc.len());
-    for (a, b) in xc.chunks_exact(4).zip(yc.chunks_exact(4)) {
-        for k in 0..4 {
-            acc[k] += a[k] * b[k];
-        }
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (a, b) in xr.iter().zip(yr) {
-        s += a * b;
-    }
-    s
+    dot_rows(pulp::Scalar, [x], y)[0]
 }
 
-/// `dot(x[p], y)` for [`TILE`] `x` at once, each bit for bit as [`dot`] (same accumulators,
-/// same order; the product is commutative), with independent dependency chains and each `y`
-/// loaded once.
+/// `<x[p], y>` for `R` rows at once, each `y` element loaded once. The summation order is fixed
+/// whatever the instruction set: [`DOT_ACC`] accumulators (accumulator k takes the products
+/// k, k + 8, k + 16, ... of the first 8 floor(len / 8) elements, in that order, one rounding per
+/// multiply and per add), summed as ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), then the
+/// remaining products added one by one. The accumulators are lanes of one vector (AVX-512),
+/// two (AVX2) or eight scalars, so every path gives the same bits (and <x, x> is the same
+/// whichever side x is on: the product commutes).
 #[inline(always)]
-fn dot_tile(x: [&[f64]; TILE], y: &[f64]) -> [f64; TILE] {
+fn dot_rows<S: pulp::Simd, const R: usize>(simd: S, x: [&[f64]; R], y: &[f64]) -> [f64; R] {
+    let lanes = S::F64_LANES;
+    debug_assert!(DOT_ACC % lanes == 0);
+    let nv = DOT_ACC / lanes;
     let len = y.len();
-    let n4 = len & !3;
+    let n8 = len / DOT_ACC * DOT_ACC;
     let x = x.map(|v| &v[..len]);
-    let mut acc = [[0.0f64; 4]; TILE];
-    for c in (0..n4).step_by(4) {
-        let b = &y[c..c + 4];
-        for p in 0..TILE {
-            let a = &x[p][c..c + 4];
-            for k in 0..4 {
-                acc[p][k] += a[k] * b[k];
+    let zero = simd.splat_f64s(0.0);
+    let mut acc = [[zero; DOT_ACC]; R];
+    for c in (0..n8).step_by(DOT_ACC) {
+        let (yv, _) = S::as_simd_f64s(&y[c..c + DOT_ACC]);
+        for p in 0..R {
+            let (xv, _) = S::as_simd_f64s(&x[p][c..c + DOT_ACC]);
+            for v in 0..nv {
+                acc[p][v] = simd.add_f64s(acc[p][v], simd.mul_f64s(xv[v], yv[v]));
             }
         }
     }
-    let mut out = [0.0; TILE];
-    for p in 0..TILE {
-        let mut s = (acc[p][0] + acc[p][1]) + (acc[p][2] + acc[p][3]);
-        for c in n4..len {
+    let mut out = [0.0; R];
+    for p in 0..R {
+        let mut a = [0.0f64; DOT_ACC];
+        let (av, _) = S::as_mut_simd_f64s(&mut a);
+        av.copy_from_slice(&acc[p][..nv]);
+        let mut s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        for c in n8..len {
             s += x[p][c] * y[c];
         }
         out[p] = s;
@@ -552,37 +553,12 @@ fn dot_tile(x: [&[f64]; TILE], y: &[f64]) -> [f64; TILE] {
 const CHUNK: usize = 64;
 /// Rows per tile of the vector path: each column's chain values and input are loaded once per
 /// tile.
-const TILE: usize = 4;
-/// 0, 1, ..., CHUNK - 1 (lane positions, to mask lanes outside a row's columns).
-const IOTA: [f64; CHUNK] = {
-    let mut v = [0.0; CHUNK];
-    let mut k = 0;
-    while k < CHUNK {
-        v[k] = k as f64;
-        k += 1;
-    }
-    v
-};
-
-/// Whether a lane at position `pos` in lo <= pos < m has a non-finite `s` or `t` (NaN compares
-/// false).
+const TILE: usize = 8;
+/// `acc + (s 0 + t 0)`: stays 0 (up to sign) while `s` and `t` are finite, NaN once one is not.
 #[inline(always)]
-fn nonfinite_lanes<S: pulp::Simd>(
-    simd: S,
-    pos: S::f64s,
-    lo: S::f64s,
-    m: S::f64s,
-    s: S::f64s,
-    t: S::f64s,
-) -> bool {
-    let max = simd.splat_f64s(f64::MAX);
-    let valid =
-        simd.and_m64s(simd.greater_than_or_equal_f64s(pos, lo), simd.less_than_f64s(pos, m));
-    let fin = simd.and_m64s(
-        simd.less_than_or_equal_f64s(simd.abs_f64s(s), max),
-        simd.less_than_or_equal_f64s(simd.abs_f64s(t), max),
-    );
-    vector::any(simd, simd.and_m64s(valid, simd.not_m64s(fin)))
+fn nonfinite_acc<S: pulp::Simd>(simd: S, acc: S::f64s, s: S::f64s, t: S::f64s) -> S::f64s {
+    let zero = simd.splat_f64s(0.0);
+    simd.add_f64s(acc, simd.add_f64s(simd.mul_f64s(s, zero), simd.mul_f64s(t, zero)))
 }
 
 /// [`kernel_rows`] for the closed forms of [`vector::Family`]: tiles of [`TILE`] rows against
@@ -698,49 +674,48 @@ impl VectorRows<'_, '_> {
             &self.x1_all[i * d..(i + 1) * d]
         };
         let xs: [&[f64]; TILE] = core::array::from_fn(row);
-        // Row p's first vector (none when it has no column in the chunk).
+        // Row p's first vector (none when it has no column in the chunk). Its lanes before lo[p]
+        // hold the pairs (i0 + p, jb + k <= i0 + p): real pairs, the mirror images of computed
+        // ones (the recursion is symmetric bit for bit), so finite when those are; never written.
+        debug_assert!(lo[0] == 0);
         let v0 = lo.map(|l| if l < m { l / lanes } else { mp / lanes });
-        let lo_min = lo[..rows].iter().copied().min().unwrap_or(m);
-        for k in lo_min..m {
+        for k in 0..m {
             let j = jb + k;
-            let ip = dot_tile(xs, &self.x2[j * d..(j + 1) * d]);
+            let ip = dot_rows(simd, xs, &self.x2[j * d..(j + 1) * d]);
             for p in 0..rows {
                 (b.s[p][k], b.t[p][k]) = pr.first(ip[p], d);
             }
         }
-        // Lanes outside a row's columns: a harmless padding pair (finite, never written).
+        // Tail lanes repeat the last column (finite when it is; never written).
         for p in 0..rows {
-            for k in (v0[p] * lanes..lo[p]).chain(m..mp) {
-                (b.s[p][k], b.t[p][k]) = (0.0, 0.0);
+            for k in m..mp {
+                (b.s[p][k], b.t[p][k]) = (b.s[p][m - 1], b.t[p][m - 1]);
             }
         }
-        for k in lo_min / lanes * lanes..lo_min {
-            (b.q2[k], b.a2[k]) = (1.0, 1.0);
-        }
-        for k in m..mp {
-            (b.q2[k], b.a2[k]) = (1.0, 1.0);
-        }
         let splat = |v: f64| simd.splat_f64s(v);
-        let (sw, sb, beta) = (splat(pr.sw), splat(pr.sb), splat(pr.beta));
-        let (iota, _) = S::as_simd_f64s(&IOTA[..mp]);
-        let (mf, lof) = (splat(m as f64), lo.map(|l| splat(l as f64)));
-        let mut nonfinite = false;
+        let (sw, sb, beta, zero) = (splat(pr.sw), splat(pr.sb), splat(pr.beta), splat(0.0));
+        // Sum of x * 0 over the values: NaN iff one of them is not finite.
+        let mut acc = zero;
         for p in 0..rows {
             let (sv, _) = S::as_simd_f64s(&b.s[p][..mp]);
             let (tv, _) = S::as_simd_f64s(&b.t[p][..mp]);
             for v in v0[p]..mp / lanes {
-                nonfinite |= nonfinite_lanes(simd, iota[v], lof[p], mf, sv[v], tv[v]);
+                acc = nonfinite_acc(simd, acc, sv[v], tv[v]);
             }
         }
-        if nonfinite {
+        if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {
             return Err(Error::NonFinite { layer: 1, pass: Pass::Kernel });
         }
         let aux = self.fam.aux_offset();
         for l in 0..pr.depth {
-            for k in lo_min..m {
-                let o = (jb + k) * per + CHAIN_VALUES * l;
-                b.q2[k] = c2[o];
-                b.a2[k] = c2[o + aux];
+            let o = CHAIN_VALUES * l;
+            let cols = &c2[jb * per..(jb + m) * per];
+            for (k, col) in cols.chunks_exact(per).enumerate() {
+                b.q2[k] = col[o];
+                b.a2[k] = col[o + aux];
+            }
+            for k in m..mp {
+                (b.q2[k], b.a2[k]) = (b.q2[m - 1], b.a2[m - 1]);
             }
             let width = splat(if pr.standard { pr.width(l + 1) } else { 0.0 });
             let (qv, _) = S::as_simd_f64s(&b.q2[..mp]);
@@ -763,11 +738,11 @@ impl VectorRows<'_, '_> {
                     } else {
                         simd.add_f64s(s_new, carry)
                     };
-                    nonfinite |= nonfinite_lanes(simd, iota[v], lof[p], mf, s_new, t_new);
+                    acc = nonfinite_acc(simd, acc, s_new, t_new);
                     (sv[v], tv[v]) = (s_new, t_new);
                 }
             }
-            if nonfinite {
+            if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {
                 return Err(Error::NonFinite { layer: l + 2, pass: Pass::Kernel });
             }
         }
@@ -863,10 +838,31 @@ pub fn kernel(
     info.quadrature_nodes += i3.quadrature_nodes;
     if x2.is_none() {
         for o in [nngp, ntk].into_iter().flatten() {
-            crate::ntk::mirror(o, crate::ntk::OutputMode::Trace, n1, 1);
+            mirror_upper(o, n1);
         }
     }
     Ok(info)
+}
+
+/// Copies the upper triangle of the row-major n x n `out` onto the lower one (`out[i][j] =
+/// out[j][i]` for j < i), in square blocks so that the transposed reads stay in cache; the same
+/// values as `ntk::mirror(out, OutputMode::Trace, n, 1)`.
+///
+/// # Panics
+/// If `out.len() != n * n`.
+#[track_caller]
+pub fn mirror_upper(out: &mut [f64], n: usize) {
+    const B: usize = 32;
+    assert_eq!(out.len(), n * n, "mirror_upper: out is not n x n");
+    for ib in (0..n).step_by(B) {
+        for jb in (0..=ib).step_by(B) {
+            for i in ib..(ib + B).min(n) {
+                for j in jb..(jb + B).min(i) {
+                    out[i * n + j] = out[j * n + i];
+                }
+            }
+        }
+    }
 }
 
 /// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l, 1 / sqrt(1 + 2 q^l))`
