@@ -33,11 +33,16 @@
 //! (arctan2 of the square root of a difference of nearly equal numbers); ours is exact. A zero
 //! variance uses the convention theta = pi / 2 (c = 0), as neural-tangents.
 //!
-//! Speed: the closed forms of the ReLU family and erf are evaluated over SIMD lanes (pulp; a
-//! Cephes-style atan2, within 1 ulp of libm) with only correctly rounded operations and no
-//! fused multiply-add, so one lane ([`pulp::Scalar`], used by [`moments`] and the diagonal
-//! chains) and eight (AVX-512) give the same bits; [`kernel_rows`] runs each row's
-//! off-diagonal pairs in chunks of 64 through the lanes, layer by layer.
+//! Speed: the closed forms of the ReLU family and erf are evaluated over SIMD lanes (pulp;
+//! Cephes-style atan2 and asin, within 1 ulp of libm) with only correctly rounded operations and
+//! no fused multiply-add, so one lane ([`pulp::Scalar`], used by [`moments`] and the diagonal
+//! chains) and eight (AVX-512) give the same bits. erf uses Williams' arcsin form factored per
+//! input: with r = 1 / sqrt(1 + 2 q) stored in each input's chain, rho = 2 s r1 r2 and
+//! E[phi phi] = (2 / pi) asin(rho), E[phi' phi'] = (4 / pi) r1 r2 / sqrt((1 - rho)(1 + rho)):
+//! one square root and two divisions per pair and layer (the unfactored hypot form, four and
+//! five, remains the fallback where |rho| > 0.9375). [`kernel_rows`] runs tiles of 8 rows
+//! against chunks of 64 columns, all layers of a pair while it sits in L1, with inner products in
+//! a fixed 8-accumulator order that every instruction set reproduces.
 
 mod closed;
 mod quad;
@@ -519,7 +524,7 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
 #[inline(always)]
 fn dot_rows<S: pulp::Simd, const R: usize>(simd: S, x: [&[f64]; R], y: &[f64]) -> [f64; R] {
     let lanes = S::F64_LANES;
-    debug_assert!(DOT_ACC % lanes == 0);
+    debug_assert!(DOT_ACC.is_multiple_of(lanes));
     let nv = DOT_ACC / lanes;
     let len = y.len();
     let n8 = len / DOT_ACC * DOT_ACC;
@@ -682,25 +687,25 @@ impl VectorRows<'_, '_> {
         for k in 0..m {
             let j = jb + k;
             let ip = dot_rows(simd, xs, &self.x2[j * d..(j + 1) * d]);
-            for p in 0..rows {
-                (b.s[p][k], b.t[p][k]) = pr.first(ip[p], d);
+            for (p, &v) in ip[..rows].iter().enumerate() {
+                (b.s[p][k], b.t[p][k]) = pr.first(v, d);
             }
         }
         // Tail lanes repeat the last column (finite when it is; never written).
-        for p in 0..rows {
-            for k in m..mp {
-                (b.s[p][k], b.t[p][k]) = (b.s[p][m - 1], b.t[p][m - 1]);
-            }
+        for (s, t) in b.s[..rows].iter_mut().zip(&mut b.t[..rows]) {
+            let (sl, tl) = (s[m - 1], t[m - 1]);
+            s[m..mp].fill(sl);
+            t[m..mp].fill(tl);
         }
         let splat = |v: f64| simd.splat_f64s(v);
         let (sw, sb, beta, zero) = (splat(pr.sw), splat(pr.sb), splat(pr.beta), splat(0.0));
         // Sum of x * 0 over the values: NaN iff one of them is not finite.
         let mut acc = zero;
-        for p in 0..rows {
-            let (sv, _) = S::as_simd_f64s(&b.s[p][..mp]);
-            let (tv, _) = S::as_simd_f64s(&b.t[p][..mp]);
-            for v in v0[p]..mp / lanes {
-                acc = nonfinite_acc(simd, acc, sv[v], tv[v]);
+        for ((s, t), &v0) in b.s[..rows].iter().zip(&b.t[..rows]).zip(&v0[..rows]) {
+            let (sv, _) = S::as_simd_f64s(&s[..mp]);
+            let (tv, _) = S::as_simd_f64s(&t[..mp]);
+            for (&s, &t) in sv[v0..].iter().zip(&tv[v0..]) {
+                acc = nonfinite_acc(simd, acc, s, t);
             }
         }
         if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {
@@ -710,36 +715,36 @@ impl VectorRows<'_, '_> {
         for l in 0..pr.depth {
             let o = CHAIN_VALUES * l;
             let cols = &c2[jb * per..(jb + m) * per];
-            for (k, col) in cols.chunks_exact(per).enumerate() {
-                b.q2[k] = col[o];
-                b.a2[k] = col[o + aux];
+            for ((q2, a2), col) in b.q2.iter_mut().zip(&mut b.a2).zip(cols.chunks_exact(per)) {
+                (*q2, *a2) = (col[o], col[o + aux]);
             }
-            for k in m..mp {
-                (b.q2[k], b.a2[k]) = (b.q2[m - 1], b.a2[m - 1]);
-            }
+            let (ql, al) = (b.q2[m - 1], b.a2[m - 1]);
+            b.q2[m..mp].fill(ql);
+            b.a2[m..mp].fill(al);
             let width = splat(if pr.standard { pr.width(l + 1) } else { 0.0 });
             let (qv, _) = S::as_simd_f64s(&b.q2[..mp]);
             let (av, _) = S::as_simd_f64s(&b.a2[..mp]);
-            for p in 0..rows {
+            let tile = b.s[..rows].iter_mut().zip(&mut b.t[..rows]).zip(&v0[..rows]);
+            for (p, ((s, t), &v0)) in tile.enumerate() {
                 let ci = &self.c1_all[(i0 + p) * per..(i0 + p + 1) * per];
                 let v1 = Var::stored(ci, l);
                 let (q1, a1) = (splat(v1.q), splat(self.fam.aux(&v1)));
-                let (sv, _) = S::as_mut_simd_f64s(&mut b.s[p][..mp]);
-                let (tv, _) = S::as_mut_simd_f64s(&mut b.t[p][..mp]);
-                for v in v0[p]..mp / lanes {
-                    let (s, t) = (sv[v], tv[v]);
-                    let (ff, dd) = self.fam.moments(simd, q1, qv[v], s, a1, av[v]);
+                let (sv, _) = S::as_mut_simd_f64s(&mut s[..mp]);
+                let (tv, _) = S::as_mut_simd_f64s(&mut t[..mp]);
+                let cols = qv[v0..].iter().zip(&av[v0..]);
+                for ((s, t), (&q2, &a2)) in sv[v0..].iter_mut().zip(&mut tv[v0..]).zip(cols) {
+                    let (ff, dd) = self.fam.moments(simd, q1, q2, *s, a1, a2);
                     // Prepared::step, the same operations in the same order.
                     let s_new = simd.add_f64s(simd.mul_f64s(sw, ff), sb);
                     let sdot = simd.mul_f64s(sw, dd);
-                    let carry = simd.mul_f64s(sdot, t);
+                    let carry = simd.mul_f64s(sdot, *t);
                     let t_new = if pr.standard {
                         simd.add_f64s(simd.add_f64s(simd.mul_f64s(width, ff), beta), carry)
                     } else {
                         simd.add_f64s(s_new, carry)
                     };
                     acc = nonfinite_acc(simd, acc, s_new, t_new);
-                    (sv[v], tv[v]) = (s_new, t_new);
+                    (*s, *t) = (s_new, t_new);
                 }
             }
             if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {

@@ -9,7 +9,12 @@
 //! for bit whichever path computes them.
 //!
 //! atan2 is Cephes' `atan` (rational minimax approximation on |u| <= 0.66 after reduction by
-//! tan(3 pi / 8) and pi / 4, with the `MOREBITS` correction of pi / 2): about 1 ulp.
+//! tan(3 pi / 8) and pi / 4, with the `MOREBITS` correction of pi / 2): about 1 ulp. asin is
+//! Cephes' `asin` (x + x^3 P / Q up to 0.625, the expansion at 1 beyond): about 1 ulp, one
+//! division, and a square root only for vectors with a lane beyond 0.625.
+//!
+//! Branches on "does any lane need this" (asin's outer region, erf's fallback) only skip work:
+//! every lane's value is a select on its own predicate, so it does not depend on its neighbours.
 
 use core::f64::consts::{FRAC_PI_2, FRAC_PI_4, PI};
 
@@ -99,7 +104,7 @@ const AS_R: [f64; 5] = [
 const AS_S: [f64; 4] = [
     -2.194_779_531_642_920_6e1,
     1.470_656_354_026_815e2,
-    -3.838_770_957_603_691_4e2,
+    -3.838_770_957_603_691e2,
     3.424_398_657_913_078_5e2,
 ];
 /// Where Cephes' `asin` switches from x + x^3 P / Q to the expansion at 1.
@@ -226,9 +231,9 @@ pub(crate) fn piecewise_linear<S: Simd>(
 }
 
 /// erf, the unfactored form: (2 / pi) atan2(2 s, D) and (4 / pi) / D,
-/// D = hypot(sqrt(1 + 2 (q1 + q2)), 2 g sn), the hypotenuse as m sqrt(1 + (n / m)^2) (m = max
-/// >= 1, no overflow; exact when n = 0). No cancellation at any c, no overflow at any variance:
-/// the fallback of [`erf`] where the factored form loses accuracy.
+/// D = hypot(sqrt(1 + 2 (q1 + q2)), 2 g sn), the hypotenuse as m sqrt(1 + (n / m)^2) with
+/// m = max at least 1 (no overflow; exact when n = 0). No cancellation at any c, no overflow at
+/// any variance: the fallback of [`erf`] where the factored form loses accuracy.
 #[inline(always)]
 pub(crate) fn erf_hypot<S: Simd>(
     simd: S,
