@@ -1,9 +1,8 @@
 //! Infinite-width NNGP + NTK matrices (`ntk_core::kernel::kernel`, x2 = None): ReLU and erf,
-//! depth 10, sigma_w2 = 2, sigma_b2 = 0.1, N = 1000 and N = 4000 (the workload of
-//! `ntk bench --infinite` and of issue 4)
-//! inputs of dimension 64, single thread. Reports time per matrix and, after criterion, ns per
-//! kernel entry per layer (N^2 entries, half of them computed by symmetry) and per computed
-//! pair per layer (N (N + 1) / 2 pairs).
+//! depth 10, sigma_w2 = 2, sigma_b2 = 0.1, N = 1000 and N = 4000 inputs of dimension 64
+//! (N = 4000 is the workload of `ntk bench --infinite` and of issue 4), single thread. Reports
+//! time per matrix and, after criterion, ns per kernel entry per layer (N^2 entries, half of
+//! them computed by symmetry) and per computed pair per layer (N (N + 1) / 2 pairs).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ntk_core::kernel::{kernel, kernel_scratch, Mlp};

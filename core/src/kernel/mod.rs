@@ -559,6 +559,31 @@ const CHUNK: usize = 64;
 /// Rows per tile of the vector path: each column's chain values and input are loaded once per
 /// tile.
 const TILE: usize = 8;
+/// [`Prepared::step`] over lanes, the same operations in the same order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn step<S: pulp::Simd>(
+    simd: S,
+    pr: &Prepared<'_>,
+    sw: S::f64s,
+    sb: S::f64s,
+    beta: S::f64s,
+    width: S::f64s,
+    ff: S::f64s,
+    dd: S::f64s,
+    t: S::f64s,
+) -> (S::f64s, S::f64s) {
+    let s_new = simd.add_f64s(simd.mul_f64s(sw, ff), sb);
+    let sdot = simd.mul_f64s(sw, dd);
+    let carry = simd.mul_f64s(sdot, t);
+    let t_new = if pr.standard {
+        simd.add_f64s(simd.add_f64s(simd.mul_f64s(width, ff), beta), carry)
+    } else {
+        simd.add_f64s(s_new, carry)
+    };
+    (s_new, t_new)
+}
+
 /// `acc + (s 0 + t 0)`: stays 0 (up to sign) while `s` and `t` are finite, NaN once one is not.
 #[inline(always)]
 fn nonfinite_acc<S: pulp::Simd>(simd: S, acc: S::f64s, s: S::f64s, t: S::f64s) -> S::f64s {
@@ -731,20 +756,23 @@ impl VectorRows<'_, '_> {
                 let (q1, a1) = (splat(v1.q), splat(self.fam.aux(&v1)));
                 let (sv, _) = S::as_mut_simd_f64s(&mut s[..mp]);
                 let (tv, _) = S::as_mut_simd_f64s(&mut t[..mp]);
-                let cols = qv[v0..].iter().zip(&av[v0..]);
-                for ((s, t), (&q2, &a2)) in sv[v0..].iter_mut().zip(&mut tv[v0..]).zip(cols) {
-                    let (ff, dd) = self.fam.moments(simd, q1, q2, *s, a1, a2);
-                    // Prepared::step, the same operations in the same order.
-                    let s_new = simd.add_f64s(simd.mul_f64s(sw, ff), sb);
-                    let sdot = simd.mul_f64s(sw, dd);
-                    let carry = simd.mul_f64s(sdot, *t);
-                    let t_new = if pr.standard {
-                        simd.add_f64s(simd.add_f64s(simd.mul_f64s(width, ff), beta), carry)
-                    } else {
-                        simd.add_f64s(s_new, carry)
-                    };
-                    acc = nonfinite_acc(simd, acc, s_new, t_new);
-                    (*s, *t) = (s_new, t_new);
+                let nv = mp / lanes;
+                let mut v = v0;
+                // Two independent vectors per step: more work in flight behind the divider.
+                while v < nv {
+                    let two = v + 1 < nv;
+                    let w = if two { v + 1 } else { v };
+                    let (ff0, dd0) = self.fam.moments(simd, q1, qv[v], sv[v], a1, av[v]);
+                    let (ff1, dd1) = self.fam.moments(simd, q1, qv[w], sv[w], a1, av[w]);
+                    let (s0, t0) = step(simd, pr, sw, sb, beta, width, ff0, dd0, tv[v]);
+                    let (s1, t1) = step(simd, pr, sw, sb, beta, width, ff1, dd1, tv[w]);
+                    acc = nonfinite_acc(simd, acc, s0, t0);
+                    (sv[v], tv[v]) = (s0, t0);
+                    if two {
+                        acc = nonfinite_acc(simd, acc, s1, t1);
+                        (sv[w], tv[w]) = (s1, t1);
+                    }
+                    v += 2;
                 }
             }
             if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {
