@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """Time neural-tangents' kernel_fn (jitted, float64) on the `ntk bench --infinite` workload:
-ReLU and erf, 10 hidden layers, d = 64, N x N NNGP + NTK. Usage: nt_bench_infinite.py [N]."""
+ReLU and erf, 10 hidden layers, sigma_w2 = 2, sigma_b2 = 0.1, d = 64, N x N NNGP + NTK.
+
+Usage: nt_bench_infinite.py [N]. XLA uses every core it is given: pin it to compare thread
+counts, e.g. `taskset -c 0 python3 scripts/nt_bench_infinite.py` (1 thread) against
+`ntk bench --infinite --threads 1`. The ns/entry/layer column is median / (N^2 * 11), the
+definition of `ntk bench --infinite`."""
 import sys
 import time
 

@@ -261,7 +261,7 @@ pub fn par_infinite_kernel(
     d: usize,
 ) -> CliResult<(Vec<f64>, Vec<f64>, f64)> {
     use ntk_core::kernel::{kernel_chains, kernel_rows};
-    let per = 2 * (mlp.depth + 1);
+    let per = ntk_core::kernel::kernel_chain_len(mlp.depth);
     let n1 = x1.len() / d;
     let chains = |x: &[f64]| -> CliResult<(Vec<f64>, f64)> {
         let n = x.len() / d;
@@ -300,7 +300,7 @@ pub fn par_infinite_kernel(
     err = errs.into_iter().fold(err, f64::max);
     if x2.is_none() {
         for o in [&mut k, &mut t] {
-            ntk_core::ntk::mirror(o, OutputMode::Trace, n1, 1);
+            ntk_core::kernel::mirror_upper(o, n1);
         }
     }
     Ok((k, t, err))

@@ -33,11 +33,16 @@
 //! (arctan2 of the square root of a difference of nearly equal numbers); ours is exact. A zero
 //! variance uses the convention theta = pi / 2 (c = 0), as neural-tangents.
 //!
-//! Speed: the closed forms of the ReLU family and erf are evaluated over SIMD lanes (pulp; a
-//! Cephes-style atan2, within 1 ulp of libm) with only correctly rounded operations and no
-//! fused multiply-add, so one lane ([`pulp::Scalar`], used by [`moments`] and the diagonal
-//! chains) and eight (AVX-512) give the same bits; [`kernel_rows`] runs each row's
-//! off-diagonal pairs in chunks of 64 through the lanes, layer by layer.
+//! Speed: the closed forms of the ReLU family and erf are evaluated over SIMD lanes (pulp;
+//! Cephes-style atan2 and asin, within 1 ulp of libm) with only correctly rounded operations and
+//! no fused multiply-add, so one lane ([`pulp::Scalar`], used by [`moments`] and the diagonal
+//! chains) and eight (AVX-512) give the same bits. erf uses Williams' arcsin form factored per
+//! input: with r = 1 / sqrt(1 + 2 q) stored in each input's chain, rho = 2 s r1 r2 and
+//! E[phi phi] = (2 / pi) asin(rho), E[phi' phi'] = (4 / pi) r1 r2 / sqrt((1 - rho)(1 + rho)):
+//! one square root and two divisions per pair and layer (the unfactored hypot form, four and
+//! five, remains the fallback where |rho| > 0.9375). [`kernel_rows`] runs tiles of 8 rows
+//! against chunks of 64 columns, all layers of a pair while it sits in L1, with inner products in
+//! a fixed 8-accumulator order that every instruction set reproduces.
 
 mod closed;
 mod quad;
@@ -141,13 +146,54 @@ impl Geometry {
     }
 }
 
+/// One variance q of a diagonal chain with the per-input factors the closed forms use (the
+/// values [`kernel_chains`] stores for each layer).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Var {
+    pub(crate) q: f64,
+    /// sqrt(q).
+    pub(crate) sq: f64,
+    /// 1 / sqrt(1 + 2 q) (erf).
+    pub(crate) r: f64,
+}
+
+impl Var {
+    #[inline(always)]
+    pub(crate) fn new(q: f64) -> Self {
+        Self { q, sq: libm::sqrt(q), r: vector::erf_factor(q) }
+    }
+
+    /// Layer `l` of a stored chain.
+    #[inline(always)]
+    fn stored(chain: &[f64], l: usize) -> Self {
+        let o = CHAIN_VALUES * l;
+        Self { q: chain[o], sq: chain[o + 1], r: chain[o + 2] }
+    }
+
+    #[inline(always)]
+    fn store(&self, chain: &mut [f64], l: usize) {
+        let o = CHAIN_VALUES * l;
+        (chain[o], chain[o + 1], chain[o + 2]) = (self.q, self.sq, self.r);
+    }
+}
+
+/// Values per layer in a diagonal chain: (q, sqrt q, 1 / sqrt(1 + 2 q)).
+const CHAIN_VALUES: usize = 3;
+
 #[inline(always)]
-fn pair_moments(act: Activation, p: &Geometry, quad: &Quadrature) -> Result<Moments, Error> {
+fn pair_moments(
+    act: Activation,
+    v1: &Var,
+    v2: &Var,
+    s: f64,
+    quad: &Quadrature,
+) -> Result<Moments, Error> {
     let done =
         |(phiphi, dphidphi): (f64, f64)| Ok(Moments { phiphi, dphidphi, err: 0.0, nodes: 0 });
     if let Some(f) = vector::Family::of(act) {
-        return done(f.scalar(p));
+        return done(f.scalar(v1, v2, s));
     }
+    let p = &Geometry::new(v1.q, v2.q, s, v1.sq, v2.sq);
     match act {
         Activation::Gelu => done(closed::gelu(p)),
         _ => {
@@ -213,7 +259,7 @@ pub fn moments(
     check_covariance(q1, q2, s)?;
     check_activation(act)?;
     quad.check()?;
-    pair_moments(act, &Geometry::new(q1, q2, s, libm::sqrt(q1), libm::sqrt(q2)), quad)
+    pair_moments(act, &Var::new(q1), &Var::new(q2), s, quad)
 }
 
 /// E[phi(u)^2] and E[phi'(u)^2] for u ~ N(0, q): [`moments`] at q1 = q2 = s = q (bit for bit).
@@ -406,7 +452,7 @@ impl Prepared<'_> {
         (s, t)
     }
 
-    /// The diagonal chain of one input: (K, Theta), storing (q^l, sqrt q^l), l = 1..=L+1.
+    /// The diagonal chain of one input: (K, Theta), storing [`Var`] of q^l, l = 1..=L+1.
     fn diag(
         &self,
         x: &[f64],
@@ -418,15 +464,14 @@ impl Prepared<'_> {
             if !(q.is_finite() && t.is_finite()) {
                 return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
             }
-            let sq = libm::sqrt(q);
+            let v = Var::new(q);
             if let Some(st) = store.as_deref_mut() {
-                st[2 * l] = q;
-                st[2 * l + 1] = sq;
+                v.store(st, l);
             }
             if l == self.depth {
                 break;
             }
-            let m = pair_moments(self.act, &Geometry::new(q, q, q, sq, sq), &self.quad)?;
+            let m = pair_moments(self.act, &v, &v, q, &self.quad)?;
             info.add(&m);
             (q, t) = self.step(l + 1, &m, t);
         }
@@ -448,8 +493,8 @@ impl Prepared<'_> {
             if !(s.is_finite() && t.is_finite()) {
                 return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
             }
-            let p = Geometry::new(cx[2 * l], cy[2 * l], s, cx[2 * l + 1], cy[2 * l + 1]);
-            let m = pair_moments(self.act, &p, &self.quad)?;
+            let (vx, vy) = (Var::stored(cx, l), Var::stored(cy, l));
+            let m = pair_moments(self.act, &vx, &vy, s, &self.quad)?;
             info.add(&m);
             (s, t) = self.step(l + 1, &m, t);
         }
@@ -460,60 +505,97 @@ impl Prepared<'_> {
     }
 }
 
-/// <x, y> with four accumulators (the same summation order for every pair, so that
-/// <x, x> is bit-identical whichever side x is on).
+/// Accumulators of [`dot_rows`].
+const DOT_ACC: usize = 8;
+
+/// <x, y> through one lane ([`dot_rows`] with [`pulp::Scalar`]).
 #[inline(always)]
 fn dot(x: &[f64], y: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (xc, xr) = x.split_at(x.len() & !3);
-    let (yc, yr) = y.split_at(xc.len());
-    for (a, b) in xc.chunks_exact(4).zip(yc.chunks_exact(4)) {
-        for k in 0..4 {
-            acc[k] += a[k] * b[k];
-        }
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (a, b) in xr.iter().zip(yr) {
-        s += a * b;
-    }
-    s
+    dot_rows(pulp::Scalar, [x], y)[0]
 }
 
-/// `dot(x, y[p])` for four `y` at once, each bit for bit as [`dot`] (same accumulators, same
-/// order), with four independent dependency chains.
+/// `<x[p], y>` for `R` rows at once, each `y` element loaded once. The summation order is fixed
+/// whatever the instruction set: [`DOT_ACC`] accumulators (accumulator k takes the products
+/// k, k + 8, k + 16, ... of the first 8 floor(len / 8) elements, in that order, one rounding per
+/// multiply and per add), summed as ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), then the
+/// remaining products added one by one. The accumulators are lanes of one vector (AVX-512),
+/// two (AVX2) or eight scalars, so every path gives the same bits (and <x, x> is the same
+/// whichever side x is on: the product commutes).
 #[inline(always)]
-fn dot4(x: &[f64], y: [&[f64]; 4]) -> [f64; 4] {
-    let len = x.len();
-    let n4 = len & !3;
-    let y = y.map(|v| &v[..len]);
-    let mut acc = [[0.0f64; 4]; 4];
-    for c in (0..n4).step_by(4) {
-        let a = &x[c..c + 4];
-        for p in 0..4 {
-            let b = &y[p][c..c + 4];
-            for k in 0..4 {
-                acc[p][k] += a[k] * b[k];
+fn dot_rows<S: pulp::Simd, const R: usize>(simd: S, x: [&[f64]; R], y: &[f64]) -> [f64; R] {
+    let lanes = S::F64_LANES;
+    debug_assert!(DOT_ACC.is_multiple_of(lanes));
+    let nv = DOT_ACC / lanes;
+    let len = y.len();
+    let n8 = len / DOT_ACC * DOT_ACC;
+    let x = x.map(|v| &v[..len]);
+    let zero = simd.splat_f64s(0.0);
+    let mut acc = [[zero; DOT_ACC]; R];
+    for c in (0..n8).step_by(DOT_ACC) {
+        let (yv, _) = S::as_simd_f64s(&y[c..c + DOT_ACC]);
+        for p in 0..R {
+            let (xv, _) = S::as_simd_f64s(&x[p][c..c + DOT_ACC]);
+            for v in 0..nv {
+                acc[p][v] = simd.add_f64s(acc[p][v], simd.mul_f64s(xv[v], yv[v]));
             }
         }
     }
-    let mut out = [0.0; 4];
-    for p in 0..4 {
-        let mut s = (acc[p][0] + acc[p][1]) + (acc[p][2] + acc[p][3]);
-        for c in n4..len {
-            s += x[c] * y[p][c];
+    let mut out = [0.0; R];
+    for p in 0..R {
+        let mut a = [0.0f64; DOT_ACC];
+        let (av, _) = S::as_mut_simd_f64s(&mut a);
+        av.copy_from_slice(&acc[p][..nv]);
+        let mut s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        for c in n8..len {
+            s += x[p][c] * y[c];
         }
         out[p] = s;
     }
     out
 }
 
-/// Pairs per chunk of the vector path (a multiple of every lane count).
+/// Columns per chunk of the vector path (a multiple of every lane count).
 const CHUNK: usize = 64;
+/// Rows per tile of the vector path: each column's chain values and input are loaded once per
+/// tile.
+const TILE: usize = 8;
+/// [`Prepared::step`] over lanes, the same operations in the same order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn step<S: pulp::Simd>(
+    simd: S,
+    pr: &Prepared<'_>,
+    sw: S::f64s,
+    sb: S::f64s,
+    beta: S::f64s,
+    width: S::f64s,
+    ff: S::f64s,
+    dd: S::f64s,
+    t: S::f64s,
+) -> (S::f64s, S::f64s) {
+    let s_new = simd.add_f64s(simd.mul_f64s(sw, ff), sb);
+    let sdot = simd.mul_f64s(sw, dd);
+    let carry = simd.mul_f64s(sdot, t);
+    let t_new = if pr.standard {
+        simd.add_f64s(simd.add_f64s(simd.mul_f64s(width, ff), beta), carry)
+    } else {
+        simd.add_f64s(s_new, carry)
+    };
+    (s_new, t_new)
+}
 
-/// [`kernel_rows`] for the closed forms of [`vector::Family`]: every off-diagonal pair of a row
-/// runs the 2 x 2 recursion layer by layer over chunks of [`CHUNK`] pairs in SIMD lanes (tail
-/// lanes padded), through the same lane code whatever its position, so an entry's bits do not
-/// depend on the band, chunk or lane that computes it (nor on the instruction set).
+/// `acc + (s 0 + t 0)`: stays 0 (up to sign) while `s` and `t` are finite, NaN once one is not.
+#[inline(always)]
+fn nonfinite_acc<S: pulp::Simd>(simd: S, acc: S::f64s, s: S::f64s, t: S::f64s) -> S::f64s {
+    let zero = simd.splat_f64s(0.0);
+    simd.add_f64s(acc, simd.add_f64s(simd.mul_f64s(s, zero), simd.mul_f64s(t, zero)))
+}
+
+/// [`kernel_rows`] for the closed forms of [`vector::Family`]: tiles of [`TILE`] rows against
+/// chunks of [`CHUNK`] columns; every pair runs the 2 x 2 recursion layer by layer in SIMD lanes
+/// (lanes outside a row's columns padded), through the same lane code whatever its position,
+/// so an entry's bits do not depend on the band, tile, chunk or lane that computes it (nor on
+/// the instruction set).
 struct VectorRows<'a, 'p> {
     pr: &'a Prepared<'p>,
     fam: vector::Family,
@@ -530,12 +612,14 @@ struct VectorRows<'a, 'p> {
     symmetric: bool,
 }
 
-/// Per-chunk state: (Sigma, Theta) of each pair and the gathered chain of the columns.
+/// Per-chunk state: (Sigma, Theta) of each pair of the tile and the gathered chain values of the
+/// columns at the current layer.
 struct ChunkBufs {
-    s: [f64; CHUNK],
-    t: [f64; CHUNK],
+    s: [[f64; CHUNK]; TILE],
+    t: [[f64; CHUNK]; TILE],
     q2: [f64; CHUNK],
-    sq2: [f64; CHUNK],
+    /// The family's per-input value ([`vector::Family::aux`]) of the columns.
+    a2: [f64; CHUNK],
 }
 
 impl pulp::WithSimd for VectorRows<'_, '_> {
@@ -551,33 +635,44 @@ impl VectorRows<'_, '_> {
     #[inline(always)]
     fn run<S: pulp::Simd>(mut self, simd: S) -> Result<KernelInfo, Error> {
         let (d, n2) = (self.d, self.n2);
-        let per = 2 * (self.pr.depth + 1);
         let mut info = KernelInfo::default();
-        let mut b =
-            ChunkBufs { s: [0.0; CHUNK], t: [0.0; CHUNK], q2: [0.0; CHUNK], sq2: [0.0; CHUNK] };
-        for r in 0..self.n {
-            let i = self.row0 + r;
-            let (xi, ci) = (&self.x1_all[i * d..(i + 1) * d], &self.c1_all[i * per..(i + 1) * per]);
-            let mut jb = 0;
-            if self.symmetric {
-                // The diagonal from the chain: exact (c = 1, theta = 0).
-                let (k, t) = self.pr.diag(xi, None, &mut info)?;
-                if let Some(o) = self.nngp.as_deref_mut() {
-                    o[r * n2 + i] = k;
+        let z = [0.0; CHUNK];
+        let mut b = ChunkBufs { s: [z; TILE], t: [z; TILE], q2: z, a2: z };
+        for r0 in (0..self.n).step_by(TILE) {
+            let rows = (self.n - r0).min(TILE);
+            let i0 = self.row0 + r0;
+            // Row p of the tile takes columns from[p]..n2 (past the diagonal when symmetric).
+            let mut from = [n2; TILE];
+            for p in 0..rows {
+                let i = i0 + p;
+                from[p] = 0;
+                if self.symmetric {
+                    // The diagonal from the chain: exact (c = 1, theta = 0).
+                    let xi = &self.x1_all[i * d..(i + 1) * d];
+                    let (k, t) = self.pr.diag(xi, None, &mut info)?;
+                    if let Some(o) = self.nngp.as_deref_mut() {
+                        o[(r0 + p) * n2 + i] = k;
+                    }
+                    if let Some(o) = self.ntk.as_deref_mut() {
+                        o[(r0 + p) * n2 + i] = t;
+                    }
+                    from[p] = i + 1;
                 }
-                if let Some(o) = self.ntk.as_deref_mut() {
-                    o[r * n2 + i] = t;
-                }
-                jb = i + 1;
             }
+            let mut jb = from[0];
             while jb < n2 {
                 let m = (n2 - jb).min(CHUNK);
-                self.chunk(simd, xi, ci, jb, m, &mut b)?;
-                if let Some(o) = self.nngp.as_deref_mut() {
-                    o[r * n2 + jb..r * n2 + jb + m].copy_from_slice(&b.s[..m]);
-                }
-                if let Some(o) = self.ntk.as_deref_mut() {
-                    o[r * n2 + jb..r * n2 + jb + m].copy_from_slice(&b.t[..m]);
+                // Row p's columns in the chunk: lo[p]..m.
+                let lo = from.map(|f| f.saturating_sub(jb).min(m));
+                self.chunk(simd, i0, rows, jb, m, lo, &mut b)?;
+                for p in 0..rows {
+                    let o = (r0 + p) * n2 + jb;
+                    if let Some(out) = self.nngp.as_deref_mut() {
+                        out[o + lo[p]..o + m].copy_from_slice(&b.s[p][lo[p]..m]);
+                    }
+                    if let Some(out) = self.ntk.as_deref_mut() {
+                        out[o + lo[p]..o + m].copy_from_slice(&b.t[p][lo[p]..m]);
+                    }
                 }
                 jb += m;
             }
@@ -585,72 +680,104 @@ impl VectorRows<'_, '_> {
         Ok(info)
     }
 
-    /// Pairs (i, jb..jb + m) into `b.s[..m]` (K) and `b.t[..m]` (Theta).
+    /// Pairs (i0 + p, jb + k), p < rows, lo[p] <= k < m, into `b.s[p][k]` (K) and `b.t[p][k]`
+    /// (Theta).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn chunk<S: pulp::Simd>(
         &self,
         simd: S,
-        xi: &[f64],
-        ci: &[f64],
+        i0: usize,
+        rows: usize,
         jb: usize,
         m: usize,
+        lo: [usize; TILE],
         b: &mut ChunkBufs,
     ) -> Result<(), Error> {
-        let (pr, d, x2, c2) = (self.pr, self.d, self.x2, self.c2);
-        let per = 2 * (pr.depth + 1);
-        let row = |j: usize| &x2[j * d..(j + 1) * d];
+        let (pr, d, c2) = (self.pr, self.d, self.c2);
+        let per = kernel_chain_len(pr.depth);
         let lanes = S::F64_LANES;
         let mp = m.div_ceil(lanes) * lanes;
-        let mut k = 0;
-        while k + 4 <= m {
+        // A tile row past the band (rows < TILE) repeats the last row and is never used.
+        let row = |p: usize| {
+            let i = i0 + p.min(rows - 1);
+            &self.x1_all[i * d..(i + 1) * d]
+        };
+        let xs: [&[f64]; TILE] = core::array::from_fn(row);
+        // Row p's first vector (none when it has no column in the chunk). Its lanes before lo[p]
+        // hold the pairs (i0 + p, jb + k <= i0 + p): real pairs, the mirror images of computed
+        // ones (the recursion is symmetric bit for bit), so finite when those are; never written.
+        debug_assert!(lo[0] == 0);
+        let v0 = lo.map(|l| if l < m { l / lanes } else { mp / lanes });
+        for k in 0..m {
             let j = jb + k;
-            let ip = dot4(xi, [row(j), row(j + 1), row(j + 2), row(j + 3)]);
-            for (p, v) in ip.into_iter().enumerate() {
-                (b.s[k + p], b.t[k + p]) = pr.first(v, d);
+            let ip = dot_rows(simd, xs, &self.x2[j * d..(j + 1) * d]);
+            for (p, &v) in ip[..rows].iter().enumerate() {
+                (b.s[p][k], b.t[p][k]) = pr.first(v, d);
             }
-            k += 4;
         }
-        for k in k..m {
-            (b.s[k], b.t[k]) = pr.first(dot(xi, row(jb + k)), d);
+        // Tail lanes repeat the last column (finite when it is; never written).
+        for (s, t) in b.s[..rows].iter_mut().zip(&mut b.t[..rows]) {
+            let (sl, tl) = (s[m - 1], t[m - 1]);
+            s[m..mp].fill(sl);
+            t[m..mp].fill(tl);
         }
-        for k in m..mp {
-            (b.s[k], b.t[k], b.q2[k], b.sq2[k]) = (0.0, 0.0, 1.0, 1.0);
-        }
-        let finite = |b: &ChunkBufs| b.s[..m].iter().chain(&b.t[..m]).all(|v| v.is_finite());
         let splat = |v: f64| simd.splat_f64s(v);
-        let (sw, sb, beta) = (splat(pr.sw), splat(pr.sb), splat(pr.beta));
-        for l in 0..pr.depth {
-            if !finite(b) {
-                return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
-            }
-            for k in 0..m {
-                let o = (jb + k) * per + 2 * l;
-                b.q2[k] = c2[o];
-                b.sq2[k] = c2[o + 1];
-            }
-            let (q1, sq1) = (splat(ci[2 * l]), splat(ci[2 * l + 1]));
-            let width = splat(if pr.standard { pr.width(l + 1) } else { 0.0 });
-            let (sv, _) = S::as_mut_simd_f64s(&mut b.s[..mp]);
-            let (tv, _) = S::as_mut_simd_f64s(&mut b.t[..mp]);
-            let (qv, _) = S::as_simd_f64s(&b.q2[..mp]);
-            let (sqv, _) = S::as_simd_f64s(&b.sq2[..mp]);
-            for (((s, t), &q2), &sq2) in sv.iter_mut().zip(tv.iter_mut()).zip(qv).zip(sqv) {
-                let (g, c, sn) = vector::geometry(simd, q1, q2, *s, sq1, sq2);
-                let (ff, dd) = self.fam.moments(simd, q1, q2, *s, g, c, sn);
-                // Prepared::step, the same operations in the same order.
-                let s_new = simd.add_f64s(simd.mul_f64s(sw, ff), sb);
-                let sdot = simd.mul_f64s(sw, dd);
-                let carry = simd.mul_f64s(sdot, *t);
-                *t = if pr.standard {
-                    simd.add_f64s(simd.add_f64s(simd.mul_f64s(width, ff), beta), carry)
-                } else {
-                    simd.add_f64s(s_new, carry)
-                };
-                *s = s_new;
+        let (sw, sb, beta, zero) = (splat(pr.sw), splat(pr.sb), splat(pr.beta), splat(0.0));
+        // Sum of x * 0 over the values: NaN iff one of them is not finite.
+        let mut acc = zero;
+        for ((s, t), &v0) in b.s[..rows].iter().zip(&b.t[..rows]).zip(&v0[..rows]) {
+            let (sv, _) = S::as_simd_f64s(&s[..mp]);
+            let (tv, _) = S::as_simd_f64s(&t[..mp]);
+            for (&s, &t) in sv[v0..].iter().zip(&tv[v0..]) {
+                acc = nonfinite_acc(simd, acc, s, t);
             }
         }
-        if !finite(b) {
-            return Err(Error::NonFinite { layer: pr.depth + 1, pass: Pass::Kernel });
+        if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {
+            return Err(Error::NonFinite { layer: 1, pass: Pass::Kernel });
+        }
+        let aux = self.fam.aux_offset();
+        for l in 0..pr.depth {
+            let o = CHAIN_VALUES * l;
+            let cols = &c2[jb * per..(jb + m) * per];
+            for ((q2, a2), col) in b.q2.iter_mut().zip(&mut b.a2).zip(cols.chunks_exact(per)) {
+                (*q2, *a2) = (col[o], col[o + aux]);
+            }
+            let (ql, al) = (b.q2[m - 1], b.a2[m - 1]);
+            b.q2[m..mp].fill(ql);
+            b.a2[m..mp].fill(al);
+            let width = splat(if pr.standard { pr.width(l + 1) } else { 0.0 });
+            let (qv, _) = S::as_simd_f64s(&b.q2[..mp]);
+            let (av, _) = S::as_simd_f64s(&b.a2[..mp]);
+            let tile = b.s[..rows].iter_mut().zip(&mut b.t[..rows]).zip(&v0[..rows]);
+            for (p, ((s, t), &v0)) in tile.enumerate() {
+                let ci = &self.c1_all[(i0 + p) * per..(i0 + p + 1) * per];
+                let v1 = Var::stored(ci, l);
+                let (q1, a1) = (splat(v1.q), splat(self.fam.aux(&v1)));
+                let (sv, _) = S::as_mut_simd_f64s(&mut s[..mp]);
+                let (tv, _) = S::as_mut_simd_f64s(&mut t[..mp]);
+                let nv = mp / lanes;
+                let mut v = v0;
+                // Two independent vectors per step: more work in flight behind the divider.
+                while v < nv {
+                    let two = v + 1 < nv;
+                    let w = if two { v + 1 } else { v };
+                    let (ff0, dd0) = self.fam.moments(simd, q1, qv[v], sv[v], a1, av[v]);
+                    let (ff1, dd1) = self.fam.moments(simd, q1, qv[w], sv[w], a1, av[w]);
+                    let (s0, t0) = step(simd, pr, sw, sb, beta, width, ff0, dd0, tv[v]);
+                    let (s1, t1) = step(simd, pr, sw, sb, beta, width, ff1, dd1, tv[w]);
+                    acc = nonfinite_acc(simd, acc, s0, t0);
+                    (sv[v], tv[v]) = (s0, t0);
+                    if two {
+                        acc = nonfinite_acc(simd, acc, s1, t1);
+                        (sv[w], tv[w]) = (s1, t1);
+                    }
+                    v += 2;
+                }
+            }
+            if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {
+                return Err(Error::NonFinite { layer: l + 2, pass: Pass::Kernel });
+            }
         }
         Ok(())
     }
@@ -665,10 +792,16 @@ fn rows(what: &'static str, x: &[f64], d: usize) -> Result<usize, Error> {
     Ok(n)
 }
 
-/// Scratch length (f64 values) for [`kernel`]: 2 (L + 1) per input of x1 and x2; pass
-/// `n2 = 0` when x2 is `None`.
+/// Values per input in [`kernel_chains`]: 3 (L + 1) (q^l, sqrt q^l and 1 / sqrt(1 + 2 q^l) for
+/// l = 1..=L+1).
+pub const fn kernel_chain_len(depth: usize) -> usize {
+    CHAIN_VALUES * (depth + 1)
+}
+
+/// Scratch length (f64 values) for [`kernel`]: [`kernel_chain_len`] = 3 (L + 1) per input of x1
+/// and x2; pass `n2 = 0` when x2 is `None`.
 pub const fn kernel_scratch(n1: usize, n2: usize, depth: usize) -> usize {
-    (n1 + n2) * (depth + 1) * 2
+    (n1 + n2) * kernel_chain_len(depth)
 }
 
 /// NNGP `K(x1_i, x2_j)` and NTK `Theta(x1_i, x2_j)` of [`Mlp`] into `nngp` and `ntk`
@@ -722,7 +855,7 @@ pub fn kernel(
     if let Some(t) = ntk.as_deref() {
         check_shape("ntk", t, n1 * n2)?;
     }
-    let per = 2 * (pr.depth + 1);
+    let per = kernel_chain_len(pr.depth);
     let extra = if x2.is_some() { n2 } else { 0 };
     check_len("scratch", scratch, kernel_scratch(n1, extra, pr.depth))?;
     let (c1, c2) = scratch[..(n1 + extra) * per].split_at_mut(n1 * per);
@@ -738,14 +871,36 @@ pub fn kernel(
     info.quadrature_nodes += i3.quadrature_nodes;
     if x2.is_none() {
         for o in [nngp, ntk].into_iter().flatten() {
-            crate::ntk::mirror(o, crate::ntk::OutputMode::Trace, n1, 1);
+            mirror_upper(o, n1);
         }
     }
     Ok(info)
 }
 
-/// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l)` for l = 1..=L+1,
-/// `2 (L + 1)` values per input, into `chains` (the per-input part of [`kernel_scratch`]).
+/// Copies the upper triangle of the row-major n x n `out` onto the lower one (`out[i][j] =
+/// out[j][i]` for j < i), in square blocks so that the transposed reads stay in cache; the same
+/// values as `ntk::mirror(out, OutputMode::Trace, n, 1)`.
+///
+/// # Panics
+/// If `out.len() != n * n`.
+#[track_caller]
+pub fn mirror_upper(out: &mut [f64], n: usize) {
+    const B: usize = 32;
+    assert_eq!(out.len(), n * n, "mirror_upper: out is not n x n");
+    for ib in (0..n).step_by(B) {
+        for jb in (0..=ib).step_by(B) {
+            for i in ib..(ib + B).min(n) {
+                for j in jb..(jb + B).min(i) {
+                    out[i * n + j] = out[j * n + i];
+                }
+            }
+        }
+    }
+}
+
+/// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l, 1 / sqrt(1 + 2 q^l))`
+/// for l = 1..=L+1, [`kernel_chain_len`] values per input, into `chains` (the per-input part of
+/// [`kernel_scratch`]).
 ///
 /// # Errors
 /// As [`kernel`].
@@ -760,7 +915,7 @@ pub fn kernel_chains(
         return Err(Error::InvalidSpec { field: "d", value: 0.0 });
     }
     let n = rows("x", x, d)?;
-    let per = 2 * (pr.depth + 1);
+    let per = kernel_chain_len(pr.depth);
     check_len("chains", chains, n * per)?;
     let mut info = KernelInfo::default();
     for i in 0..n {
@@ -793,7 +948,7 @@ pub fn kernel_rows(
     if d == 0 {
         return Err(Error::InvalidSpec { field: "d", value: 0.0 });
     }
-    let per = 2 * (pr.depth + 1);
+    let per = kernel_chain_len(pr.depth);
     let (x2, c2, symmetric) = match (x2, c2) {
         (Some(x2), Some(c2)) => (x2, c2, false),
         _ => (x1_all, c1_all, true),

@@ -732,7 +732,7 @@ fn vector_closed_forms_match_libm_forms() {
             (vector::Family::of(Activation::Erf).unwrap(), closed::erf(&p), (0.0, 0.0)),
         ];
         for (fam, (e0, e1), (scale0, scale1)) in checks {
-            let (v0, v1) = fam.scalar(&p);
+            let (v0, v1) = fam.scalar(&Var::new(q1), &Var::new(q2), s);
             let r0 = libm::fabs(v0 - e0) / libm::fabs(e0).max(scale0).max(f64::MIN_POSITIVE);
             let r1 = libm::fabs(v1 - e1) / libm::fabs(e1).max(scale1).max(f64::MIN_POSITIVE);
             worst = worst.max(r0).max(r1);
@@ -755,7 +755,7 @@ fn vector_rows_match_scalar_pairs_bitwise() {
         let (mut k, mut t) = (vec![0.0; n * n], vec![0.0; n * n]);
         let mut scratch = vec![0.0; kernel_scratch(n, 0, mlp.depth)];
         kernel(Some(&mut k), Some(&mut t), &x, None, d, &mlp, &mut scratch).unwrap();
-        let per = 2 * (mlp.depth + 1);
+        let per = kernel_chain_len(mlp.depth);
         let chains = &scratch[..n * per];
         let mut info = KernelInfo::default();
         for i in 0..n {
@@ -806,6 +806,138 @@ fn vector_rows_match_scalar_pairs_bitwise() {
                     .unwrap();
                 assert_eq!(kc[i * n2 + j].to_bits(), a.to_bits(), "{mlp:?} cross {i} {j}");
             }
+        }
+    }
+}
+
+/// Covariances for the erf identities: every scale of variance, c from tanh of a wide normal,
+/// c = +-(1 - 10^-k), and rho = 2 s r1 r2 on both sides of `ERF_FACTORED_MAX` and of Cephes'
+/// asin split (0.625).
+fn erf_covariances() -> Vec<(f64, f64, f64)> {
+    let mut v = covariances();
+    for k in 0..20000u64 {
+        let q1 = libm::exp(rng::normal(43, 0, k) * 3.0);
+        let q2 = if k % 5 == 0 { q1 } else { libm::exp(rng::normal(43, 1, k) * 3.0) };
+        let g = libm::sqrt(q1 * q2);
+        let c = match k % 4 {
+            0 => libm::tanh(rng::normal(43, 2, k) * 4.0),
+            1 => {
+                let e = libm::pow(10.0, -(((k / 4) % 16) as f64));
+                if k & 8 == 0 {
+                    1.0 - e
+                } else {
+                    e - 1.0
+                }
+            }
+            _ => {
+                // rho = c 2 g r1 r2 at a chosen value near a switch point.
+                let target = [vector::ERF_FACTORED_MAX, 0.625][(k / 4 % 2) as usize]
+                    * (1.0 + (libm::fabs(rng::normal(43, 3, k)) - 0.8) * 1e-3);
+                let rmax = 2.0 * g * vector::erf_factor(q1) * vector::erf_factor(q2);
+                if target < rmax {
+                    target / rmax
+                } else {
+                    1.0
+                }
+            }
+        };
+        let s = if k & 16 == 0 { c * g } else { -c * g };
+        v.push((q1, q2, s));
+    }
+    v
+}
+
+/// The factored erf form (rho = 2 s r1 r2, one square root per pair) against the unfactored
+/// hypot / atan2 form it replaces, in the lane code and in libm: 1e-14 relative everywhere,
+/// including c near +-1 and both sides of the switch to the unfactored form.
+#[test]
+fn factored_erf_matches_unfactored_form() {
+    let fam = vector::Family::of(Activation::Erf).unwrap();
+    let (mut worst, mut fast) = (0.0f64, 0usize);
+    let covs = erf_covariances();
+    for &(q1, q2, s) in &covs {
+        let (v1, v2) = (Var::new(q1), Var::new(q2));
+        let (f, d) = fam.scalar(&v1, &v2, s);
+        let p = Geometry::new(q1, q2, s, v1.sq, v2.sq);
+        let (hf, hd) = vector::erf_hypot(pulp::Scalar, q1, q2, s, p.g, p.sn);
+        let (lf, ld) = closed::erf(&p);
+        for (a, b) in [(f, hf), (d, hd), (f, lf), (d, ld)] {
+            let r = libm::fabs(a - b) / libm::fabs(b).max(f64::MIN_POSITIVE);
+            worst = worst.max(r);
+            assert!(r <= 1e-14, "erf ({q1}, {q2}, {s}): {a} vs {b} ({r:e})");
+        }
+        let rho = 2.0 * s * (v1.r * v2.r);
+        fast += usize::from(libm::fabs(rho) <= vector::ERF_FACTORED_MAX);
+    }
+    std::println!(
+        "factored vs unfactored erf: max relative difference {worst:e} ({fast} of {} factored)",
+        covs.len()
+    );
+    assert!(fast > covs.len() / 2);
+}
+
+/// Applies `Family::moments` over slices through the best instruction set.
+struct ApplyMoments<'a> {
+    fam: vector::Family,
+    q1: &'a [f64],
+    q2: &'a [f64],
+    s: &'a [f64],
+    a1: &'a [f64],
+    a2: &'a [f64],
+    out: &'a mut [(f64, f64)],
+}
+
+impl pulp::WithSimd for ApplyMoments<'_> {
+    type Output = ();
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let lanes = S::F64_LANES;
+        for k in (0..self.q1.len() / lanes * lanes).step_by(lanes) {
+            let v = |x: &[f64]| S::as_simd_f64s(&x[k..k + lanes]).0[0];
+            let (f, d) =
+                self.fam.moments(simd, v(self.q1), v(self.q2), v(self.s), v(self.a1), v(self.a2));
+            let (mut fo, mut d_o) = (vec![0.0; lanes], vec![0.0; lanes]);
+            S::as_mut_simd_f64s(&mut fo).0[0] = f;
+            S::as_mut_simd_f64s(&mut d_o).0[0] = d;
+            for l in 0..lanes {
+                self.out[k + l] = (fo[l], d_o[l]);
+            }
+        }
+    }
+}
+
+/// Lanes of the factored and of the unfactored erf form side by side in one vector (and the
+/// ReLU family) give the same bits as one lane.
+#[test]
+fn mixed_lanes_match_the_scalar_twin_bitwise() {
+    let covs = erf_covariances();
+    let n = covs.len();
+    let col = |f: fn(&(f64, f64, f64)) -> f64| covs.iter().map(f).collect::<Vec<f64>>();
+    let (q1, q2, s) = (col(|c| c.0), col(|c| c.1), col(|c| c.2));
+    for act in [Activation::Erf, Activation::Relu, Activation::LeakyRelu { alpha: 0.1 }] {
+        let fam = vector::Family::of(act).unwrap();
+        let aux = |q: &[f64]| q.iter().map(|&q| fam.aux(&Var::new(q))).collect::<Vec<f64>>();
+        let (a1, a2) = (aux(&q1), aux(&q2));
+        let mut out = vec![(0.0, 0.0); n];
+        pulp::Arch::new().dispatch(ApplyMoments {
+            fam,
+            q1: &q1,
+            q2: &q2,
+            s: &s,
+            a1: &a1,
+            a2: &a2,
+            out: &mut out,
+        });
+        // Every lane count divides 8: the first n - n % 8 entries went through vectors.
+        for k in 0..n - n % 8 {
+            let (f, d) = fam.scalar(&Var::new(q1[k]), &Var::new(q2[k]), s[k]);
+            assert_eq!(
+                (out[k].0.to_bits(), out[k].1.to_bits()),
+                (f.to_bits(), d.to_bits()),
+                "{act} lane {k}: ({}, {}, {})",
+                q1[k],
+                q2[k],
+                s[k]
+            );
         }
     }
 }
