@@ -383,8 +383,22 @@ pub fn mirror<T: Real>(out: &mut [T], mode: OutputMode, n: usize, k: usize) {
         OutputMode::Full => n * k,
         _ => return,
     };
-    // Entry (p, q) with p = (i, a), q = (j, b) was computed iff a < b, or a == b and j >= i.
     let kk = if mode == OutputMode::Full { k } else { 1 };
+    if kk == 1 {
+        // Square blocks, so that the transposed reads stay in cache.
+        const B: usize = 32;
+        for ib in (0..dim).step_by(B) {
+            for jb in (0..=ib).step_by(B) {
+                for i in ib..(ib + B).min(dim) {
+                    for j in jb..(jb + B).min(i) {
+                        out[i * dim + j] = out[j * dim + i];
+                    }
+                }
+            }
+        }
+        return;
+    }
+    // Entry (p, q) with p = (i, a), q = (j, b) was computed iff a < b, or a == b and j >= i.
     for p in 0..dim {
         for q in 0..dim {
             let (i, a, j, b) = (p / kk, p % kk, q / kk, q % kk);

@@ -878,24 +878,15 @@ pub fn kernel(
 }
 
 /// Copies the upper triangle of the row-major n x n `out` onto the lower one (`out[i][j] =
-/// out[j][i]` for j < i), in square blocks so that the transposed reads stay in cache; the same
-/// values as `ntk::mirror(out, OutputMode::Trace, n, 1)`.
+/// out[j][i]` for j < i), in square blocks so that the transposed reads stay in cache: it is
+/// `ntk::mirror(out, OutputMode::Trace, n, 1)`.
 ///
 /// # Panics
 /// If `out.len() != n * n`.
 #[track_caller]
 pub fn mirror_upper(out: &mut [f64], n: usize) {
-    const B: usize = 32;
     assert_eq!(out.len(), n * n, "mirror_upper: out is not n x n");
-    for ib in (0..n).step_by(B) {
-        for jb in (0..=ib).step_by(B) {
-            for i in ib..(ib + B).min(n) {
-                for j in jb..(jb + B).min(i) {
-                    out[i * n + j] = out[j * n + i];
-                }
-            }
-        }
-    }
+    crate::ntk::mirror(out, crate::ntk::OutputMode::Trace, n, 1);
 }
 
 /// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l, 1 / sqrt(1 + 2 q^l))`
