@@ -1,12 +1,21 @@
 //! One full-batch gradient-descent step (MSE) of study A's largest network — digits inputs
-//! (d 64), 20 hidden layers of width 256, 10 outputs, N 128 — single thread, f32 and f64; and
-//! the same step of its linearization (JVP + VJP at theta_0). Throughput is in FLOPs
-//! (criterion's "elem/s" = FLOP/s), counted as in DESIGN §3: forward 2 N sum n_{l-1} n_l,
-//! backward the weight gradients (same count) plus the signals (layers 2.., same form); the
-//! linearized step adds a tangent pass (forward count plus the layers 2.. count).
+//! (d 64), 20 hidden layers of width 256, 10 outputs, N 128 — in f32 and f64: the core's
+//! `train_step` (one thread), and `ntk train`'s row-parallel `ParStep` (bit-identical to it)
+//! with 1 and 2 threads; the same for the linearized model (JVP + VJP at theta_0). Beside them,
+//! the GEMM roofline: a 2048^3 product through the `gemm` crate with the same precision and
+//! thread count (as `ntk bench`).
+//!
+//! Throughput is in FLOPs (criterion's "elem/s" = FLOP/s; a multiply-add is 2), DESIGN §3:
+//! forward `F = 2 N sum_l n_{l-1} n_l`, backward = weight gradients `F` plus signals
+//! `S = 2 N sum_{l>=2} n_{l-1} n_l`, so a network step is `2F + S` (0.97 GFLOP here, the
+//! backward about twice the forward); the linearized step is a JVP (`F + S`) plus the backward
+//! at theta_0 (`F + S`) with the forward at theta_0 kept: `2F + 2S` for `ParStep`, `3F + 2S`
+//! for the core's `train_step`, which recomputes that forward. The benchmark names carry the
+//! thread count; the measured times, GFLOP/s and GEMM rates are tabulated in docs/training.md.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ntk_cli::cmd::train::par_full_batch_step;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ntk_cli::args::{Precision, RunArgs};
+use ntk_cli::cmd::train::ParStep;
 use ntk_core::backward::Loss;
 use ntk_core::train::{train_step, train_step_scratch, Model, Optimizer};
 use ntk_core::{Activation, Parameterization, Real, Spec};
@@ -16,9 +25,39 @@ const WIDTH: usize = 256;
 const DEPTH: usize = 20;
 const K: usize = 10;
 const N: usize = 128;
+const GEMM: usize = 2048;
 
 fn matmul_flops(w: &[usize], n: usize) -> u64 {
     w.windows(2).map(|p| 2 * (n * p[0] * p[1]) as u64).sum()
+}
+
+fn gemm_once<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, threads: usize) {
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: a, b, c are m x m column-major buffers (column stride m) that live through the
+    // call; c does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            m,
+            m,
+            c.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
+            a.as_ptr(),
+            m as isize,
+            1,
+            b.as_ptr(),
+            m as isize,
+            1,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 fn step<T: Real>(c: &mut Criterion) {
@@ -32,15 +71,16 @@ fn step<T: Real>(c: &mut Criterion) {
     ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
     let y: Vec<T> =
         (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
-    let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
     // A learning rate small enough that repeated steps stay finite.
     let opt = Optimizer::gd(1e-7);
     let (fwd, sig) = (matmul_flops(&w, N), matmul_flops(&w[1..], N));
+    let lin = Model::Linearized { params0: &p0 };
     let mut group = c.benchmark_group(format!("train_step_w256_d20_n128_{}", T::NAME));
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(2 * fwd + sig));
+    group.sample_size(20);
+    let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
     let mut p = p0.clone();
-    group.bench_function("gd_network", |b| {
+    group.throughput(Throughput::Elements(2 * fwd + sig));
+    group.bench_function("core_network_1t", |b| {
         b.iter(|| {
             train_step(
                 &spec,
@@ -59,10 +99,9 @@ fn step<T: Real>(c: &mut Criterion) {
             .unwrap()
         })
     });
-    group.throughput(Throughput::Elements(3 * fwd + 2 * sig));
     let mut delta = vec![T::ZERO; p0.len()];
-    let lin = Model::Linearized { params0: &p0 };
-    group.bench_function("gd_linearized", |b| {
+    group.throughput(Throughput::Elements(3 * fwd + 2 * sig));
+    group.bench_function("core_linearized_1t", |b| {
         b.iter(|| {
             train_step(
                 &spec,
@@ -81,29 +120,44 @@ fn step<T: Real>(c: &mut Criterion) {
             .unwrap()
         })
     });
-    group.finish();
-    // Both cores: fixed blocks of 64 samples in parallel (rayon's global pool).
-    let mut group = c.benchmark_group(format!("train_step_w256_d20_n128_{}_par", T::NAME));
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(2 * fwd + sig));
-    let mut p = p0.clone();
-    group.bench_function("gd_network", |b| {
-        b.iter(|| {
-            par_full_batch_step(
-                &spec,
-                Model::Network,
-                &opt,
-                Loss::Mse,
-                &mut p,
-                &mut [],
-                &x,
-                &y,
-                N,
-                0,
-            )
+    for threads in [1usize, 2] {
+        // ParStep sizes its work items for the pool it is created in.
+        let pool =
+            RunArgs { seed: 0, precision: Precision::F64, threads: Some(threads), quiet: true };
+        let mut p = p0.clone();
+        group.throughput(Throughput::Elements(2 * fwd + sig));
+        group.bench_function(BenchmarkId::new("par_network", format!("{threads}t")), |b| {
+            pool.in_pool(|| {
+                let mut ws = ParStep::<T>::new(&spec, N);
+                b.iter(|| {
+                    ws.step(&spec, Model::Network, &opt, Loss::Mse, &mut p, &mut [], &x, &y, N, 0)
+                        .unwrap()
+                });
+                Ok(())
+            })
             .unwrap()
-        })
-    });
+        });
+        let mut delta = vec![T::ZERO; p0.len()];
+        group.throughput(Throughput::Elements(2 * fwd + 2 * sig));
+        group.bench_function(BenchmarkId::new("par_linearized", format!("{threads}t")), |b| {
+            pool.in_pool(|| {
+                let mut ws = ParStep::<T>::new(&spec, N);
+                b.iter(|| {
+                    ws.step(&spec, lin, &opt, Loss::Mse, &mut delta, &mut [], &x, &y, N, 0).unwrap()
+                });
+                Ok(())
+            })
+            .unwrap()
+        });
+        let a: Vec<T> =
+            (0..GEMM * GEMM).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
+        let bm = a.clone();
+        let mut cm = vec![T::ZERO; GEMM * GEMM];
+        group.throughput(Throughput::Elements(2 * (GEMM * GEMM * GEMM) as u64));
+        group.bench_function(BenchmarkId::new("gemm_crate_2048", format!("{threads}t")), |b| {
+            b.iter(|| gemm_once(&a, &bm, &mut cm, GEMM, threads))
+        });
+    }
     group.finish();
 }
 
