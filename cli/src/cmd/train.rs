@@ -6,6 +6,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
@@ -747,7 +748,7 @@ impl<T: Real> ParStep<T> {
         let r = self.loss_gradient(spec, model, params, xs, ys, nb, loss, b == n);
         (self.xb, self.yb) = (xb, yb);
         let value = r?;
-        opt.update(params, &self.grad, state, step)?;
+        par_update(opt, params, &self.grad, state, step)?;
         Ok(value)
     }
 
@@ -923,6 +924,18 @@ impl<T: Real> ParStep<T> {
         let (mut cur, mut next) = (&mut self.cur, &mut self.next);
         cur[..n * k].copy_from_slice(&self.g[..n * k]);
         let cb = T::from_f64(spec.bias_multiplier());
+        // Set when a gradient entry is not finite; checked on each block while it is in cache
+        // and reported after the whole backward pass, as the core does.
+        let bad = AtomicBool::new(false);
+        let flag = |v: &[T]| {
+            let mut b = false;
+            for x in v {
+                b |= !x.is_finite();
+            }
+            if b {
+                bad.store(true, Ordering::Relaxed);
+            }
+        };
         for i in (0..spec.layers()).rev() {
             let (n_in, n_out) = (w[i], w[i + 1]);
             let d: &[T] = &cur[..n * n_out];
@@ -939,7 +952,9 @@ impl<T: Real> ParStep<T> {
                     MatRef::row_major(a, n, n_in),
                     T::ZERO,
                     gs,
-                )
+                )?;
+                flag(gw);
+                Ok::<(), ntk_core::Error>(())
             };
             if spec.bias {
                 gw.par_chunks_mut(ob * n_in)
@@ -958,6 +973,7 @@ impl<T: Real> ParStep<T> {
                         for o in gb.iter_mut() {
                             *o *= cb;
                         }
+                        flag(gb);
                         Ok::<(), ntk_core::Error>(())
                     })?;
             } else {
@@ -979,10 +995,49 @@ impl<T: Real> ParStep<T> {
                 std::mem::swap(&mut cur, &mut next);
             }
         }
-        if self.grad.iter().any(|v| !v.is_finite()) {
+        if bad.load(Ordering::Relaxed) {
             return Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Backward });
         }
         Ok(())
+    }
+}
+
+/// [`Optimizer::update`] over chunks of the parameters in parallel (elementwise, so equal to
+/// it bit for bit), through [`Optimizer::update_slices`].
+///
+/// # Errors
+/// As [`Optimizer::update`].
+pub fn par_update<T: Real>(
+    opt: &Optimizer,
+    params: &mut [T],
+    grad: &[T],
+    state: &mut [T],
+    step: u64,
+) -> Result<(), ntk_core::Error> {
+    use ntk_core::error::check_shape;
+    const CHUNK: usize = 1 << 14;
+    check_shape("grad", grad, params.len())?;
+    check_shape("state", state, opt.state_len(params.len()))?;
+    let (m, v) = state.split_at_mut(state.len() / 2);
+    let ok = if m.is_empty() {
+        params
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .map(|(p, g)| opt.update_slices(p, g, &mut [], &mut [], step))
+            .reduce(|| true, |a, b| a && b)
+    } else {
+        params
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .map(|(((p, g), m), v)| opt.update_slices(p, g, m, v, step))
+            .reduce(|| true, |a, b| a && b)
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Train })
     }
 }
 
