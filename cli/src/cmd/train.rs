@@ -209,7 +209,7 @@ pub struct TrainArgs {
     /// `0,1,10,20,50,100..3000:100`; items are N or A..B:STEP. Replaces --track-every.
     #[arg(long, value_parser = crate::sweep::parse_usize_grid,
           conflicts_with_all = ["track_every", "track"])]
-    pub track_steps: Option<Vec<usize>>,
+    pub track_steps: Option<std::vec::Vec<usize>>,
     /// Track at a named schedule (and the last step): `log` (1, 2, 5 per decade) or `study-b`
     /// (0, 1, 10, 20, 50, then every 100). Replaces --track-every.
     #[arg(long, value_enum, conflicts_with = "track_every")]
