@@ -12,8 +12,14 @@
 //! at theta_0 (`F + S`) with the forward at theta_0 kept: `2F + 2S` for `ParStep`, `3F + 2S`
 //! for the core's `train_step`, which recomputes that forward. The benchmark names carry the
 //! thread count; the measured times, GFLOP/s and GEMM rates are tabulated in docs/training.md.
+//!
+//! Fixed-work mode, for CPU-time comparisons on a busy machine (`perf stat -e task-clock,cycles:u`):
+//! `NTK_TRAIN_FIXED=PRECISION,WHAT,THREADS,REPS cargo bench -p ntk-benches --bench train`
+//! runs REPS repetitions of WHAT (`core_network`, `core_linearized`, `par_network`,
+//! `par_linearized`, `gemm`) after one warm-up and prints the wall time per repetition and its
+//! GFLOP/s, without criterion.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_cli::args::{Precision, RunArgs};
 use ntk_cli::cmd::train::ParStep;
 use ntk_core::backward::Loss;
@@ -161,5 +167,105 @@ fn step<T: Real>(c: &mut Criterion) {
     group.finish();
 }
 
+/// The fixed-work mode (see the module docs).
+fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
+    let mut w = vec![D];
+    w.extend(std::iter::repeat_n(WIDTH, DEPTH));
+    w.push(K);
+    let spec = Spec::new(&w, Activation::Relu, 2.0, 0.5, true, Parameterization::Standard).unwrap();
+    let mut p0 = vec![T::ZERO; spec.param_count()];
+    spec.init(&mut p0, 0).unwrap();
+    let mut x = vec![T::ZERO; N * D];
+    ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
+    let y: Vec<T> =
+        (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
+    let opt = Optimizer::gd(1e-7);
+    let (fwd, sig) = (matmul_flops(&w, N), matmul_flops(&w[1..], N));
+    let lin = Model::Linearized { params0: &p0 };
+    let mut p = if what.ends_with("linearized") { vec![T::ZERO; p0.len()] } else { p0.clone() };
+    let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
+    let (a, mut cm) = if what == "gemm" {
+        let a: Vec<T> =
+            (0..GEMM * GEMM).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
+        (a, vec![T::ZERO; GEMM * GEMM])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let pool = RunArgs { seed: 0, precision: Precision::F64, threads: Some(threads), quiet: true };
+    let (flops, secs) = pool
+        .in_pool(|| {
+            let mut ws = ParStep::<T>::new(&spec, N);
+            let mut once = || -> u64 {
+                match what {
+                    "core_network" | "core_linearized" => {
+                        let m = if what == "core_network" { Model::Network } else { lin };
+                        train_step(
+                            &spec,
+                            m,
+                            &opt,
+                            Loss::Mse,
+                            &mut p,
+                            &mut [],
+                            &x,
+                            &y,
+                            N,
+                            0,
+                            &mut [],
+                            &mut s,
+                        )
+                        .unwrap();
+                        if what == "core_network" {
+                            2 * fwd + sig
+                        } else {
+                            3 * fwd + 2 * sig
+                        }
+                    }
+                    "par_network" | "par_linearized" => {
+                        let m = if what == "par_network" { Model::Network } else { lin };
+                        ws.step(&spec, m, &opt, Loss::Mse, &mut p, &mut [], &x, &y, N, 0).unwrap();
+                        if what == "par_network" {
+                            2 * fwd + sig
+                        } else {
+                            2 * fwd + 2 * sig
+                        }
+                    }
+                    "gemm" => {
+                        gemm_once(&a, &a, &mut cm, GEMM, threads);
+                        2 * (GEMM * GEMM * GEMM) as u64
+                    }
+                    _ => panic!("NTK_TRAIN_FIXED: unknown {what}"),
+                }
+            };
+            let flops = once();
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                once();
+            }
+            Ok((flops, t.elapsed().as_secs_f64() / reps as f64))
+        })
+        .unwrap();
+    println!(
+        "{what} {} {threads} thread(s): {:.3} ms per repetition, {:.1} GFLOP/s ({:.4} GFLOP)",
+        T::NAME,
+        secs * 1e3,
+        flops as f64 / secs / 1e9,
+        flops as f64 / 1e9
+    );
+}
+
 criterion_group!(benches, step::<f32>, step::<f64>);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(v) = std::env::var("NTK_TRAIN_FIXED") {
+        let f: Vec<&str> = v.split(',').collect();
+        assert_eq!(f.len(), 4, "NTK_TRAIN_FIXED=PRECISION,WHAT,THREADS,REPS");
+        let (threads, reps) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+        match f[0] {
+            "f32" => fixed::<f32>(f[1], threads, reps),
+            _ => fixed::<f64>(f[1], threads, reps),
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
