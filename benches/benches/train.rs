@@ -16,8 +16,10 @@
 //! Fixed-work mode, for CPU-time comparisons on a busy machine (`perf stat -e task-clock,cycles:u`):
 //! `NTK_TRAIN_FIXED=PRECISION,WHAT,THREADS,REPS cargo bench -p ntk-benches --bench train`
 //! runs REPS repetitions of WHAT (`core_network`, `core_linearized`, `par_network`,
-//! `par_linearized`, `gemm`) after one warm-up and prints the wall time per repetition and its
-//! GFLOP/s, without criterion.
+//! `par_linearized`, `gemm`, and `layer_core` / `layer_gemm`: one forward-layer product
+//! `h = a W^T` of the step's shape, 128 x 256 times 256 x 256 row-major, through the core's
+//! pulp GEMM or the `gemm` crate) after one warm-up and prints the wall time per repetition
+//! and its GFLOP/s, without criterion.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_cli::args::{Precision, RunArgs};
@@ -191,6 +193,9 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
     } else {
         (Vec::new(), Vec::new())
     };
+    let la: Vec<T> = (0..N * WIDTH).map(|i| T::from_f64(((i % 5) as f64 - 2.0) * 0.1)).collect();
+    let mut lh = vec![T::ZERO; N * WIDTH];
+    let mut ls = vec![T::ZERO; ntk_core::simd::gemm_scratch(N, WIDTH, WIDTH)];
     let pool = RunArgs { seed: 0, precision: Precision::F64, threads: Some(threads), quiet: true };
     let (flops, secs) = pool
         .in_pool(|| {
@@ -232,6 +237,49 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
                     "gemm" => {
                         gemm_once(&a, &a, &mut cm, GEMM, threads);
                         2 * (GEMM * GEMM * GEMM) as u64
+                    }
+                    "layer_core" => {
+                        use ntk_core::simd::{gemm, MatMut, MatRef};
+                        let (wt, _) = spec.layer(&p0, 1);
+                        gemm(
+                            MatMut::row_major(&mut lh, N, WIDTH),
+                            T::ONE,
+                            MatRef::row_major(&la, N, WIDTH),
+                            MatRef::row_major(wt, WIDTH, WIDTH).t(),
+                            T::ZERO,
+                            &mut ls,
+                        )
+                        .unwrap();
+                        2 * (N * WIDTH * WIDTH) as u64
+                    }
+                    "layer_gemm" => {
+                        let (wt, _) = spec.layer(&p0, 1);
+                        // Row-major h (N x W) = a (N x W) W^T, in gemm's (row stride, col stride).
+                        // SAFETY: the buffers cover the views and h does not alias a or W.
+                        unsafe {
+                            gemm::gemm(
+                                N,
+                                WIDTH,
+                                WIDTH,
+                                lh.as_mut_ptr(),
+                                1,
+                                WIDTH as isize,
+                                false,
+                                la.as_ptr(),
+                                1,
+                                WIDTH as isize,
+                                wt.as_ptr(),
+                                WIDTH as isize,
+                                1,
+                                T::ZERO,
+                                T::ONE,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        2 * (N * WIDTH * WIDTH) as u64
                     }
                     _ => panic!("NTK_TRAIN_FIXED: unknown {what}"),
                 }
