@@ -839,16 +839,39 @@ impl<T: Real> ParStep<T> {
         for i in 0..spec.layers() {
             let (done, rest) = self.cache.split_at_mut(cache_offset(w, n, i));
             let h = &mut rest[..n * w[i + 1]];
-            let a = Self::inputs(spec, &mut self.act, done, x, n, i, rb);
+            let src = Self::source(spec, done, x, n, i);
             h.par_chunks_mut(rb * w[i + 1])
-                .zip(a.par_chunks(rb * w[i]))
+                .zip(src.par_chunks(rb * w[i]))
+                .zip(self.act[..n * w[i]].par_chunks_mut(rb * w[i]))
                 .zip(self.scratch.par_chunks_mut(per))
-                .try_for_each(|((h, a), gs)| {
+                .try_for_each(|(((h, src), act), gs)| {
+                    let a = Self::block_inputs(spec, act, src, i);
                     let rows = a.len() / w[i];
                     forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
                 })?;
         }
         Ok(())
+    }
+
+    /// What layer `i`'s inputs are computed from: `x` (i = 0) or `h^{i-1}` in `cache` (which
+    /// holds at least the first i layers).
+    fn source<'s>(spec: &Spec<'_>, cache: &'s [T], x: &'s [T], n: usize, i: usize) -> &'s [T] {
+        if i == 0 {
+            x
+        } else {
+            ntk_core::forward::pre_activations(spec, cache, n, i - 1)
+        }
+    }
+
+    /// A row block of layer `i`'s inputs from the same rows of [`Self::source`]: the rows
+    /// themselves (i = 0) or `phi(h^{i-1})` written into `act`.
+    fn block_inputs<'s>(spec: &Spec<'_>, act: &'s mut [T], src: &'s [T], i: usize) -> &'s [T] {
+        if i == 0 {
+            src
+        } else {
+            ntk_core::forward::activations(spec, act, src);
+            act
+        }
     }
 
     /// The core's JVP `J(params0) v` (forward-mode tangents, [`ntk_core::linearized::jvp`])
@@ -867,17 +890,19 @@ impl<T: Real> ParStep<T> {
         let (mut cur, mut next) = (&mut self.cur, &mut self.next);
         for i in 0..layers {
             let (n_in, n_out) = (w[i], w[i + 1]);
-            let a = Self::inputs(spec, &mut self.act, &self.cache, x, n, i, rb);
+            let src = Self::source(spec, &self.cache, x, n, i);
             let h = pre_activations(spec, &self.cache, n, i);
             let (wt, _) = spec.layer(params0, i);
             let cw = T::from_f64(spec.weight_multiplier(i));
             next[..n * n_out]
                 .par_chunks_mut(rb * n_out)
-                .zip(a.par_chunks(rb * n_in))
+                .zip(src.par_chunks(rb * n_in))
+                .zip(self.act[..n * n_in].par_chunks_mut(rb * n_in))
                 .zip(cur[..n * n_in].par_chunks(rb * n_in))
                 .zip(h.par_chunks(rb * n_out))
                 .zip(self.scratch.par_chunks_mut(per))
-                .try_for_each(|((((dh, a), c), h), gs)| {
+                .try_for_each(|(((((dh, src), act), c), h), gs)| {
+                    let a = Self::block_inputs(spec, act, src, i);
                     let rows = a.len() / n_in;
                     forward_layer(spec, v, i, dh, MatRef::row_major(a, rows, n_in), gs)?;
                     if i > 0 {
