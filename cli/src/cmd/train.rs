@@ -7,6 +7,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
@@ -630,38 +631,71 @@ pub fn train_run<T: Real>(
 }
 
 /// Workspace of [`ParStep::step`]: one optimizer step of the core's
-/// [`ntk_core::train::train_step`], computed with both cores and equal to it bit for bit.
+/// [`ntk_core::train::train_step`], computed with every thread of the rayon pool and equal to
+/// it bit for bit.
 ///
-/// The step is the core's sequence of layer kernels with each kernel's output split into
-/// row blocks run by rayon: the forward pass, the JVP of the linearized model and the signal
-/// backprop `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` over blocks of samples, the
-/// weight gradients `dL/dW^l = c delta_l^T x^{l-1}` over blocks of output rows (each entry
-/// keeps its whole reduction over the N samples), the bias gradients `c_b sum_n delta_l` over
-/// blocks of units. The core's GEMM gives an entry the same value wherever it sits in the
-/// output, so no split changes a bit: results are identical to the core step and to any
-/// thread count. Cost in FLOPs (a multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`,
-/// weight gradients the same, signals `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds
-/// its JVP (forward count plus the signal count) and skips the forward at theta_0, computed
-/// once per full batch and kept.
+/// The step runs the core's layer kernels in four parallel regions: (1) the forward pass
+/// `h^l = c W^l x^{l-1} + c_b b^l`, `x^l = phi(h^l)` through all layers, one row block of
+/// samples per work item; (2) for the linearized model, its JVP
+/// `dh^l = c (dW^l x^{l-1} + W^l dx^{l-1}) + c_b db^l` the same way; (3) the signal backprop
+/// `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` through all layers per row block; (4)
+/// the weight gradients `dL/dW^l = c delta_l^T x^{l-1}` over blocks of output rows of every
+/// layer (each entry keeps its whole reduction over the N samples) and the bias gradients
+/// `c_b sum_n delta_l` over the same blocks; then the optimizer update over chunks of
+/// parameters. The core's GEMM gives an entry the same value wherever it sits in the output,
+/// so no split changes a bit: results are identical to the core step and to any thread count
+/// (on overflow the error may name another layer than the core's). Cost in FLOPs (a
+/// multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`, weight gradients the same, signals
+/// `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds its JVP (forward count plus the
+/// signal count) and skips the forward at theta_0, computed once per full batch and kept.
 ///
 /// Buffers are allocated once (for batches of up to `batch` samples) and reused by every step.
 pub struct ParStep<T> {
     rb: usize,
     ob: usize,
-    per_item: usize,
+    /// Pre-activations h^l of every layer (the layout of the core's forward cache).
     cache: Vec<T>,
-    act: Vec<T>,
-    cur: Vec<T>,
-    next: Vec<T>,
+    /// Layer inputs phi(h^l) in the same layout (layer l's block feeds layer l + 1).
+    acts: Vec<T>,
+    /// Signals delta^l = dL/dh^l of every layer, same layout.
+    deltas: Vec<T>,
+    /// Two tangent buffers of the JVP per row block.
+    tangents: Vec<T>,
+    /// GEMM scratch per row block (regions 1-3).
+    block_scratch: Vec<T>,
+    per_block: usize,
+    /// GEMM scratch per pool thread (region 4).
+    thread_scratch: Vec<Mutex<Vec<T>>>,
     f: Vec<T>,
     g: Vec<T>,
     grad: Vec<T>,
     xb: Vec<T>,
     yb: Vec<T>,
     perm: Vec<usize>,
-    scratch: Vec<T>,
-    /// (theta_0, x, n) whose forward cache `cache` holds (linearized model, full batch).
+    /// (theta_0, x, n) whose forward pass `cache` and `acts` hold (linearized, full batch).
     cache0: Option<(usize, usize, usize)>,
+}
+
+/// Splits a buffer in the forward-cache layout (layer i: n x widths[i + 1], layers one after
+/// another) into row blocks of `rb` samples: `out[b][i]` is block b of layer i.
+fn split_blocks<'a, T>(
+    buf: &'a mut [T],
+    widths: &[usize],
+    n: usize,
+    rb: usize,
+) -> Vec<Vec<&'a mut [T]>> {
+    let layers = widths.len() - 1;
+    let mut out: Vec<Vec<&mut [T]>> =
+        (0..n.div_ceil(rb)).map(|_| Vec::with_capacity(layers)).collect();
+    let mut rest = buf;
+    for &w in &widths[1..] {
+        let (layer, r) = std::mem::take(&mut rest).split_at_mut(n * w);
+        rest = r;
+        for (b, c) in layer.chunks_mut(rb * w).enumerate() {
+            out[b].push(c);
+        }
+    }
+    out
 }
 
 impl<T: Real> ParStep<T> {
@@ -675,23 +709,27 @@ impl<T: Real> ParStep<T> {
         let threads = rayon::current_num_threads();
         let rb = batch.div_ceil(2 * threads).max(8);
         let ob = m.div_ceil(2 * threads).max(8);
-        let per_item = gemm_scratch(rb, m, m).max(gemm_scratch(ob, m, batch));
-        let items = batch.div_ceil(rb).max(m.div_ceil(ob));
+        let blocks = batch.div_ceil(rb);
+        let per_block = gemm_scratch(rb, m, m);
+        let len = ntk_core::forward::cache_len(w, batch);
         Self {
             rb,
             ob,
-            per_item,
-            cache: vec![T::ZERO; ntk_core::forward::cache_len(w, batch)],
-            act: vec![T::ZERO; batch * m],
-            cur: vec![T::ZERO; batch * m],
-            next: vec![T::ZERO; batch * m],
+            cache: vec![T::ZERO; len],
+            acts: vec![T::ZERO; len],
+            deltas: vec![T::ZERO; len],
+            tangents: vec![T::ZERO; blocks * 2 * rb * m],
+            block_scratch: vec![T::ZERO; blocks * per_block],
+            per_block,
+            thread_scratch: (0..threads)
+                .map(|_| Mutex::new(vec![T::ZERO; gemm_scratch(ob, m, batch)]))
+                .collect(),
             f: vec![T::ZERO; batch * k],
             g: vec![T::ZERO; batch * k],
             grad: vec![T::ZERO; spec.param_count()],
             xb: vec![T::ZERO; batch * d],
             yb: vec![T::ZERO; batch * k],
             perm: Vec::new(),
-            scratch: vec![T::ZERO; items * per_item],
             cache0: None,
         }
     }
@@ -803,29 +841,8 @@ impl<T: Real> ParStep<T> {
         Ok(value)
     }
 
-    /// Layer `i`'s inputs `phi(h^{i-1})` into `act` (row blocks in parallel); `x` for i = 0.
-    fn inputs<'s>(
-        spec: &Spec<'_>,
-        act: &'s mut [T],
-        cache: &[T],
-        x: &'s [T],
-        n: usize,
-        i: usize,
-        rb: usize,
-    ) -> &'s [T] {
-        if i == 0 {
-            return x;
-        }
-        let w = spec.widths[i];
-        let prev = ntk_core::forward::pre_activations(spec, cache, n, i - 1);
-        act[..n * w]
-            .par_chunks_mut(rb * w)
-            .zip(prev.par_chunks(rb * w))
-            .for_each(|(a, p)| ntk_core::forward::activations(spec, a, p));
-        &act[..n * w]
-    }
-
-    /// The core's forward pass into `cache`, row blocks in parallel.
+    /// Region 1: the core's forward pass into `cache` (and the layer inputs into `acts`),
+    /// each row block through all layers.
     fn forward(
         &mut self,
         spec: &Spec<'_>,
@@ -833,49 +850,44 @@ impl<T: Real> ParStep<T> {
         x: &[T],
         n: usize,
     ) -> Result<(), ntk_core::Error> {
-        use ntk_core::forward::{cache_offset, check_finite, forward_layer};
-        let (w, rb, per) = (spec.widths, self.rb, self.per_item);
+        use ntk_core::forward::{activations, cache_len, check_finite, forward_layer};
+        let (w, rb, d, layers) = (spec.widths, self.rb, spec.input_dim(), spec.layers());
         check_finite("x", x)?;
-        for i in 0..spec.layers() {
-            let (done, rest) = self.cache.split_at_mut(cache_offset(w, n, i));
-            let h = &mut rest[..n * w[i + 1]];
-            let src = Self::source(spec, done, x, n, i);
-            h.par_chunks_mut(rb * w[i + 1])
-                .zip(src.par_chunks(rb * w[i]))
-                .zip(self.act[..n * w[i]].par_chunks_mut(rb * w[i]))
-                .zip(self.scratch.par_chunks_mut(per))
-                .try_for_each(|(((h, src), act), gs)| {
-                    let a = Self::block_inputs(spec, act, src, i);
-                    let rows = a.len() / w[i];
-                    forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
-                })?;
-        }
-        Ok(())
+        let len = cache_len(w, n);
+        let hs = split_blocks(&mut self.cache[..len], w, n, rb);
+        let acts = split_blocks(&mut self.acts[..len], w, n, rb);
+        hs.into_par_iter()
+            .zip(acts)
+            .zip(x.par_chunks(rb * d))
+            .zip(self.block_scratch.par_chunks_mut(self.per_block))
+            .try_for_each(|(((mut h, mut act), xb), gs)| {
+                let rows = xb.len() / d;
+                for i in 0..layers {
+                    let (before, after) = h.split_at_mut(i);
+                    let a: &[T] = if i == 0 {
+                        xb
+                    } else {
+                        activations(spec, act[i - 1], before[i - 1]);
+                        act[i - 1]
+                    };
+                    forward_layer(spec, params, i, after[0], MatRef::row_major(a, rows, w[i]), gs)?;
+                }
+                Ok(())
+            })
     }
 
-    /// What layer `i`'s inputs are computed from: `x` (i = 0) or `h^{i-1}` in `cache` (which
-    /// holds at least the first i layers).
-    fn source<'s>(spec: &Spec<'_>, cache: &'s [T], x: &'s [T], n: usize, i: usize) -> &'s [T] {
+    /// Layer `i`'s inputs for all n samples: `x` (i = 0) or `phi(h^{i-1})` from `acts`.
+    fn inputs<'s>(spec: &Spec<'_>, acts: &'s [T], x: &'s [T], n: usize, i: usize) -> &'s [T] {
         if i == 0 {
             x
         } else {
-            ntk_core::forward::pre_activations(spec, cache, n, i - 1)
+            ntk_core::forward::pre_activations(spec, acts, n, i - 1)
         }
     }
 
-    /// A row block of layer `i`'s inputs from the same rows of [`Self::source`]: the rows
-    /// themselves (i = 0) or `phi(h^{i-1})` written into `act`.
-    fn block_inputs<'s>(spec: &Spec<'_>, act: &'s mut [T], src: &'s [T], i: usize) -> &'s [T] {
-        if i == 0 {
-            src
-        } else {
-            ntk_core::forward::activations(spec, act, src);
-            act
-        }
-    }
-
-    /// The core's JVP `J(params0) v` (forward-mode tangents, [`ntk_core::linearized::jvp`])
-    /// into `f`, row blocks in parallel, given the forward cache at `params0` in `cache`.
+    /// Region 2: the core's JVP `J(params0) v` (forward-mode tangents,
+    /// [`ntk_core::linearized::jvp`]) into `f`, each row block through all layers, given the
+    /// forward pass at `params0` in `cache` and `acts`.
     fn jvp(
         &mut self,
         spec: &Spec<'_>,
@@ -886,37 +898,37 @@ impl<T: Real> ParStep<T> {
     ) -> Result<(), ntk_core::Error> {
         use ntk_core::forward::{forward_layer, pre_activations};
         use ntk_core::simd::{gemm, MatMut};
-        let (w, rb, per, layers) = (spec.widths, self.rb, self.per_item, spec.layers());
-        let (mut cur, mut next) = (&mut self.cur, &mut self.next);
-        for i in 0..layers {
-            let (n_in, n_out) = (w[i], w[i + 1]);
-            let src = Self::source(spec, &self.cache, x, n, i);
-            let h = pre_activations(spec, &self.cache, n, i);
-            let (wt, _) = spec.layer(params0, i);
-            let cw = T::from_f64(spec.weight_multiplier(i));
-            next[..n * n_out]
-                .par_chunks_mut(rb * n_out)
-                .zip(src.par_chunks(rb * n_in))
-                .zip(self.act[..n * n_in].par_chunks_mut(rb * n_in))
-                .zip(cur[..n * n_in].par_chunks(rb * n_in))
-                .zip(h.par_chunks(rb * n_out))
-                .zip(self.scratch.par_chunks_mut(per))
-                .try_for_each(|(((((dh, src), act), c), h), gs)| {
-                    let a = Self::block_inputs(spec, act, src, i);
-                    let rows = a.len() / n_in;
+        let (w, rb, layers, k) = (spec.widths, self.rb, spec.layers(), spec.output_dim());
+        let m = ntk_core::spec::max_width(w);
+        let (cache, acts) = (&self.cache, &self.acts);
+        self.f[..n * k]
+            .par_chunks_mut(rb * k)
+            .zip(self.tangents.par_chunks_mut(2 * rb * m))
+            .zip(self.block_scratch.par_chunks_mut(self.per_block))
+            .enumerate()
+            .try_for_each(|(b, ((fb, tan), gs))| {
+                let (r0, rows) = (b * rb, fb.len() / k);
+                let (cur, next) = tan.split_at_mut(rb * m);
+                let (mut cur, mut next) = (cur, next);
+                for i in 0..layers {
+                    let (n_in, n_out) = (w[i], w[i + 1]);
+                    let a = &Self::inputs(spec, acts, x, n, i)[r0 * n_in..(r0 + rows) * n_in];
+                    let dh = &mut next[..rows * n_out];
                     forward_layer(spec, v, i, dh, MatRef::row_major(a, rows, n_in), gs)?;
                     if i > 0 {
+                        let (wt, _) = spec.layer(params0, i);
                         gemm(
                             MatMut::row_major(dh, rows, n_out),
-                            cw,
-                            MatRef::row_major(c, rows, n_in),
+                            T::from_f64(spec.weight_multiplier(i)),
+                            MatRef::row_major(&cur[..rows * n_in], rows, n_in),
                             MatRef::row_major(wt, n_out, n_in).t(),
                             T::ONE,
                             gs,
                         )?;
                     }
                     if i + 1 < layers {
-                        spec.activation.mul_dphi(dh, h);
+                        let h = pre_activations(spec, cache, n, i);
+                        spec.activation.mul_dphi(dh, &h[r0 * n_out..(r0 + rows) * n_out]);
                     }
                     if dh.iter().any(|t| !t.is_finite()) {
                         return Err(ntk_core::Error::NonFinite {
@@ -924,17 +936,16 @@ impl<T: Real> ParStep<T> {
                             pass: ntk_core::Pass::Forward,
                         });
                     }
-                    Ok(())
-                })?;
-            std::mem::swap(&mut cur, &mut next);
-        }
-        let k = spec.output_dim();
-        self.f[..n * k].copy_from_slice(&cur[..n * k]);
-        Ok(())
+                    std::mem::swap(&mut cur, &mut next);
+                }
+                fb.copy_from_slice(&cur[..rows * k]);
+                Ok(())
+            })
     }
 
-    /// The core's parameter gradient ([`ntk_core::backward::param_gradient`]) of `g` into
-    /// `grad` at `params`, given the forward cache at `params`.
+    /// Regions 3 and 4: the core's parameter gradient
+    /// ([`ntk_core::backward::param_gradient`]) of `g` into `grad` at `params`, given the
+    /// forward pass at `params` in `cache` and `acts`.
     fn backward(
         &mut self,
         spec: &Spec<'_>,
@@ -943,11 +954,43 @@ impl<T: Real> ParStep<T> {
         n: usize,
     ) -> Result<(), ntk_core::Error> {
         use ntk_core::backward::signals_step;
-        use ntk_core::forward::pre_activations;
+        use ntk_core::forward::{cache_len, pre_activations};
         use ntk_core::simd::{gemm, MatMut};
-        let (w, rb, ob, per, k) = (spec.widths, self.rb, self.ob, self.per_item, spec.output_dim());
-        let (mut cur, mut next) = (&mut self.cur, &mut self.next);
-        cur[..n * k].copy_from_slice(&self.g[..n * k]);
+        let (w, rb, ob, k, layers) =
+            (spec.widths, self.rb, self.ob, spec.output_dim(), spec.layers());
+        let cache = &self.cache;
+        // Region 3: signals, each row block through all layers.
+        split_blocks(&mut self.deltas[..cache_len(w, n)], w, n, rb)
+            .into_par_iter()
+            .zip(self.g[..n * k].par_chunks(rb * k))
+            .zip(self.block_scratch.par_chunks_mut(self.per_block))
+            .enumerate()
+            .try_for_each(|(b, ((mut dl, gb), gs))| {
+                let (r0, rows) = (b * rb, gb.len() / k);
+                dl[layers - 1].copy_from_slice(gb);
+                for i in (1..layers).rev() {
+                    let (before, after) = dl.split_at_mut(i);
+                    let h = pre_activations(spec, cache, n, i - 1);
+                    let h_prev = &h[r0 * w[i]..(r0 + rows) * w[i]];
+                    signals_step(spec, params, i, before[i - 1], after[0], h_prev, 1, gs)?;
+                }
+                Ok::<(), ntk_core::Error>(())
+            })?;
+        // Region 4: weight and bias gradients over blocks of output rows of every layer.
+        let mut items: Vec<(usize, usize, &mut [T], &mut [T])> = Vec::new();
+        let mut rest: &mut [T] = &mut self.grad;
+        for i in 0..layers {
+            let (n_in, n_out) = (w[i], w[i + 1]);
+            let nb = if spec.bias { n_out } else { 0 };
+            let (layer, r) = std::mem::take(&mut rest).split_at_mut(n_out * n_in + nb);
+            rest = r;
+            let (gw, gb) = layer.split_at_mut(n_out * n_in);
+            let mut gbs = gb.chunks_mut(ob);
+            for (blk, gwc) in gw.chunks_mut(ob * n_in).enumerate() {
+                items.push((i, blk * ob, gwc, gbs.next().unwrap_or_default()));
+            }
+        }
+        let (deltas, acts, scratch) = (&self.deltas, &self.acts, &self.thread_scratch);
         let cb = T::from_f64(spec.bias_multiplier());
         // Set when a gradient entry is not finite; checked on each block while it is in cache
         // and reported after the whole backward pass, as the core does.
@@ -961,65 +1004,35 @@ impl<T: Real> ParStep<T> {
                 bad.store(true, Ordering::Relaxed);
             }
         };
-        for i in (0..spec.layers()).rev() {
+        items.into_par_iter().try_for_each(|(i, r0, gw, gb)| {
             let (n_in, n_out) = (w[i], w[i + 1]);
-            let d: &[T] = &cur[..n * n_out];
-            let a = Self::inputs(spec, &mut self.act, &self.cache, x, n, i, rb);
-            let (gw, gb) = spec.layer_mut(&mut self.grad, i);
-            let cw = T::from_f64(spec.weight_multiplier(i));
-            let dt = MatRef::row_major(d, n, n_out).t();
-            let weights = |blk: usize, gw: &mut [T], gs: &mut [T]| {
-                let (r0, rows) = (blk * ob, gw.len() / n_in);
-                gemm(
-                    MatMut::row_major(gw, rows, n_in),
-                    cw,
-                    dt.rows(r0, rows),
-                    MatRef::row_major(a, n, n_in),
-                    T::ZERO,
-                    gs,
-                )?;
-                flag(gw);
-                Ok::<(), ntk_core::Error>(())
-            };
-            if spec.bias {
-                gw.par_chunks_mut(ob * n_in)
-                    .zip(gb.par_chunks_mut(ob))
-                    .zip(self.scratch.par_chunks_mut(per))
-                    .enumerate()
-                    .try_for_each(|(blk, ((gw, gb), gs))| {
-                        weights(blk, gw, gs)?;
-                        let r0 = blk * ob;
-                        gb.fill(T::ZERO);
-                        for row in d.chunks_exact(n_out) {
-                            for (o, &v) in gb.iter_mut().zip(&row[r0..]) {
-                                *o += v;
-                            }
-                        }
-                        for o in gb.iter_mut() {
-                            *o *= cb;
-                        }
-                        flag(gb);
-                        Ok::<(), ntk_core::Error>(())
-                    })?;
-            } else {
-                gw.par_chunks_mut(ob * n_in)
-                    .zip(self.scratch.par_chunks_mut(per))
-                    .enumerate()
-                    .try_for_each(|(blk, (gw, gs))| weights(blk, gw, gs))?;
+            let rows = gw.len() / n_in;
+            let d = pre_activations(spec, deltas, n, i);
+            let t = rayon::current_thread_index().unwrap_or(0) % scratch.len();
+            let mut gs = scratch[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            gemm(
+                MatMut::row_major(gw, rows, n_in),
+                T::from_f64(spec.weight_multiplier(i)),
+                MatRef::row_major(d, n, n_out).t().rows(r0, rows),
+                MatRef::row_major(Self::inputs(spec, acts, x, n, i), n, n_in),
+                T::ZERO,
+                &mut gs,
+            )?;
+            flag(gw);
+            if !gb.is_empty() {
+                gb.fill(T::ZERO);
+                for row in d.chunks_exact(n_out) {
+                    for (o, &v) in gb.iter_mut().zip(&row[r0..]) {
+                        *o += v;
+                    }
+                }
+                for o in gb.iter_mut() {
+                    *o *= cb;
+                }
+                flag(gb);
             }
-            if i > 0 {
-                let h_prev = pre_activations(spec, &self.cache, n, i - 1);
-                next[..n * n_in]
-                    .par_chunks_mut(rb * n_in)
-                    .zip(d.par_chunks(rb * n_out))
-                    .zip(h_prev.par_chunks(rb * n_in))
-                    .zip(self.scratch.par_chunks_mut(per))
-                    .try_for_each(|(((dst, src), h), gs)| {
-                        signals_step(spec, params, i, dst, src, h, 1, gs)
-                    })?;
-                std::mem::swap(&mut cur, &mut next);
-            }
-        }
+            Ok::<(), ntk_core::Error>(())
+        })?;
         if bad.load(Ordering::Relaxed) {
             return Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Backward });
         }
