@@ -700,8 +700,9 @@ fn split_blocks<'a, T>(
 
 impl<T: Real> ParStep<T> {
     /// A workspace for `spec` and batches of up to `batch` samples, with work items sized for
-    /// the current rayon pool (one row block of samples per thread, two blocks of output rows
-    /// per thread for the weight gradients; the split never changes results).
+    /// the current rayon pool (one row block of samples per thread, and one block of output
+    /// rows per thread in every layer for the weight gradients, so each operand is packed as
+    /// few times as possible; the split never changes results).
     pub fn new(spec: &Spec<'_>, batch: usize) -> Self {
         use ntk_core::simd::gemm_scratch;
         let w = spec.widths;
@@ -710,7 +711,7 @@ impl<T: Real> ParStep<T> {
         let threads = rayon::current_num_threads();
         // One row block per thread: each block streams every weight matrix once.
         let rb = batch.div_ceil(threads).max(8);
-        let ob = m.div_ceil(2 * threads).max(8);
+        let ob = m.div_ceil(threads).max(8);
         let blocks = batch.div_ceil(rb);
         let per_block = gemm_scratch(rb, m, m);
         let len = ntk_core::forward::cache_len(w, batch);
