@@ -1,12 +1,29 @@
 //! One full-batch gradient-descent step (MSE) of study A's largest network — digits inputs
-//! (d 64), 20 hidden layers of width 256, 10 outputs, N 128 — single thread, f32 and f64; and
-//! the same step of its linearization (JVP + VJP at theta_0). Throughput is in FLOPs
-//! (criterion's "elem/s" = FLOP/s), counted as in DESIGN §3: forward 2 N sum n_{l-1} n_l,
-//! backward the weight gradients (same count) plus the signals (layers 2.., same form); the
-//! linearized step adds a tangent pass (forward count plus the layers 2.. count).
+//! (d 64), 20 hidden layers of width 256, 10 outputs, N 128 — in f32 and f64: the core's
+//! `train_step` (one thread), and `ntk train`'s row-parallel `ParStep` (bit-identical to it)
+//! with 1 and 2 threads; the same for the linearized model (JVP + VJP at theta_0). Beside them,
+//! the GEMM roofline: a 2048^3 product through the `gemm` crate with the same precision and
+//! thread count (as `ntk bench`).
+//!
+//! Throughput is in FLOPs (criterion's "elem/s" = FLOP/s; a multiply-add is 2), DESIGN §3:
+//! forward `F = 2 N sum_l n_{l-1} n_l`, backward = weight gradients `F` plus signals
+//! `S = 2 N sum_{l>=2} n_{l-1} n_l`, so a network step is `2F + S` (0.97 GFLOP here, the
+//! backward about twice the forward); the linearized step is a JVP (`F + S`) plus the backward
+//! at theta_0 (`F + S`) with the forward at theta_0 kept: `2F + 2S` for `ParStep`, `3F + 2S`
+//! for the core's `train_step`, which recomputes that forward. The benchmark names carry the
+//! thread count; the measured times, GFLOP/s and GEMM rates are tabulated in docs/training.md.
+//!
+//! Fixed-work mode, for CPU-time comparisons on a busy machine (`perf stat -e task-clock,cycles:u`):
+//! `NTK_TRAIN_FIXED=PRECISION,WHAT,THREADS,REPS cargo bench -p ntk-benches --bench train`
+//! runs REPS repetitions of WHAT (`core_network`, `core_linearized`, `par_network`,
+//! `par_linearized`, `gemm`, and `layer_core` / `layer_gemm`: one forward-layer product
+//! `h = a W^T` of the step's shape, 128 x 256 times 256 x 256 row-major, through the core's
+//! pulp GEMM or the `gemm` crate) after one warm-up and prints the wall time per repetition
+//! and its GFLOP/s, without criterion.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ntk_cli::cmd::train::par_full_batch_step;
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use ntk_cli::args::{Precision, RunArgs};
+use ntk_cli::cmd::train::ParStep;
 use ntk_core::backward::Loss;
 use ntk_core::train::{train_step, train_step_scratch, Model, Optimizer};
 use ntk_core::{Activation, Parameterization, Real, Spec};
@@ -16,9 +33,39 @@ const WIDTH: usize = 256;
 const DEPTH: usize = 20;
 const K: usize = 10;
 const N: usize = 128;
+const GEMM: usize = 2048;
 
 fn matmul_flops(w: &[usize], n: usize) -> u64 {
     w.windows(2).map(|p| 2 * (n * p[0] * p[1]) as u64).sum()
+}
+
+fn gemm_once<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, threads: usize) {
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: a, b, c are m x m column-major buffers (column stride m) that live through the
+    // call; c does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            m,
+            m,
+            c.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
+            a.as_ptr(),
+            m as isize,
+            1,
+            b.as_ptr(),
+            m as isize,
+            1,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 fn step<T: Real>(c: &mut Criterion) {
@@ -32,15 +79,16 @@ fn step<T: Real>(c: &mut Criterion) {
     ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
     let y: Vec<T> =
         (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
-    let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
     // A learning rate small enough that repeated steps stay finite.
     let opt = Optimizer::gd(1e-7);
     let (fwd, sig) = (matmul_flops(&w, N), matmul_flops(&w[1..], N));
+    let lin = Model::Linearized { params0: &p0 };
     let mut group = c.benchmark_group(format!("train_step_w256_d20_n128_{}", T::NAME));
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(2 * fwd + sig));
+    group.sample_size(20);
+    let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
     let mut p = p0.clone();
-    group.bench_function("gd_network", |b| {
+    group.throughput(Throughput::Elements(2 * fwd + sig));
+    group.bench_function("core_network_1t", |b| {
         b.iter(|| {
             train_step(
                 &spec,
@@ -59,10 +107,9 @@ fn step<T: Real>(c: &mut Criterion) {
             .unwrap()
         })
     });
-    group.throughput(Throughput::Elements(3 * fwd + 2 * sig));
     let mut delta = vec![T::ZERO; p0.len()];
-    let lin = Model::Linearized { params0: &p0 };
-    group.bench_function("gd_linearized", |b| {
+    group.throughput(Throughput::Elements(3 * fwd + 2 * sig));
+    group.bench_function("core_linearized_1t", |b| {
         b.iter(|| {
             train_step(
                 &spec,
@@ -81,31 +128,192 @@ fn step<T: Real>(c: &mut Criterion) {
             .unwrap()
         })
     });
-    group.finish();
-    // Both cores: fixed blocks of 64 samples in parallel (rayon's global pool).
-    let mut group = c.benchmark_group(format!("train_step_w256_d20_n128_{}_par", T::NAME));
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(2 * fwd + sig));
-    let mut p = p0.clone();
-    group.bench_function("gd_network", |b| {
-        b.iter(|| {
-            par_full_batch_step(
-                &spec,
-                Model::Network,
-                &opt,
-                Loss::Mse,
-                &mut p,
-                &mut [],
-                &x,
-                &y,
-                N,
-                0,
-            )
+    for threads in [1usize, 2] {
+        // ParStep sizes its work items for the pool it is created in.
+        let pool =
+            RunArgs { seed: 0, precision: Precision::F64, threads: Some(threads), quiet: true };
+        let mut p = p0.clone();
+        group.throughput(Throughput::Elements(2 * fwd + sig));
+        group.bench_function(BenchmarkId::new("par_network", format!("{threads}t")), |b| {
+            pool.in_pool(|| {
+                let mut ws = ParStep::<T>::new(&spec, N);
+                b.iter(|| {
+                    ws.step(&spec, Model::Network, &opt, Loss::Mse, &mut p, &mut [], &x, &y, N, 0)
+                        .unwrap()
+                });
+                Ok(())
+            })
             .unwrap()
-        })
-    });
+        });
+        let mut delta = vec![T::ZERO; p0.len()];
+        group.throughput(Throughput::Elements(2 * fwd + 2 * sig));
+        group.bench_function(BenchmarkId::new("par_linearized", format!("{threads}t")), |b| {
+            pool.in_pool(|| {
+                let mut ws = ParStep::<T>::new(&spec, N);
+                b.iter(|| {
+                    ws.step(&spec, lin, &opt, Loss::Mse, &mut delta, &mut [], &x, &y, N, 0).unwrap()
+                });
+                Ok(())
+            })
+            .unwrap()
+        });
+        let a: Vec<T> =
+            (0..GEMM * GEMM).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
+        let bm = a.clone();
+        let mut cm = vec![T::ZERO; GEMM * GEMM];
+        group.throughput(Throughput::Elements(2 * (GEMM * GEMM * GEMM) as u64));
+        group.bench_function(BenchmarkId::new("gemm_crate_2048", format!("{threads}t")), |b| {
+            b.iter(|| gemm_once(&a, &bm, &mut cm, GEMM, threads))
+        });
+    }
     group.finish();
 }
 
+/// The fixed-work mode (see the module docs).
+fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
+    let mut w = vec![D];
+    w.extend(std::iter::repeat_n(WIDTH, DEPTH));
+    w.push(K);
+    let spec = Spec::new(&w, Activation::Relu, 2.0, 0.5, true, Parameterization::Standard).unwrap();
+    let mut p0 = vec![T::ZERO; spec.param_count()];
+    spec.init(&mut p0, 0).unwrap();
+    let mut x = vec![T::ZERO; N * D];
+    ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
+    let y: Vec<T> =
+        (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
+    let opt = Optimizer::gd(1e-7);
+    let (fwd, sig) = (matmul_flops(&w, N), matmul_flops(&w[1..], N));
+    let lin = Model::Linearized { params0: &p0 };
+    let mut p = if what.ends_with("linearized") { vec![T::ZERO; p0.len()] } else { p0.clone() };
+    let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
+    let (a, mut cm) = if what == "gemm" {
+        let a: Vec<T> =
+            (0..GEMM * GEMM).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
+        (a, vec![T::ZERO; GEMM * GEMM])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let la: Vec<T> = (0..N * WIDTH).map(|i| T::from_f64(((i % 5) as f64 - 2.0) * 0.1)).collect();
+    let mut lh = vec![T::ZERO; N * WIDTH];
+    let mut ls = vec![T::ZERO; ntk_core::simd::gemm_scratch(N, WIDTH, WIDTH)];
+    let pool = RunArgs { seed: 0, precision: Precision::F64, threads: Some(threads), quiet: true };
+    let (flops, secs) = pool
+        .in_pool(|| {
+            let mut ws = ParStep::<T>::new(&spec, N);
+            let mut once = || -> u64 {
+                match what {
+                    "core_network" | "core_linearized" => {
+                        let m = if what == "core_network" { Model::Network } else { lin };
+                        train_step(
+                            &spec,
+                            m,
+                            &opt,
+                            Loss::Mse,
+                            &mut p,
+                            &mut [],
+                            &x,
+                            &y,
+                            N,
+                            0,
+                            &mut [],
+                            &mut s,
+                        )
+                        .unwrap();
+                        if what == "core_network" {
+                            2 * fwd + sig
+                        } else {
+                            3 * fwd + 2 * sig
+                        }
+                    }
+                    "par_network" | "par_linearized" => {
+                        let m = if what == "par_network" { Model::Network } else { lin };
+                        ws.step(&spec, m, &opt, Loss::Mse, &mut p, &mut [], &x, &y, N, 0).unwrap();
+                        if what == "par_network" {
+                            2 * fwd + sig
+                        } else {
+                            2 * fwd + 2 * sig
+                        }
+                    }
+                    "gemm" => {
+                        gemm_once(&a, &a, &mut cm, GEMM, threads);
+                        2 * (GEMM * GEMM * GEMM) as u64
+                    }
+                    "layer_core" => {
+                        use ntk_core::simd::{gemm, MatMut, MatRef};
+                        let (wt, _) = spec.layer(&p0, 1);
+                        gemm(
+                            MatMut::row_major(&mut lh, N, WIDTH),
+                            T::ONE,
+                            MatRef::row_major(&la, N, WIDTH),
+                            MatRef::row_major(wt, WIDTH, WIDTH).t(),
+                            T::ZERO,
+                            &mut ls,
+                        )
+                        .unwrap();
+                        2 * (N * WIDTH * WIDTH) as u64
+                    }
+                    "layer_gemm" => {
+                        let (wt, _) = spec.layer(&p0, 1);
+                        // Row-major h (N x W) = a (N x W) W^T, in gemm's (row stride, col stride).
+                        // SAFETY: the buffers cover the views and h does not alias a or W.
+                        unsafe {
+                            gemm::gemm(
+                                N,
+                                WIDTH,
+                                WIDTH,
+                                lh.as_mut_ptr(),
+                                1,
+                                WIDTH as isize,
+                                false,
+                                la.as_ptr(),
+                                1,
+                                WIDTH as isize,
+                                wt.as_ptr(),
+                                WIDTH as isize,
+                                1,
+                                T::ZERO,
+                                T::ONE,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        2 * (N * WIDTH * WIDTH) as u64
+                    }
+                    _ => panic!("NTK_TRAIN_FIXED: unknown {what}"),
+                }
+            };
+            let flops = once();
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                once();
+            }
+            Ok((flops, t.elapsed().as_secs_f64() / reps as f64))
+        })
+        .unwrap();
+    println!(
+        "{what} {} {threads} thread(s): {:.3} ms per repetition, {:.1} GFLOP/s ({:.4} GFLOP)",
+        T::NAME,
+        secs * 1e3,
+        flops as f64 / secs / 1e9,
+        flops as f64 / 1e9
+    );
+}
+
 criterion_group!(benches, step::<f32>, step::<f64>);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(v) = std::env::var("NTK_TRAIN_FIXED") {
+        let f: Vec<&str> = v.split(',').collect();
+        assert_eq!(f.len(), 4, "NTK_TRAIN_FIXED=PRECISION,WHAT,THREADS,REPS");
+        let (threads, reps) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+        match f[0] {
+            "f32" => fixed::<f32>(f[1], threads, reps),
+            _ => fixed::<f64>(f[1], threads, reps),
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

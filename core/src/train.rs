@@ -135,14 +135,44 @@ impl Optimizer {
     ) -> Result<(), Error> {
         check_shape("grad", grad, params.len())?;
         check_shape("state", state, self.state_len(params.len()))?;
+        let (m, v) = state.split_at_mut(state.len() / 2);
+        if self.update_slices(params, grad, m, v, step) {
+            Ok(())
+        } else {
+            Err(Error::NonFinite { layer: 0, pass: Pass::Train })
+        }
+    }
+
+    /// [`Optimizer::update`] on a slice of the parameters: `params`, `grad` and (Adam) the
+    /// matching slices `m`, `v` of the two moment halves of the state (empty for SGD), so
+    /// that callers can split the update into independent pieces (the arithmetic of every
+    /// element is the same). Returns whether every updated parameter is finite; the check
+    /// rides along the update (one pass over memory, no early exit, so it vectorizes).
+    ///
+    /// # Panics
+    /// If the lengths differ (`m` and `v` must be empty for SGD).
+    #[track_caller]
+    pub fn update_slices<T: Real>(
+        &self,
+        params: &mut [T],
+        grad: &[T],
+        m: &mut [T],
+        v: &mut [T],
+        step: u64,
+    ) -> bool {
+        assert_eq!(params.len(), grad.len(), "update: grad length");
+        let mut bad = false;
         match self.method {
             Method::Sgd => {
+                assert!(m.is_empty() && v.is_empty(), "update: SGD has no state");
                 let eta = T::from_f64(self.learning_rate);
                 for (p, &g) in params.iter_mut().zip(grad) {
                     *p -= eta * g;
+                    bad |= !p.is_finite();
                 }
             }
             Method::Adam { beta1, beta2, eps } => {
+                assert!(m.len() == params.len() && v.len() == params.len(), "update: state");
                 let t = (step + 1) as f64;
                 let bc1 = 1.0 - libm::pow(beta1, t);
                 let bc2 = 1.0 - libm::pow(beta2, t);
@@ -150,18 +180,15 @@ impl Optimizer {
                 let inv_sqrt_bc2 = T::from_f64(1.0 / libm::sqrt(bc2));
                 let (b1, b2, eps) = (T::from_f64(beta1), T::from_f64(beta2), T::from_f64(eps));
                 let (c1, c2) = (T::ONE - b1, T::ONE - b2);
-                let (m, v) = state.split_at_mut(params.len());
                 for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(m).zip(v) {
                     *m = b1 * *m + c1 * g;
                     *v = b2 * *v + c2 * g * g;
                     *p -= step_size * *m / (v.sqrt() * inv_sqrt_bc2 + eps);
+                    bad |= !p.is_finite();
                 }
             }
         }
-        if params.iter().any(|p| !p.is_finite()) {
-            return Err(Error::NonFinite { layer: 0, pass: Pass::Train });
-        }
-        Ok(())
+        !bad
     }
 }
 
@@ -430,6 +457,40 @@ mod tests {
         assert!(matches!(
             Optimizer::gd(1e308).update(&mut q, &[-1e308], &mut [], 0),
             Err(Error::NonFinite { pass: Pass::Train, .. })
+        ));
+    }
+
+    /// The update split into pieces with `update_slices` equals the whole update bit for bit
+    /// (SGD and Adam), and a non-finite parameter in any piece is reported.
+    #[test]
+    fn update_in_pieces_is_the_update() {
+        let p0: Vec<f32> = (0..37).map(|i| crate::rng::normal(1, 0, i) as f32).collect();
+        let g: Vec<f32> = (0..37).map(|i| crate::rng::normal(2, 0, i) as f32).collect();
+        for opt in [Optimizer::gd(0.3), Optimizer { method: Method::ADAM, ..Optimizer::gd(0.3) }] {
+            let (mut a, mut b) = (p0.clone(), p0.clone());
+            let mut sa = vec![0.5f32; opt.state_len(37)];
+            let mut sb = sa.clone();
+            for step in 0..3 {
+                opt.update(&mut a, &g, &mut sa, step).unwrap();
+                let half = sb.len() / 2;
+                let (m, v) = sb.split_at_mut(half);
+                let adam = !m.is_empty();
+                for (lo, hi) in [(0, 10), (10, 11), (11, 37)] {
+                    let (m, v): (&mut [f32], &mut [f32]) =
+                        if adam { (&mut m[lo..hi], &mut v[lo..hi]) } else { (&mut [], &mut []) };
+                    assert!(opt.update_slices(&mut b[lo..hi], &g[lo..hi], m, v, step));
+                }
+            }
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{opt:?}");
+            assert!(sa.iter().zip(&sb).all(|(x, y)| x.to_bits() == y.to_bits()), "{opt:?}");
+        }
+        let mut p = [1.0f32, f32::MAX, 2.0];
+        assert!(!Optimizer::gd(1.0).update_slices(
+            &mut p,
+            &[0.0, -f32::MAX, 0.0],
+            &mut [],
+            &mut [],
+            0
         ));
     }
 

@@ -230,7 +230,7 @@ fn run_cell<T: ntk_core::Real>(
         opt: optimizer(OptArg::Gd, lr, None, seed)?,
         max_steps: a.max_steps,
         stop: Some(Plateau::new(a.min_decrease, a.patience)),
-        track_every: 0,
+        track: crate::cmd::train::Schedule::Every(0),
         linearized: false,
         probe: probe_indices(data.labels_train.as_deref(), data.n_train(), a.probe_size),
     };

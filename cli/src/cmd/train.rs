@@ -1,20 +1,23 @@
 //! `ntk train`: trains a network and its linearization side by side (DESIGN §7) and tracks,
-//! every K steps on a fixed probe set, the losses, accuracies, the relative NTK change
+//! at the steps of a [`Schedule`] (every K steps, an explicit list, or log-spaced as study B)
+//! on a fixed probe set, the losses, accuracies, the relative NTK change
 //! `||Theta_t - Theta_0||_F / ||Theta_0||_F`, study B's block statistics and the distance
 //! between the network and its linearization.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ntk_core::backward::{loss_and_gradient, Loss};
 use ntk_core::ntk::OutputMode;
-use ntk_core::train::{
-    predict, predict_scratch, train_step, train_step_scratch, Method, Model, Optimizer, Plateau,
-};
+use ntk_core::simd::MatRef;
+use ntk_core::train::{predict, predict_scratch, Method, Model, Optimizer, Plateau};
 use ntk_core::{Real, Spec};
+use rayon::prelude::*;
 use serde_json::json;
 
 use crate::args::{NetArgs, Precision, RunArgs};
@@ -52,6 +55,96 @@ impl From<LossArg> for Loss {
         match l {
             LossArg::Mse => Loss::Mse,
             LossArg::CrossEntropy => Loss::CrossEntropy,
+        }
+    }
+}
+
+/// `--track`: a named schedule of tracked steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrackPreset {
+    /// 0, 1, 2, 5, 10, 20, 50, 100, 200, 500, ... (1, 2 and 5 in every decade).
+    Log,
+    /// Study B: 0, 1, 10, 20, 50, then every multiple of 100 (100, 200, ..., 3000).
+    StudyB,
+}
+
+/// The steps at which a run is tracked. Step 0 and the last step of the run are always
+/// tracked as well; listed steps after the last step are not reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every K steps (`t % K == 0`); 0 tracks only the first and the last step.
+    Every(u64),
+    /// Exactly these steps.
+    Steps(Vec<u64>),
+    /// A named schedule.
+    Preset(TrackPreset),
+}
+
+impl Schedule {
+    /// Whether step `t` (updates done) is on the schedule (without the always-tracked first
+    /// and last steps).
+    pub fn contains(&self, t: u64) -> bool {
+        match self {
+            Schedule::Every(k) => *k > 0 && t.is_multiple_of(*k),
+            Schedule::Steps(v) => v.binary_search(&t).is_ok(),
+            Schedule::Preset(TrackPreset::Log) => {
+                // t = m 10^e with m in {1, 2, 5}.
+                let mut m = t;
+                while m >= 10 && m.is_multiple_of(10) {
+                    m /= 10;
+                }
+                t == 0 || matches!(m, 1 | 2 | 5)
+            }
+            Schedule::Preset(TrackPreset::StudyB) => {
+                matches!(t, 0 | 1 | 10 | 20 | 50) || t.is_multiple_of(100)
+            }
+        }
+    }
+
+    /// The steps a run of `last` steps tracks: 0, the scheduled steps below `last`, and `last`.
+    pub fn tracked_steps(&self, last: u64) -> Vec<u64> {
+        let mut out = vec![0];
+        match self {
+            Schedule::Steps(v) => out.extend(v.iter().copied().filter(|&t| t > 0 && t < last)),
+            _ => out.extend((1..last).filter(|&t| self.contains(t))),
+        }
+        if last > 0 {
+            out.push(last);
+        }
+        out
+    }
+
+    /// The schedule of the flags: `--track-steps`, else `--track`, else `--track-every`.
+    ///
+    /// # Errors
+    /// A usage error for `--track-every 0`.
+    pub fn from_flags(
+        every: u64,
+        steps: Option<&[usize]>,
+        preset: Option<TrackPreset>,
+    ) -> CliResult<Self> {
+        if let Some(v) = steps {
+            let mut v: Vec<u64> = v.iter().map(|&t| t as u64).collect();
+            v.sort_unstable();
+            v.dedup();
+            return Ok(Schedule::Steps(v));
+        }
+        if let Some(p) = preset {
+            return Ok(Schedule::Preset(p));
+        }
+        if every == 0 {
+            return Err(CliError::flag("--track-every", 0, "must be positive"));
+        }
+        Ok(Schedule::Every(every))
+    }
+
+    /// A description for run.json.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Schedule::Every(k) => json!({ "every": k }),
+            Schedule::Steps(v) => json!({ "steps": v }),
+            Schedule::Preset(p) => json!({ "preset": p }),
         }
     }
 }
@@ -110,9 +203,18 @@ pub struct TrainArgs {
     /// Run all --max-steps steps (no stopping rule).
     #[arg(long)]
     pub no_stop: bool,
-    /// Track every K steps (and at the last step).
+    /// Track every K steps (and at steps 0 and the last step).
     #[arg(long, default_value_t = 100)]
     pub track_every: u64,
+    /// Track exactly these steps (and the last step), e.g. study B's
+    /// `0,1,10,20,50,100..3000:100`; items are N or A..B:STEP. Replaces --track-every.
+    #[arg(long, value_parser = crate::sweep::parse_usize_grid,
+          conflicts_with_all = ["track_every", "track"])]
+    pub track_steps: Option<std::vec::Vec<usize>>,
+    /// Track at a named schedule (and the last step): `log` (1, 2, 5 per decade) or `study-b`
+    /// (0, 1, 10, 20, 50, then every 100). Replaces --track-every.
+    #[arg(long, value_enum, conflicts_with = "track_every")]
+    pub track: Option<TrackPreset>,
     /// Probe set for the NTK: this many training points, balanced over classes and sorted by
     /// class (study B: 100, 10 per class).
     #[arg(long, default_value_t = 100)]
@@ -142,8 +244,8 @@ pub struct TrainConfig {
     pub max_steps: u64,
     /// Stopping rule (None: run all steps).
     pub stop: Option<Plateau>,
-    /// Track every K steps (0: only the first and last step).
-    pub track_every: u64,
+    /// Tracked steps (step 0 and the last step are always tracked).
+    pub track: Schedule,
     /// Train the linearized model alongside.
     pub linearized: bool,
     /// Indices of the probe set in the training set.
@@ -394,9 +496,9 @@ pub fn train_run<T: Real>(
     let state_len = cfg.opt.state_len(p);
     let (mut state, mut lin_state) = (vec![T::ZERO; state_len], vec![T::ZERO; state_len]);
     let b = cfg.opt.batch_len(n);
-    let scratch_len = train_step_scratch(spec.widths, spec.bias, b);
-    let (mut s1, mut s2) = (vec![T::ZERO; scratch_len], vec![T::ZERO; scratch_len]);
-    let (mut perm1, mut perm2) = (vec![0usize; n], vec![0usize; n]);
+    let mut net_ws = ParStep::<T>::new(spec, b);
+    let mut lin_ws =
+        if cfg.linearized { ParStep::<T>::new(spec, b) } else { ParStep::new(spec, 0) };
     let lin = Model::Linearized { params0 };
     let probe_ntk = |q: &[T]| -> CliResult<Vec<f64>> {
         if probe_x.is_empty() {
@@ -454,46 +556,27 @@ pub fn train_run<T: Real>(
     while steps < cfg.max_steps {
         let t = steps;
         let t0 = Instant::now();
-        // The network and its linearization step concurrently (one core each).
-        let (r_net, r_lin) = rayon::join(
-            || {
-                train_step(
-                    spec,
-                    Model::Network,
-                    &cfg.opt,
-                    cfg.loss,
-                    &mut params,
-                    &mut state,
-                    &x,
-                    &y,
-                    n,
-                    t,
-                    &mut perm1,
-                    &mut s1,
-                )
-            },
-            || {
-                if cfg.linearized {
-                    train_step(
-                        spec,
-                        lin,
-                        &cfg.opt,
-                        cfg.loss,
-                        &mut delta,
-                        &mut lin_state,
-                        &x,
-                        &y,
-                        n,
-                        t,
-                        &mut perm2,
-                        &mut s2,
-                    )
-                    .map(Some)
-                } else {
-                    Ok(None)
-                }
-            },
+        // Each step uses every thread of the pool (row blocks), bit-identical to the core's
+        // train_step; the network first, then its linearization.
+        let r_net = net_ws.step(
+            spec,
+            Model::Network,
+            &cfg.opt,
+            cfg.loss,
+            &mut params,
+            &mut state,
+            &x,
+            &y,
+            n,
+            t,
         );
+        let r_lin = if cfg.linearized && r_net.is_ok() {
+            lin_ws
+                .step(spec, lin, &cfg.opt, cfg.loss, &mut delta, &mut lin_state, &x, &y, n, t)
+                .map(Some)
+        } else {
+            Ok(None)
+        };
         step_time += t0.elapsed().as_secs_f64();
         let loss = match (r_net, r_lin) {
             (Ok(l), Ok(_)) => l,
@@ -509,7 +592,7 @@ pub fn train_run<T: Real>(
         min_loss = min_loss.min(loss);
         let plateau = stop_rule.as_mut().is_some_and(|r| r.observe(loss));
         let last = plateau || steps == cfg.max_steps;
-        if last || (cfg.track_every > 0 && steps.is_multiple_of(cfg.track_every)) {
+        if last || cfg.track.contains(steps) {
             last_theta = match probe_ntk(&params) {
                 Ok(th) => th,
                 Err(_) => {
@@ -547,18 +630,463 @@ pub fn train_run<T: Real>(
     })
 }
 
-/// Samples per block of [`par_full_batch_step`]: fixed, so results do not depend on the
-/// number of threads.
-pub const TRAIN_BLOCK: usize = 64;
+/// Workspace of [`ParStep::step`]: one optimizer step of the core's
+/// [`ntk_core::train::train_step`], computed with every thread of the rayon pool and equal to
+/// it bit for bit.
+///
+/// The step runs the core's layer kernels in four parallel regions: (1) the forward pass
+/// `h^l = c W^l x^{l-1} + c_b b^l`, `x^l = phi(h^l)` through all layers, one row block of
+/// samples per work item; (2) for the linearized model, its JVP
+/// `dh^l = c (dW^l x^{l-1} + W^l dx^{l-1}) + c_b db^l` the same way; (3) the signal backprop
+/// `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` through all layers per row block; (4)
+/// the weight gradients `dL/dW^l = c delta_l^T x^{l-1}` over blocks of output rows of every
+/// layer (each entry keeps its whole reduction over the N samples) and the bias gradients
+/// `c_b sum_n delta_l` over the same blocks; then the optimizer update over chunks of
+/// parameters. The core's GEMM gives an entry the same value wherever it sits in the output,
+/// so no split changes a bit: results are identical to the core step and to any thread count
+/// (on overflow the error may name another layer than the core's). Cost in FLOPs (a
+/// multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`, weight gradients the same, signals
+/// `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds its JVP (forward count plus the
+/// signal count) and skips the forward at theta_0, computed once per full batch and kept.
+///
+/// Buffers are allocated once (for batches of up to `batch` samples) and reused by every step.
+pub struct ParStep<T> {
+    rb: usize,
+    ob: usize,
+    /// Pre-activations h^l of every layer (the layout of the core's forward cache).
+    cache: Vec<T>,
+    /// Layer inputs phi(h^l) in the same layout (layer l's block feeds layer l + 1).
+    acts: Vec<T>,
+    /// Signals delta^l = dL/dh^l of every layer, same layout.
+    deltas: Vec<T>,
+    /// Two tangent buffers of the JVP per row block.
+    tangents: Vec<T>,
+    /// GEMM scratch per row block (regions 1-3).
+    block_scratch: Vec<T>,
+    per_block: usize,
+    /// GEMM scratch per pool thread (region 4).
+    thread_scratch: Vec<Mutex<Vec<T>>>,
+    f: Vec<T>,
+    g: Vec<T>,
+    grad: Vec<T>,
+    xb: Vec<T>,
+    yb: Vec<T>,
+    perm: Vec<usize>,
+    /// (theta_0, x, n) whose forward pass `cache` and `acts` hold (linearized, full batch).
+    cache0: Option<(usize, usize, usize)>,
+}
 
-/// One full-batch optimizer step (number `step`) of `model` on all `n` samples, with the
-/// loss gradient computed over fixed blocks of [`TRAIN_BLOCK`] samples in parallel:
-/// `L = sum_b (n_b / n) L_b`, `grad = sum_b (n_b / n) grad_b`, summed in block order (so
-/// bit-identical for any thread count; equal to the core's single-block step up to rounding).
-/// Returns the loss before the update.
+/// Splits a buffer in the forward-cache layout (layer i: n x widths[i + 1], layers one after
+/// another) into row blocks of `rb` samples: `out[b][i]` is block b of layer i.
+fn split_blocks<'a, T>(
+    buf: &'a mut [T],
+    widths: &[usize],
+    n: usize,
+    rb: usize,
+) -> Vec<Vec<&'a mut [T]>> {
+    let layers = widths.len() - 1;
+    let mut out: Vec<Vec<&mut [T]>> =
+        (0..n.div_ceil(rb)).map(|_| Vec::with_capacity(layers)).collect();
+    let mut rest = buf;
+    for &w in &widths[1..] {
+        let (layer, r) = std::mem::take(&mut rest).split_at_mut(n * w);
+        rest = r;
+        for (b, c) in layer.chunks_mut(rb * w).enumerate() {
+            out[b].push(c);
+        }
+    }
+    out
+}
+
+impl<T: Real> ParStep<T> {
+    /// A workspace for `spec` and batches of up to `batch` samples, with work items sized for
+    /// the current rayon pool (one row block of samples per thread, and one block of output
+    /// rows per thread in every layer for the weight gradients, so each operand is packed as
+    /// few times as possible; the split never changes results).
+    pub fn new(spec: &Spec<'_>, batch: usize) -> Self {
+        use ntk_core::simd::gemm_scratch;
+        let w = spec.widths;
+        let (d, k, m) = (spec.input_dim(), spec.output_dim(), ntk_core::spec::max_width(w));
+        let batch = batch.max(1);
+        let threads = rayon::current_num_threads();
+        // One row block per thread: each block streams every weight matrix once.
+        let rb = batch.div_ceil(threads).max(8);
+        let ob = m.div_ceil(threads).max(8);
+        let blocks = batch.div_ceil(rb);
+        let per_block = gemm_scratch(rb, m, m);
+        let len = ntk_core::forward::cache_len(w, batch);
+        Self {
+            rb,
+            ob,
+            cache: vec![T::ZERO; len],
+            acts: vec![T::ZERO; len],
+            deltas: vec![T::ZERO; len],
+            tangents: vec![T::ZERO; blocks * 2 * rb * m],
+            block_scratch: vec![T::ZERO; blocks * per_block],
+            per_block,
+            thread_scratch: (0..threads)
+                .map(|_| Mutex::new(vec![T::ZERO; gemm_scratch(ob, m, batch)]))
+                .collect(),
+            f: vec![T::ZERO; batch * k],
+            g: vec![T::ZERO; batch * k],
+            grad: vec![T::ZERO; spec.param_count()],
+            xb: vec![T::ZERO; batch * d],
+            yb: vec![T::ZERO; batch * k],
+            perm: Vec::new(),
+            cache0: None,
+        }
+    }
+
+    /// One optimizer step (number `step`) of `model` on `(x, y)` (`n` samples), exactly as
+    /// [`ntk_core::train::train_step`] (same batches, same bits); returns the batch loss
+    /// before the update. For the linearized model the forward cache at theta_0 of a full
+    /// batch is computed at the first step and reused while `params0`, `x` and `n` stay the
+    /// same buffers.
+    ///
+    /// # Errors
+    /// As [`ntk_core::train::train_step`]; [`ntk_core::Error::ShortBuffer`] when a batch
+    /// exceeds the workspace's `batch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        spec: &Spec<'_>,
+        model: Model<'_, T>,
+        opt: &Optimizer,
+        loss: Loss,
+        params: &mut [T],
+        state: &mut [T],
+        x: &[T],
+        y: &[T],
+        n: usize,
+        step: u64,
+    ) -> Result<f64, ntk_core::Error> {
+        use ntk_core::error::{check_len, check_shape};
+        let (d, k) = (spec.input_dim(), spec.output_dim());
+        check_shape("x", x, n * d)?;
+        check_shape("y", y, n * k)?;
+        check_shape("params", params, spec.param_count())?;
+        if n == 0 {
+            return Err(ntk_core::Error::ShapeMismatch { what: "x", expected: d, got: 0 });
+        }
+        let b = opt.batch_len(n);
+        check_len("batch", &self.f, b * k)?;
+        let (mut xb, mut yb) = (std::mem::take(&mut self.xb), std::mem::take(&mut self.yb));
+        let nb = if b == n {
+            n
+        } else {
+            let per_epoch = n.div_ceil(b) as u64;
+            self.perm.resize(n, 0);
+            ntk_core::train::epoch_permutation(&mut self.perm, opt.seed, step / per_epoch);
+            let j = (step % per_epoch) as usize;
+            let idx = &self.perm[j * b..((j + 1) * b).min(n)];
+            for (r, &i) in idx.iter().enumerate() {
+                xb[r * d..(r + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
+                yb[r * k..(r + 1) * k].copy_from_slice(&y[i * k..(i + 1) * k]);
+            }
+            idx.len()
+        };
+        let (xs, ys) = if b == n { (x, y) } else { (&xb[..nb * d], &yb[..nb * k]) };
+        let r = self.loss_gradient(spec, model, params, xs, ys, nb, loss, b == n);
+        (self.xb, self.yb) = (xb, yb);
+        let value = r?;
+        par_update(opt, params, &self.grad, state, step)?;
+        Ok(value)
+    }
+
+    /// Loss and gradient (into `self.grad`) on one batch, as
+    /// [`ntk_core::train::loss_gradient`].
+    #[allow(clippy::too_many_arguments)]
+    fn loss_gradient(
+        &mut self,
+        spec: &Spec<'_>,
+        model: Model<'_, T>,
+        params: &[T],
+        x: &[T],
+        y: &[T],
+        n: usize,
+        loss: Loss,
+        full: bool,
+    ) -> Result<f64, ntk_core::Error> {
+        let k = spec.output_dim();
+        let at = match model {
+            Model::Network => {
+                self.cache0 = None;
+                self.forward(spec, params, x, n)?;
+                let f = ntk_core::forward::output(spec, &self.cache, n);
+                self.f[..n * k].copy_from_slice(f);
+                params
+            }
+            Model::Linearized { params0 } => {
+                let key = (params0.as_ptr() as usize, x.as_ptr() as usize, n);
+                if !(full && self.cache0 == Some(key)) {
+                    self.cache0 = None;
+                    self.forward(spec, params0, x, n)?;
+                    if full {
+                        self.cache0 = Some(key);
+                    }
+                }
+                self.jvp(spec, params0, x, n, params)?;
+                let f0 = ntk_core::forward::output(spec, &self.cache, n);
+                for (o, &v) in self.f[..n * k].iter_mut().zip(f0) {
+                    *o += v;
+                }
+                params0
+            }
+        };
+        let value = ntk_core::backward::loss_and_gradient(
+            loss,
+            &mut self.g[..n * k],
+            &self.f[..n * k],
+            y,
+            n,
+        );
+        self.backward(spec, at, x, n)?;
+        Ok(value)
+    }
+
+    /// Region 1: the core's forward pass into `cache` (and the layer inputs into `acts`),
+    /// each row block through all layers.
+    fn forward(
+        &mut self,
+        spec: &Spec<'_>,
+        params: &[T],
+        x: &[T],
+        n: usize,
+    ) -> Result<(), ntk_core::Error> {
+        use ntk_core::forward::{activations, cache_len, check_finite, forward_layer};
+        let (w, rb, d, layers) = (spec.widths, self.rb, spec.input_dim(), spec.layers());
+        check_finite("x", x)?;
+        let len = cache_len(w, n);
+        let hs = split_blocks(&mut self.cache[..len], w, n, rb);
+        let acts = split_blocks(&mut self.acts[..len], w, n, rb);
+        hs.into_par_iter()
+            .zip(acts)
+            .zip(x.par_chunks(rb * d))
+            .zip(self.block_scratch.par_chunks_mut(self.per_block))
+            .try_for_each(|(((mut h, mut act), xb), gs)| {
+                let rows = xb.len() / d;
+                for i in 0..layers {
+                    let (before, after) = h.split_at_mut(i);
+                    let a: &[T] = if i == 0 {
+                        xb
+                    } else {
+                        activations(spec, act[i - 1], before[i - 1]);
+                        act[i - 1]
+                    };
+                    forward_layer(spec, params, i, after[0], MatRef::row_major(a, rows, w[i]), gs)?;
+                }
+                Ok(())
+            })
+    }
+
+    /// Layer `i`'s inputs for all n samples: `x` (i = 0) or `phi(h^{i-1})` from `acts`.
+    fn inputs<'s>(spec: &Spec<'_>, acts: &'s [T], x: &'s [T], n: usize, i: usize) -> &'s [T] {
+        if i == 0 {
+            x
+        } else {
+            ntk_core::forward::pre_activations(spec, acts, n, i - 1)
+        }
+    }
+
+    /// Region 2: the core's JVP `J(params0) v` (forward-mode tangents,
+    /// [`ntk_core::linearized::jvp`]) into `f`, each row block through all layers, given the
+    /// forward pass at `params0` in `cache` and `acts`.
+    fn jvp(
+        &mut self,
+        spec: &Spec<'_>,
+        params0: &[T],
+        x: &[T],
+        n: usize,
+        v: &[T],
+    ) -> Result<(), ntk_core::Error> {
+        use ntk_core::forward::{forward_layer, pre_activations};
+        use ntk_core::simd::{gemm, MatMut};
+        let (w, rb, layers, k) = (spec.widths, self.rb, spec.layers(), spec.output_dim());
+        let m = ntk_core::spec::max_width(w);
+        let (cache, acts) = (&self.cache, &self.acts);
+        self.f[..n * k]
+            .par_chunks_mut(rb * k)
+            .zip(self.tangents.par_chunks_mut(2 * rb * m))
+            .zip(self.block_scratch.par_chunks_mut(self.per_block))
+            .enumerate()
+            .try_for_each(|(b, ((fb, tan), gs))| {
+                let (r0, rows) = (b * rb, fb.len() / k);
+                let (cur, next) = tan.split_at_mut(rb * m);
+                let (mut cur, mut next) = (cur, next);
+                for i in 0..layers {
+                    let (n_in, n_out) = (w[i], w[i + 1]);
+                    let a = &Self::inputs(spec, acts, x, n, i)[r0 * n_in..(r0 + rows) * n_in];
+                    let dh = &mut next[..rows * n_out];
+                    forward_layer(spec, v, i, dh, MatRef::row_major(a, rows, n_in), gs)?;
+                    if i > 0 {
+                        let (wt, _) = spec.layer(params0, i);
+                        gemm(
+                            MatMut::row_major(dh, rows, n_out),
+                            T::from_f64(spec.weight_multiplier(i)),
+                            MatRef::row_major(&cur[..rows * n_in], rows, n_in),
+                            MatRef::row_major(wt, n_out, n_in).t(),
+                            T::ONE,
+                            gs,
+                        )?;
+                    }
+                    if i + 1 < layers {
+                        let h = pre_activations(spec, cache, n, i);
+                        spec.activation.mul_dphi(dh, &h[r0 * n_out..(r0 + rows) * n_out]);
+                    }
+                    if dh.iter().any(|t| !t.is_finite()) {
+                        return Err(ntk_core::Error::NonFinite {
+                            layer: i + 1,
+                            pass: ntk_core::Pass::Forward,
+                        });
+                    }
+                    std::mem::swap(&mut cur, &mut next);
+                }
+                fb.copy_from_slice(&cur[..rows * k]);
+                Ok(())
+            })
+    }
+
+    /// Regions 3 and 4: the core's parameter gradient
+    /// ([`ntk_core::backward::param_gradient`]) of `g` into `grad` at `params`, given the
+    /// forward pass at `params` in `cache` and `acts`.
+    fn backward(
+        &mut self,
+        spec: &Spec<'_>,
+        params: &[T],
+        x: &[T],
+        n: usize,
+    ) -> Result<(), ntk_core::Error> {
+        use ntk_core::backward::signals_step;
+        use ntk_core::forward::{cache_len, pre_activations};
+        use ntk_core::simd::{gemm, MatMut};
+        let (w, rb, ob, k, layers) =
+            (spec.widths, self.rb, self.ob, spec.output_dim(), spec.layers());
+        let cache = &self.cache;
+        // Region 3: signals, each row block through all layers.
+        split_blocks(&mut self.deltas[..cache_len(w, n)], w, n, rb)
+            .into_par_iter()
+            .zip(self.g[..n * k].par_chunks(rb * k))
+            .zip(self.block_scratch.par_chunks_mut(self.per_block))
+            .enumerate()
+            .try_for_each(|(b, ((mut dl, gb), gs))| {
+                let (r0, rows) = (b * rb, gb.len() / k);
+                dl[layers - 1].copy_from_slice(gb);
+                for i in (1..layers).rev() {
+                    let (before, after) = dl.split_at_mut(i);
+                    let h = pre_activations(spec, cache, n, i - 1);
+                    let h_prev = &h[r0 * w[i]..(r0 + rows) * w[i]];
+                    signals_step(spec, params, i, before[i - 1], after[0], h_prev, 1, gs)?;
+                }
+                Ok::<(), ntk_core::Error>(())
+            })?;
+        // Region 4: weight and bias gradients over blocks of output rows of every layer.
+        let mut items: Vec<(usize, usize, &mut [T], &mut [T])> = Vec::new();
+        let mut rest: &mut [T] = &mut self.grad;
+        for i in 0..layers {
+            let (n_in, n_out) = (w[i], w[i + 1]);
+            let nb = if spec.bias { n_out } else { 0 };
+            let (layer, r) = std::mem::take(&mut rest).split_at_mut(n_out * n_in + nb);
+            rest = r;
+            let (gw, gb) = layer.split_at_mut(n_out * n_in);
+            let mut gbs = gb.chunks_mut(ob);
+            for (blk, gwc) in gw.chunks_mut(ob * n_in).enumerate() {
+                items.push((i, blk * ob, gwc, gbs.next().unwrap_or_default()));
+            }
+        }
+        let (deltas, acts, scratch) = (&self.deltas, &self.acts, &self.thread_scratch);
+        let cb = T::from_f64(spec.bias_multiplier());
+        // Set when a gradient entry is not finite; checked on each block while it is in cache
+        // and reported after the whole backward pass, as the core does.
+        let bad = AtomicBool::new(false);
+        let flag = |v: &[T]| {
+            let mut b = false;
+            for x in v {
+                b |= !x.is_finite();
+            }
+            if b {
+                bad.store(true, Ordering::Relaxed);
+            }
+        };
+        items.into_par_iter().try_for_each(|(i, r0, gw, gb)| {
+            let (n_in, n_out) = (w[i], w[i + 1]);
+            let rows = gw.len() / n_in;
+            let d = pre_activations(spec, deltas, n, i);
+            let t = rayon::current_thread_index().unwrap_or(0) % scratch.len();
+            let mut gs = scratch[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            gemm(
+                MatMut::row_major(gw, rows, n_in),
+                T::from_f64(spec.weight_multiplier(i)),
+                MatRef::row_major(d, n, n_out).t().rows(r0, rows),
+                MatRef::row_major(Self::inputs(spec, acts, x, n, i), n, n_in),
+                T::ZERO,
+                &mut gs,
+            )?;
+            flag(gw);
+            if !gb.is_empty() {
+                gb.fill(T::ZERO);
+                for row in d.chunks_exact(n_out) {
+                    for (o, &v) in gb.iter_mut().zip(&row[r0..]) {
+                        *o += v;
+                    }
+                }
+                for o in gb.iter_mut() {
+                    *o *= cb;
+                }
+                flag(gb);
+            }
+            Ok::<(), ntk_core::Error>(())
+        })?;
+        if bad.load(Ordering::Relaxed) {
+            return Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Backward });
+        }
+        Ok(())
+    }
+}
+
+/// [`Optimizer::update`] over chunks of the parameters in parallel (elementwise, so equal to
+/// it bit for bit), through [`Optimizer::update_slices`].
 ///
 /// # Errors
-/// As [`ntk_core::train::train_step`] (overflow is reported as the core's `NonFinite`).
+/// As [`Optimizer::update`].
+pub fn par_update<T: Real>(
+    opt: &Optimizer,
+    params: &mut [T],
+    grad: &[T],
+    state: &mut [T],
+    step: u64,
+) -> Result<(), ntk_core::Error> {
+    use ntk_core::error::check_shape;
+    const CHUNK: usize = 1 << 14;
+    check_shape("grad", grad, params.len())?;
+    check_shape("state", state, opt.state_len(params.len()))?;
+    let (m, v) = state.split_at_mut(state.len() / 2);
+    let ok = if m.is_empty() {
+        params
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .map(|(p, g)| opt.update_slices(p, g, &mut [], &mut [], step))
+            .reduce(|| true, |a, b| a && b)
+    } else {
+        params
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .map(|(((p, g), m), v)| opt.update_slices(p, g, m, v, step))
+            .reduce(|| true, |a, b| a && b)
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Train })
+    }
+}
+
+/// One full-batch optimizer step with both cores: [`ParStep::step`] with a fresh workspace
+/// (equal to [`ntk_core::train::train_step`] bit for bit, for any thread count).
+///
+/// # Errors
+/// As [`ntk_core::train::train_step`].
 #[allow(clippy::too_many_arguments)]
 pub fn par_full_batch_step<T: Real>(
     spec: &Spec<'_>,
@@ -572,34 +1100,8 @@ pub fn par_full_batch_step<T: Real>(
     n: usize,
     step: u64,
 ) -> Result<f64, ntk_core::Error> {
-    use ntk_core::train::{loss_gradient, loss_gradient_scratch};
-    use rayon::prelude::*;
-    let (d, k, p) = (spec.input_dim(), spec.output_dim(), params.len());
-    let blocks = n.div_ceil(TRAIN_BLOCK);
-    let frozen: &[T] = params;
-    let parts: Vec<(f64, Vec<T>)> = (0..blocks)
-        .into_par_iter()
-        .map(|b| {
-            let (r0, r1) = (b * TRAIN_BLOCK, ((b + 1) * TRAIN_BLOCK).min(n));
-            let nb = r1 - r0;
-            let mut grad = vec![T::ZERO; p];
-            let mut s = vec![T::ZERO; loss_gradient_scratch(spec.widths, nb)];
-            let (xb, yb) = (&x[r0 * d..r1 * d], &y[r0 * k..r1 * k]);
-            let l = loss_gradient(spec, model, frozen, xb, yb, nb, loss, &mut grad, &mut s)?;
-            Ok((l * nb as f64 / n as f64, grad))
-        })
-        .collect::<Result<_, ntk_core::Error>>()?;
-    let mut grad = vec![T::ZERO; p];
-    let mut value = 0.0;
-    for (b, (l, g)) in parts.iter().enumerate() {
-        let w = T::from_f64((((b + 1) * TRAIN_BLOCK).min(n) - b * TRAIN_BLOCK) as f64 / n as f64);
-        value += l;
-        for (a, &v) in grad.iter_mut().zip(g) {
-            *a += w * v;
-        }
-    }
-    opt.update(params, &grad, state, step)?;
-    Ok(value)
+    let full = Optimizer { batch_size: 0, ..*opt };
+    ParStep::new(spec, n).step(spec, model, &full, loss, params, state, x, y, n, step)
 }
 
 /// A progress bar on stderr for `len` steps, hidden with `quiet` or when stderr is not a
@@ -701,9 +1203,7 @@ pub fn output_dim(net: &NetArgs, data: &Split) -> CliResult<usize> {
 /// # Errors
 /// Usage errors for bad flags, runtime errors for files.
 pub fn run(a: TrainArgs) -> CliResult {
-    if a.track_every == 0 {
-        return Err(CliError::flag("--track-every", 0, "must be positive"));
-    }
+    Schedule::from_flags(a.track_every, a.track_steps.as_deref(), a.track)?;
     if !(a.lr_fraction > 0.0 && a.lr_fraction.is_finite()) {
         return Err(CliError::flag("--lr-fraction", a.lr_fraction, "must be positive"));
     }
@@ -754,7 +1254,9 @@ fn config_json(a: &TrainArgs, data: &Split, widths: &[usize]) -> serde_json::Val
         "batch_size": a.batch_size, "max_steps": a.max_steps,
         "stopping_rule": if a.no_stop { json!(null) } else {
             json!({"min_decrease": a.min_decrease, "patience": a.patience}) },
-        "track_every": a.track_every, "probe_size": a.probe_size,
+        "track": Schedule::from_flags(a.track_every, a.track_steps.as_deref(), a.track)
+            .map_or(json!(null), |s| s.to_json()),
+        "probe_size": a.probe_size,
         "linearized": !a.no_linearized, "seed": a.run.seed, "precision": a.run.precision,
         "threads": a.run.thread_count(),
     })
@@ -780,7 +1282,7 @@ fn train_typed<T: Real>(
         opt: optimizer(a.optimizer, lr, a.batch_size, a.run.seed)?,
         max_steps: a.max_steps,
         stop: (!a.no_stop).then(|| Plateau::new(a.min_decrease, a.patience)),
-        track_every: a.track_every,
+        track: Schedule::from_flags(a.track_every, a.track_steps.as_deref(), a.track)?,
         linearized: !a.no_linearized,
         probe: probe_indices(data.labels_train.as_deref(), data.n_train(), a.probe_size),
     };
@@ -906,76 +1408,117 @@ mod tests {
         assert_eq!(block_stats(&th, &[0, 0, 1, 1]), (0.5, 0.25));
     }
 
-    /// The block-parallel full-batch step equals the core's single-block step (1e-12) and is
-    /// bit-identical with 1 and 2 threads (150 samples: blocks of 64, 64, 22).
+    /// The row-parallel step equals the core's train_step bit for bit, with 1, 2 and 4 threads:
+    /// network and linearized model, GD, mini-batch SGD and Adam, with and without biases
+    /// (150 samples: row blocks of 150, 75 + 75 and 38 x 3 + 36; SGD batches of 64 and 22;
+    /// widths 40 and 33: uneven output-row blocks).
     #[test]
-    fn parallel_step_matches_core_step() {
-        let widths = [5usize, 12, 3];
-        let spec = Spec::new(
-            &widths,
-            ntk_core::Activation::Tanh,
-            1.5,
-            0.1,
-            true,
-            ntk_core::Parameterization::Standard,
-        )
-        .unwrap();
-        let mut p0 = vec![0.0f64; spec.param_count()];
-        spec.init(&mut p0, 2).unwrap();
+    fn parallel_step_is_the_core_step_bit_for_bit() {
+        use ntk_core::train::{train_step, train_step_scratch};
+        let widths = [5usize, 40, 33, 3];
         let n = 150;
         let x: Vec<f64> = (0..n * 5).map(|i| ntk_core::rng::normal(3, 0, i as u64)).collect();
         let y: Vec<f64> = (0..n * 3).map(|i| ntk_core::rng::normal(4, 0, i as u64)).collect();
-        let opt = Optimizer { method: Method::ADAM, learning_rate: 1e-2, batch_size: 0, seed: 0 };
-        let run_par = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut p = p0.clone();
-            let mut st = vec![0.0; opt.state_len(p.len())];
-            let l: Vec<f64> = pool.install(|| {
-                (0..3)
-                    .map(|t| {
-                        par_full_batch_step(
-                            &spec,
-                            Model::Network,
-                            &opt,
-                            Loss::Mse,
-                            &mut p,
-                            &mut st,
-                            &x,
-                            &y,
-                            n,
-                            t,
-                        )
-                        .unwrap()
-                    })
-                    .collect()
-            });
-            (l, p)
-        };
-        let (l1, p1) = run_par(1);
-        let (l2, p2) = run_par(2);
-        assert_eq!((&l1, &p1), (&l2, &p2));
-        let mut p = p0.clone();
-        let mut st = vec![0.0; opt.state_len(p.len())];
-        let mut s = vec![0.0; train_step_scratch(&widths, true, n)];
-        for (t, &lp) in l1.iter().enumerate() {
-            let l = train_step(
-                &spec,
-                Model::Network,
-                &opt,
-                Loss::Mse,
-                &mut p,
-                &mut st,
-                &x,
-                &y,
-                n,
-                t as u64,
-                &mut [],
-                &mut s,
-            )
-            .unwrap();
-            assert!((l - lp).abs() < 1e-12 * l, "{l} vs {lp}");
+        for (bias, param) in
+            [(true, ntk_core::Parameterization::Standard), (false, ntk_core::Parameterization::Ntk)]
+        {
+            let act = ntk_core::Activation::Tanh;
+            let spec = Spec::new(&widths, act, 1.5, 0.1, bias, param).unwrap();
+            let mut p0 = vec![0.0f64; spec.param_count()];
+            spec.init(&mut p0, 2).unwrap();
+            for opt in [
+                Optimizer::gd(1e-2),
+                Optimizer { method: Method::Sgd, learning_rate: 1e-2, batch_size: 64, seed: 5 },
+                Optimizer { method: Method::ADAM, learning_rate: 1e-2, batch_size: 0, seed: 0 },
+            ] {
+                for linearized in [false, true] {
+                    let model = |q0: &[f64]| -> Vec<f64> { q0.to_vec() };
+                    let base = model(&p0);
+                    let start = if linearized { vec![0.0; p0.len()] } else { p0.clone() };
+                    let m = if linearized {
+                        Model::Linearized { params0: &base }
+                    } else {
+                        Model::Network
+                    };
+                    let mut p = start.clone();
+                    let mut st = vec![0.0; opt.state_len(p.len())];
+                    let mut s = vec![0.0; train_step_scratch(&widths, bias, opt.batch_len(n))];
+                    let mut perm = vec![0; n];
+                    let core: Vec<f64> = (0..4)
+                        .map(|t| {
+                            train_step(
+                                &spec,
+                                m,
+                                &opt,
+                                Loss::Mse,
+                                &mut p,
+                                &mut st,
+                                &x,
+                                &y,
+                                n,
+                                t,
+                                &mut perm,
+                                &mut s,
+                            )
+                            .unwrap()
+                        })
+                        .collect();
+                    for threads in [1, 2, 4] {
+                        let pool =
+                            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let mut q = start.clone();
+                        let mut sq = vec![0.0; opt.state_len(q.len())];
+                        let l: Vec<f64> = pool.install(|| {
+                            let mut ws = ParStep::new(&spec, opt.batch_len(n));
+                            (0..4)
+                                .map(|t| {
+                                    ws.step(
+                                        &spec,
+                                        m,
+                                        &opt,
+                                        Loss::Mse,
+                                        &mut q,
+                                        &mut sq,
+                                        &x,
+                                        &y,
+                                        n,
+                                        t,
+                                    )
+                                    .unwrap()
+                                })
+                                .collect()
+                        });
+                        let what =
+                            format!("{param:?} bias {bias} {opt:?} lin {linearized} t{threads}");
+                        assert_eq!(l, core, "{what}");
+                        assert!(
+                            q.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{what}"
+                        );
+                        assert_eq!(sq, st, "{what}");
+                    }
+                }
+            }
         }
-        assert!(rel_dist(&p1, &p) < 1e-12, "{}", rel_dist(&p1, &p));
+    }
+
+    /// Every schedule tracks step 0, exactly its own steps before the last, and the last step.
+    #[test]
+    fn schedules_track_the_requested_steps() {
+        let log = Schedule::Preset(TrackPreset::Log);
+        assert_eq!(log.tracked_steps(250), [0, 1, 2, 5, 10, 20, 50, 100, 200, 250]);
+        assert_eq!(log.tracked_steps(1000), [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]);
+        let b = Schedule::Preset(TrackPreset::StudyB);
+        assert_eq!(b.tracked_steps(450), [0, 1, 10, 20, 50, 100, 200, 300, 400, 450]);
+        let list = Schedule::from_flags(100, Some(&[50, 0, 7, 7, 3, 999]), None).unwrap();
+        assert_eq!(list, Schedule::Steps(vec![0, 3, 7, 50, 999]));
+        assert_eq!(list.tracked_steps(60), [0, 3, 7, 50, 60]);
+        assert!(!list.contains(4) && list.contains(7));
+        assert_eq!(Schedule::Every(10).tracked_steps(25), [0, 10, 20, 25]);
+        assert_eq!(Schedule::Every(0).tracked_steps(25), [0, 25]);
+        assert_eq!(Schedule::Every(10).tracked_steps(0), [0]);
+        assert!(Schedule::from_flags(0, None, None).is_err());
+        assert_eq!(Schedule::from_flags(0, None, Some(TrackPreset::Log)).unwrap(), log);
     }
 
     #[test]
