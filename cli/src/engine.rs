@@ -22,10 +22,31 @@ pub fn row_block(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads()).max(8)
 }
 
-/// Output rows (inputs of the first set) per Gram work item: about three bands per thread,
-/// for balance when the symmetric case gives the first bands more columns.
-pub fn band(n: usize) -> usize {
-    n.div_ceil(3 * rayon::current_num_threads()).max(8)
+/// Row bands `(row0, rows)` of the Gram work items: about three per thread. In the symmetric
+/// case band `b` holds the rows whose upper-triangle work `sum_i (n - i)` falls in the `b`-th
+/// equal share (rounded to multiples of 4 rows), so the first bands are thinner; otherwise the
+/// bands are equal. Entries do not depend on the bands, so neither do results.
+pub fn bands(n: usize, symmetric: bool) -> Vec<(usize, usize)> {
+    let count = (3 * rayon::current_num_threads()).min(n.div_ceil(8)).max(1);
+    let total = (n * (n + 1) / 2) as f64;
+    let mut cuts = vec![0];
+    for b in 1..count {
+        let r = if symmetric {
+            // Solve n r - r (r - 1) / 2 = total * b / count for r (work of rows 0..r).
+            let w = total * b as f64 / count as f64;
+            let nf = n as f64 + 0.5;
+            nf - (nf * nf - 2.0 * w).max(0.0).sqrt()
+        } else {
+            (n * b) as f64 / count as f64
+        };
+        let r = ((r / 4.0).round() as usize * 4).min(n);
+        if r > *cuts.last().unwrap_or(&0) {
+            cuts.push(r);
+        }
+    }
+    cuts.push(n);
+    cuts.dedup();
+    cuts.windows(2).map(|w| (w[0], w[1] - w[0])).collect()
 }
 
 /// Forward pass of `n` inputs, layer by layer, row blocks in parallel: returns the cache of
@@ -199,9 +220,10 @@ pub fn par_empirical_ntk_timed<T: Real>(
         return Ok((Vec::new(), ph));
     }
     let mut out = vec![T::ZERO; len];
-    let bd = band(n1);
-    let band_len = len / n1 * bd;
     let symmetric = x2.is_none();
+    let bands = bands(n1, symmetric);
+    let bd = bands.iter().map(|b| b.1).max().unwrap_or(0);
+    let row_len = len / n1;
     let m = max_width(spec.widths);
     let gs_len = gram_hadamard_scratch(bd * k, n2 * k, m, k * m);
     let s = T::from_f64(spec.bias_gram_factor());
@@ -221,11 +243,16 @@ pub fn par_empirical_ntk_timed<T: Real>(
                 None => (a1, d1),
             };
             let a2 = MatRef::row_major(a2, n2, n_in);
-            out.par_chunks_mut(band_len).enumerate().try_for_each_init(
+            let mut work = Vec::with_capacity(bands.len());
+            let mut rest = out.as_mut_slice();
+            for &(row0, rows) in &bands {
+                let (band, r) = std::mem::take(&mut rest).split_at_mut(rows * row_len);
+                work.push((row0, rows, band));
+                rest = r;
+            }
+            work.into_par_iter().try_for_each_init(
                 || vec![T::ZERO; gs_len],
-                |gs, (b, band)| {
-                    let row0 = b * bd;
-                    let rows = band.len() / (len / n1);
+                |gs, (row0, rows, band)| {
                     let a1b = MatRef::row_major(&a1[row0 * n_in..(row0 + rows) * n_in], rows, n_in);
                     let d1b = &d1[row0 * k * n_out..(row0 + rows) * k * n_out];
                     accumulate_rows(
