@@ -23,6 +23,7 @@
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_cli::args::{Precision, RunArgs};
+use ntk_cli::cmd::bench::gemm_square;
 use ntk_cli::cmd::train::ParStep;
 use ntk_core::backward::Loss;
 use ntk_core::train::{train_step, train_step_scratch, Model, Optimizer};
@@ -37,35 +38,6 @@ const GEMM: usize = 2048;
 
 fn matmul_flops(w: &[usize], n: usize) -> u64 {
     w.windows(2).map(|p| 2 * (n * p[0] * p[1]) as u64).sum()
-}
-
-fn gemm_once<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, threads: usize) {
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: a, b, c are m x m column-major buffers (column stride m) that live through the
-    // call; c does not alias a or b.
-    unsafe {
-        gemm::gemm(
-            m,
-            m,
-            m,
-            c.as_mut_ptr(),
-            m as isize,
-            1,
-            false,
-            a.as_ptr(),
-            m as isize,
-            1,
-            b.as_ptr(),
-            m as isize,
-            1,
-            T::ZERO,
-            T::ONE,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
 }
 
 fn step<T: Real>(c: &mut Criterion) {
@@ -163,7 +135,7 @@ fn step<T: Real>(c: &mut Criterion) {
         let mut cm = vec![T::ZERO; GEMM * GEMM];
         group.throughput(Throughput::Elements(2 * (GEMM * GEMM * GEMM) as u64));
         group.bench_function(BenchmarkId::new("gemm_crate_2048", format!("{threads}t")), |b| {
-            b.iter(|| gemm_once(&a, &bm, &mut cm, GEMM, threads))
+            b.iter(|| gemm_square(&a, &bm, &mut cm, GEMM, threads))
         });
     }
     group.finish();
@@ -235,7 +207,7 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
                         }
                     }
                     "gemm" => {
-                        gemm_once(&a, &a, &mut cm, GEMM, threads);
+                        gemm_square(&a, &a, &mut cm, GEMM, threads);
                         2 * (GEMM * GEMM * GEMM) as u64
                     }
                     "layer_core" => {

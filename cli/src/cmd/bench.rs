@@ -242,38 +242,48 @@ pub fn time_it(min_time: f64, mut f: impl FnMut() -> CliResult) -> CliResult<(f6
     Ok((first, median(&mut times), reps))
 }
 
+/// `c = a b` for `m x m` column-major buffers through the `gemm` crate (its own AVX-512 /
+/// AVX2 kernels), with `threads` threads: the roofline reference of `ntk bench` and the benches.
+///
+/// # Panics
+/// If a buffer is shorter than `m * m`.
+pub fn gemm_square<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, threads: usize) {
+    assert!(a.len() >= m * m && b.len() >= m * m && c.len() >= m * m, "gemm_square: buffers");
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: a, b, c hold at least m x m elements (checked), column-major with column stride
+    // m, and live through the call; c is a unique borrow, so it does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            m,
+            m,
+            c.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
+            a.as_ptr(),
+            m as isize,
+            1,
+            b.as_ptr(),
+            m as isize,
+            1,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// GFLOP/s of a square GEMM of size `m` through the `gemm` crate with `threads` threads.
 pub fn gemm_rate<T: Real>(m: usize, threads: usize, min_time: f64) -> CliResult<f64> {
     let a: Vec<T> = (0..m * m).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
     let b = a.clone();
     let mut c = vec![T::ZERO; m * m];
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     let (_, med, _) = time_it(min_time, || {
-        // SAFETY: the three buffers are m x m, column-major with column stride m, and live
-        // through the call; dst does not alias the inputs.
-        unsafe {
-            gemm::gemm(
-                m,
-                m,
-                m,
-                c.as_mut_ptr(),
-                m as isize,
-                1,
-                false,
-                a.as_ptr(),
-                m as isize,
-                1,
-                b.as_ptr(),
-                m as isize,
-                1,
-                T::ZERO,
-                T::ONE,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        gemm_square(&a, &b, &mut c, m, threads);
         Ok(())
     })?;
     Ok(2.0 * (m * m * m) as f64 / med / 1e9)
