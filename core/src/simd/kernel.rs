@@ -17,6 +17,7 @@
 
 use super::elem::{Elem, MAX_LANES};
 use super::nt;
+use super::transpose;
 use super::{
     MatMut, MatRef, Part, MC, MC_GRAM, MV_NARROW, MV_WIDE, NC, NC_GRAM, NR_NARROW, NR_WIDE,
 };
@@ -64,7 +65,8 @@ fn transpose_mut<T>(m: MatMut<'_, T>) -> MatMut<'_, T> {
 /// p0 + p)` with its height `h` padded with zeros to `w = round_up(h, granule)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pack<T: Elem>(
+fn pack<T: Elem, S: Simd>(
+    s: S,
     out: &mut [T],
     src: MatRef<'_, T>,
     r0: usize,
@@ -86,6 +88,30 @@ fn pack<T: Elem>(
                 let off = row0 + (p0 + p) * src.cs;
                 chunk[..h].copy_from_slice(&src.data[off..off + h]);
                 chunk[h..].fill(zero);
+            }
+        } else if src.cs == 1 && transpose::available::<T, S>() {
+            // Rows contiguous along p: lanes x lanes blocks transposed in registers.
+            let l = T::lanes::<S>();
+            for rb in (0..h).step_by(l) {
+                let rh = l.min(h - rb);
+                for pb in (0..kc).step_by(l) {
+                    let pn = l.min(kc - pb);
+                    let base = (row0 + rb) * src.rs + p0 + pb;
+                    if rh == l && pn == l {
+                        transpose::block(s, &src.data[base..], src.rs, &mut buf[pb * w + rb..], w);
+                    } else {
+                        for r in 0..rh {
+                            for p in 0..pn {
+                                buf[(pb + p) * w + rb + r] = src.data[base + r * src.rs + p];
+                            }
+                        }
+                    }
+                }
+            }
+            if h < w {
+                for chunk in buf.chunks_exact_mut(w) {
+                    chunk[h..].fill(zero);
+                }
             }
         } else if src.cs == 1 {
             // Rows contiguous along p: transpose 8 x 8 blocks through registers / the stack.
@@ -297,11 +323,11 @@ fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'
             } else {
                 Update::Scale(beta)
             };
-            pack(pb, rhs_t, jc, nc, pc, kc, NR, NR);
+            pack(s, pb, rhs_t, jc, nc, pc, kc, NR, NR);
             let mut ic = 0;
             while ic < m {
                 let mc = MC.min(m - ic);
-                pack(pa, lhs, ic, mc, pc, kc, mr, l);
+                pack(s, pa, lhs, ic, mc, pc, kc, mr, l);
                 for jr in (0..nc).step_by(NR) {
                     let w = NR.min(nc - jr);
                     let b = &pb[jr * kc..(jr + NR) * kc];
@@ -498,8 +524,8 @@ fn gram_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gram<'
     while jc < n {
         let nc = NC_GRAM.min(n - jc);
         let nbx = round_up(nc, NR);
-        pack_chunks::<T>(pba, a2, jc, nc, ka, NR, NR, nbx);
-        pack_chunks::<T>(pbd, d2, jc, nc, kd, NR, NR, nbx);
+        pack_chunks(s, pba, a2, jc, nc, ka, NR, NR, nbx);
+        pack_chunks(s, pbd, d2, jc, nc, kd, NR, NR, nbx);
         let mut ic = 0;
         while ic < m {
             let mc = MC_GRAM.min(m - ic);
@@ -513,8 +539,8 @@ fn gram_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gram<'
                 continue;
             }
             let mbx = round_up(mc, l);
-            pack_chunks::<T>(paa, a1, ic, mc, ka, mr, l, mbx);
-            pack_chunks::<T>(pad, d1, ic, mc, kd, mr, l, mbx);
+            pack_chunks(s, paa, a1, ic, mc, ka, mr, l, mbx);
+            pack_chunks(s, pad, d1, ic, mc, kd, mr, l, mbx);
             for (pa, pb, kk, is_d) in [(&*paa, &*pba, ka, false), (&*pad, &*pbd, kd, true)] {
                 let mut p0 = 0;
                 loop {
@@ -582,7 +608,8 @@ fn gram_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gram<'
 /// panels of one register pass are contiguous.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pack_chunks<T: Elem>(
+fn pack_chunks<T: Elem, S: Simd>(
+    s: S,
     out: &mut [T],
     src: MatRef<'_, T>,
     r0: usize,
@@ -595,7 +622,7 @@ fn pack_chunks<T: Elem>(
     let mut p0 = 0;
     while p0 < k {
         let kc = T::KC.min(k - p0);
-        pack(&mut out[p0 * padded..], src, r0, rows, p0, kc, panel, granule);
+        pack(s, &mut out[p0 * padded..], src, r0, rows, p0, kc, panel, granule);
         p0 += kc;
     }
 }

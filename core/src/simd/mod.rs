@@ -28,6 +28,7 @@ mod nt;
 pub mod scalar;
 #[cfg(test)]
 mod tests;
+mod transpose;
 
 use crate::error::{check_len, Error};
 use crate::real::Real;
