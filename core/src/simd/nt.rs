@@ -22,10 +22,11 @@ const L2_BLOCK_BYTES: usize = 512 * 1024;
 const GRAM_NB: usize = 60;
 
 /// Longest rows (bytes) for which [`gemm_nt`] serves a product. The forward product
-/// `A W^T` (K = fan-in) is the NT case; measured by thread CPU time with one thread
-/// (`ntk bench`, DESIGN §9 workloads): the packed GEMM wins from K = 512 `f32` / 256 `f64`
-/// on (W2 forward 159 -> 185 GFLOP/s `f32`, 55 -> 74 `f64`), the NT tiles below.
-const GEMM_NT_MAX_ROW_BYTES: usize = 1024;
+/// `A W^T` (K = fan-in) is the NT case; measured with one thread (`ntk bench` phases, DESIGN §9
+/// workloads): with the in-register transposing pack the packed GEMM wins from K = 256 `f32`
+/// (W3 forward 2.23 -> 1.85 ms) and K = 512 / 256 before it (W2 forward 159 -> 185 GFLOP/s
+/// `f32`, 55 -> 74 `f64`); the NT tiles keep the first layers (K = d = 32, 64).
+const GEMM_NT_MAX_ROW_BYTES: usize = 512;
 
 /// Longest rows (bytes) for which [`gram_nt`] serves a Gram term. Measured the same way, NT
 /// wins at every K of the workloads (packed Gram: W4 `f32` 113 -> 61 GFLOP/s, W1 143 -> 104).
