@@ -327,7 +327,7 @@ pub fn par_infinite_kernel(
     err = errs.into_iter().fold(err, f64::max);
     if x2.is_none() {
         for o in [&mut k, &mut t] {
-            ntk_core::kernel::mirror_upper(o, n1);
+            ntk_core::ntk::mirror(o, OutputMode::Trace, n1, 1);
         }
     }
     Ok((k, t, err))

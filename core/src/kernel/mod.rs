@@ -871,22 +871,10 @@ pub fn kernel(
     info.quadrature_nodes += i3.quadrature_nodes;
     if x2.is_none() {
         for o in [nngp, ntk].into_iter().flatten() {
-            mirror_upper(o, n1);
+            crate::ntk::mirror(o, crate::ntk::OutputMode::Trace, n1, 1);
         }
     }
     Ok(info)
-}
-
-/// Copies the upper triangle of the row-major n x n `out` onto the lower one (`out[i][j] =
-/// out[j][i]` for j < i), in square blocks so that the transposed reads stay in cache: it is
-/// `ntk::mirror(out, OutputMode::Trace, n, 1)`.
-///
-/// # Panics
-/// If `out.len() != n * n`.
-#[track_caller]
-pub fn mirror_upper(out: &mut [f64], n: usize) {
-    assert_eq!(out.len(), n * n, "mirror_upper: out is not n x n");
-    crate::ntk::mirror(out, crate::ntk::OutputMode::Trace, n, 1);
 }
 
 /// The diagonal chains of every input of `x` (N x d): `(q^l, sqrt q^l, 1 / sqrt(1 + 2 q^l))`
