@@ -23,9 +23,10 @@
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_cli::args::{Precision, RunArgs};
-use ntk_cli::cmd::bench::gemm_square;
+use ntk_cli::cmd::bench::{gemm_operand, gemm_square};
 use ntk_cli::cmd::train::ParStep;
 use ntk_core::backward::Loss;
+use ntk_core::spec::param_count;
 use ntk_core::train::{train_step, train_step_scratch, Model, Optimizer};
 use ntk_core::{Activation, Parameterization, Real, Spec};
 
@@ -40,26 +41,56 @@ fn matmul_flops(w: &[usize], n: usize) -> u64 {
     w.windows(2).map(|p| 2 * (n * p[0] * p[1]) as u64).sum()
 }
 
+/// Study A's ReLU network (sigma_w2 2, sigma_b2 0.5, standard parameterization) on `w`.
+fn spec_of(w: &[usize]) -> Spec<'_> {
+    Spec::new(w, Activation::Relu, 2.0, 0.5, true, Parameterization::Standard).unwrap()
+}
+
+/// The benchmarked problem: widths, initial parameters, inputs and one-hot targets.
+struct Problem<T> {
+    w: Vec<usize>,
+    p0: Vec<T>,
+    x: Vec<T>,
+    y: Vec<T>,
+}
+
+impl<T: Real> Problem<T> {
+    fn new() -> Self {
+        let mut w = vec![D];
+        w.extend(std::iter::repeat_n(WIDTH, DEPTH));
+        w.push(K);
+        let mut p0 = vec![T::ZERO; param_count(&w, true)];
+        spec_of(&w).init(&mut p0, 0).unwrap();
+        let mut x = vec![T::ZERO; N * D];
+        ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
+        let y = (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
+        Self { w, p0, x, y }
+    }
+}
+
+/// FLOPs of a network step `2F + S`, of the core's linearized step `3F + 2S` and of
+/// `ParStep`'s linearized step `2F + 2S` on widths `w` (module docs).
+fn flops(w: &[usize]) -> (u64, u64, u64) {
+    let (f, s) = (matmul_flops(w, N), matmul_flops(&w[1..], N));
+    (2 * f + s, 3 * f + 2 * s, 2 * f + 2 * s)
+}
+
+/// A learning rate small enough that repeated steps stay finite.
+fn opt() -> Optimizer {
+    Optimizer::gd(1e-7)
+}
+
 fn step<T: Real>(c: &mut Criterion) {
-    let mut w = vec![D];
-    w.extend(std::iter::repeat_n(WIDTH, DEPTH));
-    w.push(K);
-    let spec = Spec::new(&w, Activation::Relu, 2.0, 0.5, true, Parameterization::Standard).unwrap();
-    let mut p0 = vec![T::ZERO; spec.param_count()];
-    spec.init(&mut p0, 0).unwrap();
-    let mut x = vec![T::ZERO; N * D];
-    ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
-    let y: Vec<T> =
-        (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
-    // A learning rate small enough that repeated steps stay finite.
-    let opt = Optimizer::gd(1e-7);
-    let (fwd, sig) = (matmul_flops(&w, N), matmul_flops(&w[1..], N));
+    let Problem { w, p0, x, y } = Problem::<T>::new();
+    let spec = spec_of(&w);
+    let opt = opt();
+    let (net_flops, core_lin_flops, par_lin_flops) = flops(&w);
     let lin = Model::Linearized { params0: &p0 };
     let mut group = c.benchmark_group(format!("train_step_w256_d20_n128_{}", T::NAME));
     group.sample_size(20);
     let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
     let mut p = p0.clone();
-    group.throughput(Throughput::Elements(2 * fwd + sig));
+    group.throughput(Throughput::Elements(net_flops));
     group.bench_function("core_network_1t", |b| {
         b.iter(|| {
             train_step(
@@ -80,7 +111,7 @@ fn step<T: Real>(c: &mut Criterion) {
         })
     });
     let mut delta = vec![T::ZERO; p0.len()];
-    group.throughput(Throughput::Elements(3 * fwd + 2 * sig));
+    group.throughput(Throughput::Elements(core_lin_flops));
     group.bench_function("core_linearized_1t", |b| {
         b.iter(|| {
             train_step(
@@ -105,7 +136,7 @@ fn step<T: Real>(c: &mut Criterion) {
         let pool =
             RunArgs { seed: 0, precision: Precision::F64, threads: Some(threads), quiet: true };
         let mut p = p0.clone();
-        group.throughput(Throughput::Elements(2 * fwd + sig));
+        group.throughput(Throughput::Elements(net_flops));
         group.bench_function(BenchmarkId::new("par_network", format!("{threads}t")), |b| {
             pool.in_pool(|| {
                 let mut ws = ParStep::<T>::new(&spec, N);
@@ -118,7 +149,7 @@ fn step<T: Real>(c: &mut Criterion) {
             .unwrap()
         });
         let mut delta = vec![T::ZERO; p0.len()];
-        group.throughput(Throughput::Elements(2 * fwd + 2 * sig));
+        group.throughput(Throughput::Elements(par_lin_flops));
         group.bench_function(BenchmarkId::new("par_linearized", format!("{threads}t")), |b| {
             pool.in_pool(|| {
                 let mut ws = ParStep::<T>::new(&spec, N);
@@ -129,8 +160,7 @@ fn step<T: Real>(c: &mut Criterion) {
             })
             .unwrap()
         });
-        let a: Vec<T> =
-            (0..GEMM * GEMM).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
+        let a = gemm_operand::<T>(GEMM);
         let bm = a.clone();
         let mut cm = vec![T::ZERO; GEMM * GEMM];
         group.throughput(Throughput::Elements(2 * (GEMM * GEMM * GEMM) as u64));
@@ -143,25 +173,15 @@ fn step<T: Real>(c: &mut Criterion) {
 
 /// The fixed-work mode (see the module docs).
 fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
-    let mut w = vec![D];
-    w.extend(std::iter::repeat_n(WIDTH, DEPTH));
-    w.push(K);
-    let spec = Spec::new(&w, Activation::Relu, 2.0, 0.5, true, Parameterization::Standard).unwrap();
-    let mut p0 = vec![T::ZERO; spec.param_count()];
-    spec.init(&mut p0, 0).unwrap();
-    let mut x = vec![T::ZERO; N * D];
-    ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
-    let y: Vec<T> =
-        (0..N * K).map(|i| if i % K == (i / K) % K { T::ONE } else { T::ZERO }).collect();
-    let opt = Optimizer::gd(1e-7);
-    let (fwd, sig) = (matmul_flops(&w, N), matmul_flops(&w[1..], N));
+    let Problem { w, p0, x, y } = Problem::<T>::new();
+    let spec = spec_of(&w);
+    let opt = opt();
+    let (net_flops, core_lin_flops, par_lin_flops) = flops(&w);
     let lin = Model::Linearized { params0: &p0 };
     let mut p = if what.ends_with("linearized") { vec![T::ZERO; p0.len()] } else { p0.clone() };
     let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
     let (a, mut cm) = if what == "gemm" {
-        let a: Vec<T> =
-            (0..GEMM * GEMM).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
-        (a, vec![T::ZERO; GEMM * GEMM])
+        (gemm_operand::<T>(GEMM), vec![T::ZERO; GEMM * GEMM])
     } else {
         (Vec::new(), Vec::new())
     };
@@ -192,18 +212,18 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
                         )
                         .unwrap();
                         if what == "core_network" {
-                            2 * fwd + sig
+                            net_flops
                         } else {
-                            3 * fwd + 2 * sig
+                            core_lin_flops
                         }
                     }
                     "par_network" | "par_linearized" => {
                         let m = if what == "par_network" { Model::Network } else { lin };
                         ws.step(&spec, m, &opt, Loss::Mse, &mut p, &mut [], &x, &y, N, 0).unwrap();
                         if what == "par_network" {
-                            2 * fwd + sig
+                            net_flops
                         } else {
-                            2 * fwd + 2 * sig
+                            par_lin_flops
                         }
                     }
                     "gemm" => {

@@ -277,9 +277,14 @@ pub fn gemm_square<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, threads: us
     }
 }
 
+/// The `m x m` operand of the roofline GEMM: small repeating values (`((i mod 7) - 3) / 10`).
+pub fn gemm_operand<T: Real>(m: usize) -> Vec<T> {
+    (0..m * m).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect()
+}
+
 /// GFLOP/s of a square GEMM of size `m` through the `gemm` crate with `threads` threads.
 pub fn gemm_rate<T: Real>(m: usize, threads: usize, min_time: f64) -> CliResult<f64> {
-    let a: Vec<T> = (0..m * m).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect();
+    let a = gemm_operand::<T>(m);
     let b = a.clone();
     let mut c = vec![T::ZERO; m * m];
     let (_, med, _) = time_it(min_time, || {
