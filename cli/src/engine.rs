@@ -159,13 +159,6 @@ pub struct Phases {
     pub gram: f64,
 }
 
-impl Phases {
-    /// Sum of the phases.
-    pub fn total(&self) -> f64 {
-        self.forward + self.activations + self.backward + self.gram
-    }
-}
-
 /// Seconds since `t`, added to `acc`; restarts `t`.
 fn lap(t: &mut std::time::Instant, acc: &mut f64) {
     let now = std::time::Instant::now();

@@ -88,11 +88,6 @@ impl NtkFlops {
     }
 }
 
-/// Total FLOPs of the empirical NTK ([`NtkFlops::of`]).
-pub fn ntk_flops(widths: &[usize], n1: usize, n2: Option<usize>, k_d: usize) -> f64 {
-    NtkFlops::of(widths, n1, n2, k_d).total()
-}
-
 /// Flags of `ntk bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
