@@ -87,7 +87,6 @@ fn pack<T: Elem, S: Simd>(
             for (p, chunk) in buf.chunks_exact_mut(w).enumerate() {
                 let off = row0 + (p0 + p) * src.cs;
                 chunk[..h].copy_from_slice(&src.data[off..off + h]);
-                chunk[h..].fill(zero);
             }
         } else if src.cs == 1 && transpose::available::<T, S>() {
             // Rows contiguous along p: lanes x lanes blocks transposed in registers.
@@ -106,11 +105,6 @@ fn pack<T: Elem, S: Simd>(
                             }
                         }
                     }
-                }
-            }
-            if h < w {
-                for chunk in buf.chunks_exact_mut(w) {
-                    chunk[h..].fill(zero);
                 }
             }
         } else if src.cs == 1 {
@@ -137,11 +131,6 @@ fn pack<T: Elem, S: Simd>(
                     }
                 }
             }
-            if h < w {
-                for chunk in buf.chunks_exact_mut(w) {
-                    chunk[h..].fill(zero);
-                }
-            }
         } else {
             for r in 0..h {
                 let off = (row0 + r) * src.rs + p0 * src.cs;
@@ -149,10 +138,10 @@ fn pack<T: Elem, S: Simd>(
                     chunk[r] = src.data[off + p * src.cs];
                 }
             }
-            if h < w {
-                for chunk in buf.chunks_exact_mut(w) {
-                    chunk[h..].fill(zero);
-                }
+        }
+        if h < w {
+            for chunk in buf.chunks_exact_mut(w) {
+                chunk[h..].fill(zero);
             }
         }
         q0 += panel;
