@@ -6,8 +6,15 @@
 //! `Parallelism::None`, same row-major operands.
 //!
 //! Run: `cargo bench -p ntk-benches --bench gemm`.
+//!
+//! Fixed-work mode, for comparisons on a busy machine: `NTK_GEMM_FIXED=PRECISION,REPS cargo
+//! bench -p ntk-benches --bench gemm` times REPS calls of each of the training step's products
+//! (row-major outputs; `fwd` `h = a W^T`, `sig` `delta W`, `wgrad` `delta^T a`, at the 128-row
+//! shapes of one thread and the 64-row blocks of two) through the core and the `gemm` crate,
+//! and prints the fastest call's time and GFLOP/s for each (the minimum filters out the time
+//! slices lost to other processes).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_core::simd::{self, MatMut, MatRef, Part};
 use ntk_core::Real;
 use std::hint::black_box;
@@ -106,5 +113,102 @@ fn benches(c: &mut Criterion) {
     bench_gram::<f32>(c);
 }
 
+/// `dst = lhs * rhs` (row-major `dst`) through the `gemm` crate, single thread.
+fn gemm_crate<T: Real>(dst: &mut [T], lhs: MatRef<'_, T>, rhs: MatRef<'_, T>) {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+    assert!(dst.len() >= m * n);
+    let i = |x: usize| x as isize;
+    // SAFETY: the views cover their slices (checked by MatRef), dst covers m x n and aliases
+    // neither operand. gemm's strides are (column stride, row stride).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            i(n),
+            false,
+            lhs.data.as_ptr(),
+            i(lhs.cs),
+            i(lhs.rs),
+            rhs.data.as_ptr(),
+            i(rhs.cs),
+            i(rhs.rs),
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Fastest of `reps` calls of `f`, in seconds.
+fn fastest(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The fixed-work mode (see the module docs).
+fn fixed<T: Real>(reps: usize) {
+    const W: usize = 256;
+    let a = random::<T>(128 * W, 5);
+    let w = random::<T>(W * W, 6);
+    let mut dst = vec![T::ZERO; W * W];
+    let mut scratch = vec![T::ZERO; simd::gemm_scratch(W, W, W)];
+    for rows in [128usize, 64] {
+        let ar = MatRef::row_major(&a[..rows * W], rows, W);
+        let wr = MatRef::row_major(&w, W, W);
+        // wgrad: rows of the output block (all of them, or one thread's half) of delta^T a.
+        let (ob, d) = (2 * rows, MatRef::row_major(&a, 128, W));
+        let shapes = [
+            ("fwd", ar, wr.t()),
+            ("sig", ar, wr),
+            ("wgrad", MatRef { data: d.data, rows: ob, cols: 128, rs: 1, cs: W }, d),
+        ];
+        for (name, lhs, rhs) in shapes {
+            let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+            let flops = (2 * m * n * k) as f64;
+            let core = fastest(reps, || {
+                let out = MatMut::row_major(&mut dst[..m * n], m, n);
+                simd::gemm(out, T::ONE, black_box(lhs), rhs, T::ZERO, &mut scratch).unwrap()
+            });
+            let crate_ = fastest(reps, || gemm_crate(&mut dst, black_box(lhs), rhs));
+            println!(
+                "{name} {m}x{n}x{k} {}: core {:.1} us {:.1} GFLOP/s, gemm crate {:.1} us {:.1} \
+                 GFLOP/s, ratio {:.3}",
+                T::NAME,
+                core * 1e6,
+                flops / core / 1e9,
+                crate_ * 1e6,
+                flops / crate_ / 1e9,
+                crate_ / core
+            );
+        }
+    }
+}
+
 criterion_group!(gemm_benches, benches);
-criterion_main!(gemm_benches);
+
+fn main() {
+    if let Ok(v) = std::env::var("NTK_GEMM_FIXED") {
+        let f: Vec<&str> = v.split(',').collect();
+        assert_eq!(f.len(), 2, "NTK_GEMM_FIXED=PRECISION,REPS");
+        let reps = f[1].parse().unwrap();
+        match f[0] {
+            "f32" => fixed::<f32>(reps),
+            _ => fixed::<f64>(reps),
+        }
+        return;
+    }
+    gemm_benches();
+    Criterion::default().configure_from_args().final_summary();
+}

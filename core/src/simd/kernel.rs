@@ -148,23 +148,58 @@ fn pack<T: Elem, S: Simd>(
     }
 }
 
-/// `acc + sum_p a_p b_p^T` over a packed `MV * lanes x kc` panel `a` and `kc x NR` panel `b`:
-/// one accumulator vector per (column, row vector), one FMA chain per entry.
+/// The operands of one micro-tile over `kc` steps along K: at step `p`, `MV` vectors of `a`
+/// at `a[p * a_step..]` and the `NR` scalars `b[p * b_step + b_off[j]]`. Packed panels have
+/// `a_step = MV * lanes`, `b_step = NR`, `b_off[j] = j`; unpacked operands their own strides.
+#[derive(Clone, Copy)]
+struct Panels<'a, T, const NR: usize> {
+    a: &'a [T],
+    a_step: usize,
+    b: &'a [T],
+    b_step: usize,
+    b_off: [usize; NR],
+    kc: usize,
+}
+
+impl<'a, T, const NR: usize> Panels<'a, T, NR> {
+    /// Packed `MV * lanes x kc` panel `a` and `kc x NR` panel `b` (`a_step = MV * lanes`).
+    #[inline(always)]
+    fn packed(a: &'a [T], a_step: usize, b: &'a [T], kc: usize) -> Self {
+        Self { a, a_step, b, b_step: NR, b_off: core::array::from_fn(|j| j), kc }
+    }
+}
+
+/// `acc + sum_p a_p b_p^T` over the operands `x`: one accumulator vector per (column, row
+/// vector), one FMA chain per entry.
 #[inline(always)]
 fn accumulate<T: Elem, S: Simd, const MV: usize, const NR: usize>(
     s: S,
     mut acc: [[T::V<S>; MV]; NR],
-    a: &[T],
-    b: &[T],
-    kc: usize,
+    x: &Panels<'_, T, NR>,
 ) -> [[T::V<S>; MV]; NR] {
     let l = T::lanes::<S>();
-    let (av, _) = T::as_simd::<S>(&a[..kc * MV * l]);
-    let (av, _) = pulp::as_arrays::<MV, _>(av);
-    let (bv, _) = pulp::as_arrays::<NR, _>(&b[..kc * NR]);
-    for (a, b) in av.iter().zip(bv) {
+    let kc = x.kc;
+    if kc == 0 {
+        return acc;
+    }
+    let b_max = x.b_off.iter().fold(0, |m, &o| m.max(o));
+    assert!(
+        core::mem::size_of::<T::V<S>>() == l * core::mem::size_of::<T>()
+            && x.a.len() >= (kc - 1) * x.a_step + MV * l
+            && x.b.len() > (kc - 1) * x.b_step + b_max,
+        "accumulate: operands"
+    );
+    let (pa, pb) = (x.a.as_ptr(), x.b.as_ptr());
+    for p in 0..kc {
+        // SAFETY: `T::V<S>` is `l` lanes of `T` (asserted), and every element read lies in
+        // `x.a` (`p * a_step + MV * l <= a.len()`) or `x.b` (`p * b_step + b_off[j] <
+        // b.len()`), asserted above for the largest `p`.
+        let a: [T::V<S>; MV] = core::array::from_fn(|v| unsafe {
+            pa.add(p * x.a_step + v * l).cast::<T::V<S>>().read_unaligned()
+        });
         for j in 0..NR {
-            let bj = T::splat(s, b[j]);
+            // SAFETY: see above.
+            let bj = T::splat(s, unsafe { *pb.add(p * x.b_step + x.b_off[j]) });
             for v in 0..MV {
                 acc[j][v] = T::mul_add(s, a[v], bj, acc[j][v]);
             }
@@ -231,14 +266,12 @@ fn gemm_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
     j0: usize,
     h: usize,
     w: usize,
-    a: &[T],
-    b: &[T],
-    kc: usize,
+    x: &Panels<'_, T, NR>,
     alpha: T,
     update: Update<T>,
 ) {
     let zero = [[T::splat(s, T::default()); MV]; NR];
-    let acc = accumulate::<T, S, MV, NR>(s, zero, a, b, kc);
+    let acc = accumulate::<T, S, MV, NR>(s, zero, x);
     let l = T::lanes::<S>();
     let va = T::splat(s, alpha);
     for (j, col) in acc.iter().enumerate().take(w) {
@@ -289,6 +322,15 @@ pub(crate) struct Gemm<'a, T> {
 
 register_tiles!(Gemm, [Elem], gemm_run, (MV_WIDE, NR_WIDE), (MV_NARROW, NR_NARROW));
 
+/// Largest span (bytes) of `KC` columns of a unit-row-stride `lhs` that [`gemm`] reads in
+/// place instead of packing (beyond it the columns spread over too many pages).
+const DIRECT_A_MAX_BYTES: usize = 512 * 1024;
+
+/// Blocked loop of [`gemm`]: for each `NC` block of columns and `KC` block of the inner
+/// dimension, the `MR x NR` tiles of each `MC` block of rows. `rhs` with a unit stride is read
+/// in place (scalars broadcast from its columns or rows), otherwise packed once per block;
+/// `lhs` with unit row stride is read in place (columns as vectors) unless its columns are far
+/// apart, otherwise packed per `MC` block (and a last tile with a partial vector always is).
 #[inline(always)]
 fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'_, T>) {
     let Gemm { mut dst, alpha, lhs, rhs, beta, scratch } = op;
@@ -297,8 +339,9 @@ fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'
     let mr = MV * l;
     debug_assert!(l <= MAX_LANES);
     let kc_max = k.min(T::KC);
+    let direct_a = lhs.rs == 1 && lhs.cs * kc_max * core::mem::size_of::<T>() <= DIRECT_A_MAX_BYTES;
+    let direct_b = rhs.rs == 1 || rhs.cs == 1;
     let (pb, pa) = scratch.split_at_mut(round_up(n.min(NC), NR) * kc_max);
-    let rhs_t = rhs.t();
     let mut jc = 0;
     while jc < n {
         let nc = NC.min(n - jc);
@@ -312,27 +355,48 @@ fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'
             } else {
                 Update::Scale(beta)
             };
-            pack(s, pb, rhs_t, jc, nc, pc, kc, NR, NR);
+            if !direct_b {
+                pack(s, pb, rhs.t(), jc, nc, pc, kc, NR, NR);
+            }
             let mut ic = 0;
             while ic < m {
                 let mc = MC.min(m - ic);
-                pack(s, pa, lhs, ic, mc, pc, kc, mr, l);
+                // Rows from `packed` on are read from `pa`.
+                let packed = match (direct_a, mc % l) {
+                    (false, _) => 0,
+                    (true, 0) => mc,
+                    (true, _) => (mc - 1) / mr * mr,
+                };
+                if packed < mc {
+                    pack(s, pa, lhs, ic + packed, mc - packed, pc, kc, mr, l);
+                }
                 for jr in (0..nc).step_by(NR) {
-                    let w = NR.min(nc - jr);
-                    let b = &pb[jr * kc..(jr + NR) * kc];
+                    let (j0, w) = (jc + jr, NR.min(nc - jr));
+                    let (b, b_step, b_off) = if direct_b {
+                        // Columns past the edge repeat the last one; their results are dropped.
+                        let b_off = core::array::from_fn(|j| j.min(w - 1) * rhs.cs);
+                        (&rhs.data[pc * rhs.rs + j0 * rhs.cs..], rhs.rs, b_off)
+                    } else {
+                        (&pb[jr * kc..(jr + NR) * kc], NR, core::array::from_fn(|j| j))
+                    };
                     for ir in (0..mc).step_by(mr) {
-                        let h = mr.min(mc - ir);
-                        let a = &pa[ir * kc..];
+                        let (i0, h) = (ic + ir, mr.min(mc - ir));
+                        let mv = h.div_ceil(l);
+                        let (a, a_step) = if ir < packed {
+                            (&lhs.data[i0 + pc * lhs.cs..], lhs.cs)
+                        } else {
+                            (&pa[(ir - packed) * kc..], mv * l)
+                        };
+                        let x = Panels { a, a_step, b, b_step, b_off, kc };
                         let d = &mut dst;
-                        let (i0, j0) = (ic + ir, jc + jr);
                         with_mv!(
                             gemm_tile,
                             T,
                             S,
                             MV,
                             NR,
-                            h.div_ceil(l),
-                            (s, d, i0, j0, h, w, a, b, kc, alpha, update)
+                            mv,
+                            (s, d, i0, j0, h, w, &x, alpha, update)
                         );
                     }
                 }
@@ -467,7 +531,7 @@ fn gram_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
 ) {
     let init =
         if first { [[T::splat(s, T::default()); MV]; NR] } else { load_tile::<T, S, MV, NR>(part) };
-    let acc = accumulate::<T, S, MV, NR>(s, init, a, b, kc);
+    let acc = accumulate::<T, S, MV, NR>(s, init, &Panels::packed(a, MV * T::lanes::<S>(), b, kc));
     if pass == Pass::Park {
         store_tile::<T, S, MV, NR>(part, &acc);
         return;
