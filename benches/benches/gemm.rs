@@ -8,9 +8,10 @@
 //! Run: `cargo bench -p ntk-benches --bench gemm`.
 //!
 //! Fixed-work mode, for comparisons on a busy machine: `NTK_GEMM_FIXED=PRECISION,REPS cargo
-//! bench -p ntk-benches --bench gemm` times REPS calls of each of the training step's products
-//! (row-major outputs; `fwd` `h = a W^T`, `sig` `delta W`, `wgrad` `delta^T a`, at the 128-row
-//! shapes of one thread and the 64-row blocks of two) through the core and the `gemm` crate,
+//! bench -p ntk-benches --bench gemm` times REPS calls (fewer for width 2048) of each of a
+//! layer's products (row-major outputs; `fwd` `h = a W^T`, `sig` `delta W`, `wgrad` `delta^T a`)
+//! at width 256 with 128 rows (the training step on one thread) and 64 rows (its blocks on
+//! two), and at width 2048 with 128 rows (workload W4), through the core and the `gemm` crate,
 //! and prints the fastest call's time and GFLOP/s for each (the minimum filters out the time
 //! slices lost to other processes).
 
@@ -159,24 +160,24 @@ fn fastest(reps: usize, mut f: impl FnMut()) -> f64 {
 
 /// The fixed-work mode (see the module docs).
 fn fixed<T: Real>(reps: usize) {
-    const W: usize = 256;
-    let a = random::<T>(128 * W, 5);
-    let w = random::<T>(W * W, 6);
-    let mut dst = vec![T::ZERO; W * W];
-    let mut scratch = vec![T::ZERO; simd::gemm_scratch(W, W, W)];
-    for rows in [128usize, 64] {
-        let ar = MatRef::row_major(&a[..rows * W], rows, W);
-        let wr = MatRef::row_major(&w, W, W);
-        // wgrad: rows of the output block (all of them, or one thread's half) of delta^T a.
-        let (ob, d) = (2 * rows, MatRef::row_major(&a, 128, W));
+    for (width, rows) in [(256usize, 128usize), (256, 64), (2048, 128)] {
+        let a = random::<T>(128 * width, 5);
+        let w = random::<T>(width * width, 6);
+        let mut dst = vec![T::ZERO; width * width];
+        let mut scratch = vec![T::ZERO; simd::gemm_scratch(width, width, width)];
+        let ar = MatRef::row_major(&a[..rows * width], rows, width);
+        let wr = MatRef::row_major(&w, width, width);
+        // wgrad: the output rows of one thread's block (128 rows of delta, or all) of delta^T a.
+        let (ob, d) = (2 * rows, MatRef::row_major(&a, 128, width));
         let shapes = [
             ("fwd", ar, wr.t()),
             ("sig", ar, wr),
-            ("wgrad", MatRef { data: d.data, rows: ob, cols: 128, rs: 1, cs: W }, d),
+            ("wgrad", MatRef { data: d.data, rows: ob, cols: 128, rs: 1, cs: width }, d),
         ];
         for (name, lhs, rhs) in shapes {
             let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
             let flops = (2 * m * n * k) as f64;
+            let reps = reps * 256 * 256 / (width * width);
             let core = fastest(reps, || {
                 let out = MatMut::row_major(&mut dst[..m * n], m, n);
                 simd::gemm(out, T::ONE, black_box(lhs), rhs, T::ZERO, &mut scratch).unwrap()

@@ -197,11 +197,11 @@ fn accumulate<T: Elem, S: Simd, const MV: usize, const NR: usize>(
         let a: [T::V<S>; MV] = core::array::from_fn(|v| unsafe {
             pa.add(p * x.a_step + v * l).cast::<T::V<S>>().read_unaligned()
         });
-        for j in 0..NR {
+        for (col, &off) in acc.iter_mut().zip(&x.b_off) {
             // SAFETY: see above.
-            let bj = T::splat(s, unsafe { *pb.add(p * x.b_step + x.b_off[j]) });
-            for v in 0..MV {
-                acc[j][v] = T::mul_add(s, a[v], bj, acc[j][v]);
+            let bj = T::splat(s, unsafe { *pb.add(p * x.b_step + off) });
+            for (c, &av) in col.iter_mut().zip(&a) {
+                *c = T::mul_add(s, av, bj, *c);
             }
         }
     }

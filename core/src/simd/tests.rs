@@ -484,6 +484,60 @@ fn gemm_is_tile_independent() {
     gemm_deterministic::<f32>();
 }
 
+/// Whatever the layouts, so whether an operand is packed or read in place (`lhs` columns as
+/// vectors, `rhs` columns or rows broadcast, the last partial vector of rows packed, the
+/// columns past an edge repeated) and whichever orientation a row-major `dst` makes, every
+/// entry has the same bits. K is beyond the NT kernel's reach, so the packed kernel serves all
+/// layouts; sizes cover partial vectors and tiles, several `KC` blocks, `MC` blocks and a
+/// column-major `lhs` too far spread to be read in place.
+fn gemm_layouts_agree<T: Real>() {
+    let s = seed();
+    let shapes =
+        [(67, 13, 300), (5, 29, 600), (130, 7, 257), (16, 66, 520), (200, 5, 130), (260, 3, 520)];
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        let case = case as u64;
+        let (alpha, beta) =
+            (T::from_f64(0.75), T::from_f64(if case.is_multiple_of(2) { 0.0 } else { 0.5 }));
+        let product = |la: Layout, lb: Layout, ld: Layout| {
+            let lhs = Mat::<T>::new(la, m, k, 1, s, 3 * case);
+            let rhs = Mat::<T>::new(lb, k, n, 0, s, 3 * case + 1);
+            let mut dst = Mat::<T>::new(ld, m, n, 1, s, 3 * case + 2);
+            let mut scratch = vec![T::from_f64(f64::NAN); gemm_scratch(m, n, k)];
+            let (l, r) = (lhs.view_as(la), rhs.view_as(lb));
+            gemm(dst.view_mut(), alpha, l, r, beta, &mut scratch).unwrap();
+            dst
+        };
+        let want = product(Layout::Strided, Layout::Strided, Layout::ColMajor);
+        for la in LAYOUTS {
+            for lb in LAYOUTS {
+                for ld in [Layout::RowMajor, Layout::ColMajor] {
+                    let got = product(la, lb, ld);
+                    for i in 0..m {
+                        for j in 0..n {
+                            assert_eq!(
+                                bits(got.at(i, j)),
+                                bits(want.at(i, j)),
+                                "gemm<{}> {m}x{n}x{k} lhs {la:?} rhs {lb:?} dst {ld:?} ({i}, {j})",
+                                T::NAME
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_is_layout_independent() {
+    gemm_layouts_agree::<f64>();
+    gemm_layouts_agree::<f32>();
+    at_lower_levels(|| {
+        gemm_layouts_agree::<f64>();
+        gemm_layouts_agree::<f32>();
+    });
+}
+
 /// `0.125 + (c a[i0..] a[j0..]^T + shift) .* (d[i0..] d[j0..]^T)` for a `rows x cols` block
 /// in `layout` (output filled from stream `salt`, then overwritten to 0.125).
 #[allow(clippy::too_many_arguments)]
