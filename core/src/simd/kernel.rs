@@ -322,6 +322,48 @@ pub(crate) struct Gemm<'a, T> {
 
 register_tiles!(Gemm, [Elem], gemm_run, (MV_WIDE, NR_WIDE), (MV_NARROW, NR_NARROW));
 
+/// Rows `ic..ic + mc` and inner indices `pc..pc + kc` of [`gemm`]'s `lhs` as its tiles read
+/// them: in place before row `ic + packed`, from the packed panels `pa` from there on.
+#[derive(Clone, Copy)]
+struct LhsBlock<'a, T> {
+    lhs: MatRef<'a, T>,
+    pa: &'a [T],
+    ic: usize,
+    mc: usize,
+    packed: usize,
+    pc: usize,
+    kc: usize,
+}
+
+/// The tiles of one column panel `j0..j0 + w` (`w <= NRX`) of a block of [`gemm`]: column `j`
+/// of the panel at `b[p * b_step + j * b_cs]` (past `w` the last column is repeated and its
+/// results dropped).
+#[inline(always)]
+fn gemm_panel<T: Elem, S: Simd, const MV: usize, const NRX: usize>(
+    s: S,
+    dst: &mut MatMut<'_, T>,
+    blk: LhsBlock<'_, T>,
+    j0: usize,
+    w: usize,
+    (b, b_step, b_cs): (&[T], usize, usize),
+    (alpha, update): (T, Update<T>),
+) {
+    let l = T::lanes::<S>();
+    let mr = MV * l;
+    let b_off = core::array::from_fn(|j| j.min(w - 1) * b_cs);
+    for ir in (0..blk.mc).step_by(mr) {
+        let (i0, h) = (blk.ic + ir, mr.min(blk.mc - ir));
+        let mv = h.div_ceil(l);
+        let (a, a_step) = if ir < blk.packed {
+            (&blk.lhs.data[i0 + blk.pc * blk.lhs.cs..], blk.lhs.cs)
+        } else {
+            (&blk.pa[(ir - blk.packed) * blk.kc..], mv * l)
+        };
+        let x = Panels { a, a_step, b, b_step, b_off, kc: blk.kc };
+        with_mv!(gemm_tile, T, S, MV, NRX, mv, (s, dst, i0, j0, h, w, &x, alpha, update));
+    }
+}
+
 /// Largest span (bytes) of `KC` columns of a unit-row-stride `lhs` that [`gemm`] reads in
 /// place instead of packing (beyond it the columns spread over too many pages).
 const DIRECT_A_MAX_BYTES: usize = 512 * 1024;
@@ -370,34 +412,22 @@ fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'
                 if packed < mc {
                     pack(s, pa, lhs, ic + packed, mc - packed, pc, kc, mr, l);
                 }
+                let blk = LhsBlock { lhs, pa: &*pa, ic, mc, packed, pc, kc };
                 for jr in (0..nc).step_by(NR) {
                     let (j0, w) = (jc + jr, NR.min(nc - jr));
-                    let (b, b_step, b_off) = if direct_b {
-                        // Columns past the edge repeat the last one; their results are dropped.
-                        let b_off = core::array::from_fn(|j| j.min(w - 1) * rhs.cs);
-                        (&rhs.data[pc * rhs.rs + j0 * rhs.cs..], rhs.rs, b_off)
+                    let b = if direct_b {
+                        (&rhs.data[pc * rhs.rs + j0 * rhs.cs..], rhs.rs, rhs.cs)
                     } else {
-                        (&pb[jr * kc..(jr + NR) * kc], NR, core::array::from_fn(|j| j))
+                        (&pb[jr * kc..(jr + NR) * kc], NR, 1)
                     };
-                    for ir in (0..mc).step_by(mr) {
-                        let (i0, h) = (ic + ir, mr.min(mc - ir));
-                        let mv = h.div_ceil(l);
-                        let (a, a_step) = if ir < packed {
-                            (&lhs.data[i0 + pc * lhs.cs..], lhs.cs)
-                        } else {
-                            (&pa[(ir - packed) * kc..], mv * l)
-                        };
-                        let x = Panels { a, a_step, b, b_step, b_off, kc };
-                        let d = &mut dst;
-                        with_mv!(
-                            gemm_tile,
-                            T,
-                            S,
-                            MV,
-                            NR,
-                            mv,
-                            (s, d, i0, j0, h, w, &x, alpha, update)
-                        );
+                    let (d, up) = (&mut dst, (alpha, update));
+                    // A last panel of at most 2 or 4 columns runs narrower tiles.
+                    if w <= 2 && NR > 2 {
+                        gemm_panel::<T, S, MV, 2>(s, d, blk, j0, w, b, up);
+                    } else if w <= 4 && NR > 4 {
+                        gemm_panel::<T, S, MV, 4>(s, d, blk, j0, w, b, up);
+                    } else {
+                        gemm_panel::<T, S, MV, NR>(s, d, blk, j0, w, b, up);
                     }
                 }
                 ic += MC;
