@@ -141,13 +141,31 @@ impl Activation {
         }
     }
 
-    /// `out[i] = phi(h[i])`.
+    /// `out[i] = phi(h[i])`, vectorized with the widest SIMD instruction set found at run
+    /// time (the same arithmetic per element as [`Activation::phi`]).
     ///
     /// # Panics
     /// If the lengths differ.
     #[track_caller]
     pub fn apply<T: Real>(self, out: &mut [T], h: &[T]) {
         assert_eq!(out.len(), h.len());
+        pulp::Arch::new().dispatch(Pointwise { act: self, out, h, derivative: false });
+    }
+
+    /// `g[i] *= phi'(h[i])`: the pointwise step of backprop, vectorized as
+    /// [`Activation::apply`].
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[track_caller]
+    pub fn mul_dphi<T: Real>(self, g: &mut [T], h: &[T]) {
+        assert_eq!(g.len(), h.len());
+        pulp::Arch::new().dispatch(Pointwise { act: self, out: g, h, derivative: true });
+    }
+
+    /// The loop of [`Activation::apply`] (lengths checked by the caller).
+    #[inline(always)]
+    fn apply_loop<T: Real>(self, out: &mut [T], h: &[T]) {
         match self {
             // Branch-free forms that the compiler vectorises.
             Activation::Relu => {
@@ -164,13 +182,9 @@ impl Activation {
         }
     }
 
-    /// `g[i] *= phi'(h[i])`: the pointwise step of backprop.
-    ///
-    /// # Panics
-    /// If the lengths differ.
-    #[track_caller]
-    pub fn mul_dphi<T: Real>(self, g: &mut [T], h: &[T]) {
-        assert_eq!(g.len(), h.len());
+    /// The loop of [`Activation::mul_dphi`] (lengths checked by the caller).
+    #[inline(always)]
+    fn mul_dphi_loop<T: Real>(self, g: &mut [T], h: &[T]) {
         match self {
             Activation::Relu => {
                 for (o, &x) in g.iter_mut().zip(h) {
@@ -183,6 +197,29 @@ impl Activation {
                     *o *= self.dphi(x);
                 }
             }
+        }
+    }
+}
+
+/// SIMD body of [`Activation::apply`] (`out = phi(h)`) and, with `derivative`, of
+/// [`Activation::mul_dphi`] (`out *= phi'(h)`): the plain loops, compiled with the target
+/// features of the instruction set pulp picks so that they vectorize at its full width.
+struct Pointwise<'a, T> {
+    act: Activation,
+    out: &'a mut [T],
+    h: &'a [T],
+    derivative: bool,
+}
+
+impl<T: Real> pulp::WithSimd for Pointwise<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        if self.derivative {
+            self.act.mul_dphi_loop(self.out, self.h);
+        } else {
+            self.act.apply_loop(self.out, self.h);
         }
     }
 }

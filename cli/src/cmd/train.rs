@@ -933,7 +933,7 @@ impl<T: Real> ParStep<T> {
                         let h = pre_activations(spec, cache, n, i);
                         spec.activation.mul_dphi(dh, &h[r0 * n_out..(r0 + rows) * n_out]);
                     }
-                    if dh.iter().any(|t| !t.is_finite()) {
+                    if !ntk_core::forward::all_finite(dh) {
                         return Err(ntk_core::Error::NonFinite {
                             layer: i + 1,
                             pass: ntk_core::Pass::Forward,
@@ -956,8 +956,8 @@ impl<T: Real> ParStep<T> {
         x: &[T],
         n: usize,
     ) -> Result<(), ntk_core::Error> {
-        use ntk_core::backward::signals_step;
-        use ntk_core::forward::{cache_len, pre_activations};
+        use ntk_core::backward::{bias_gradient, signals_step};
+        use ntk_core::forward::{all_finite, cache_len, pre_activations};
         use ntk_core::simd::{gemm, MatMut};
         let (w, rb, ob, k, layers) =
             (spec.widths, self.rb, self.ob, spec.output_dim(), spec.layers());
@@ -999,11 +999,7 @@ impl<T: Real> ParStep<T> {
         // and reported after the whole backward pass, as the core does.
         let bad = AtomicBool::new(false);
         let flag = |v: &[T]| {
-            let mut b = false;
-            for x in v {
-                b |= !x.is_finite();
-            }
-            if b {
+            if !all_finite(v) {
                 bad.store(true, Ordering::Relaxed);
             }
         };
@@ -1023,15 +1019,7 @@ impl<T: Real> ParStep<T> {
             )?;
             flag(gw);
             if !gb.is_empty() {
-                gb.fill(T::ZERO);
-                for row in d.chunks_exact(n_out) {
-                    for (o, &v) in gb.iter_mut().zip(&row[r0..]) {
-                        *o += v;
-                    }
-                }
-                for o in gb.iter_mut() {
-                    *o *= cb;
-                }
+                bias_gradient(gb, d, n_out, r0, cb);
                 flag(gb);
             }
             Ok::<(), ntk_core::Error>(())
