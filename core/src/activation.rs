@@ -163,6 +163,28 @@ impl Activation {
         pulp::Arch::new().dispatch(Pointwise { act: self, out: g, h, derivative: true });
     }
 
+    /// `g_r *= phi'(h_{r / rows_per_input})` for every row `g_r` (length `len`) of `g`, where
+    /// `h` holds one row per `rows_per_input` rows of `g` (the backprop step of signal blocks
+    /// with several rows per input); returns whether every result is finite. One dispatch,
+    /// each row checked while it is in cache.
+    ///
+    /// # Panics
+    /// If `g` is not `rows_per_input` rows of length `len` per row of `h`.
+    #[track_caller]
+    pub fn mul_dphi_rows<T: Real>(
+        self,
+        g: &mut [T],
+        h: &[T],
+        len: usize,
+        rows_per_input: usize,
+    ) -> bool {
+        assert!(
+            len > 0 && rows_per_input > 0 && g.len() == h.len() * rows_per_input,
+            "mul_dphi_rows: shapes"
+        );
+        pulp::Arch::new().dispatch(MulDphiRows { act: self, g, h, len, rows_per_input })
+    }
+
     /// The loop of [`Activation::apply`] (lengths checked by the caller).
     #[inline(always)]
     fn apply_loop<T: Real>(self, out: &mut [T], h: &[T]) {
@@ -209,6 +231,33 @@ struct Pointwise<'a, T> {
     out: &'a mut [T],
     h: &'a [T],
     derivative: bool,
+}
+
+/// SIMD body of [`Activation::mul_dphi_rows`].
+struct MulDphiRows<'a, T> {
+    act: Activation,
+    g: &'a mut [T],
+    h: &'a [T],
+    len: usize,
+    rows_per_input: usize,
+}
+
+impl<T: Real> pulp::WithSimd for MulDphiRows<'_, T> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        let Self { act, g, h, len, rows_per_input } = self;
+        let mut bad = false;
+        for (r, row) in g.chunks_exact_mut(len).enumerate() {
+            let p = r / rows_per_input;
+            act.mul_dphi_loop(row, &h[p * len..(p + 1) * len]);
+            for v in row.iter() {
+                bad |= !v.is_finite();
+            }
+        }
+        !bad
+    }
 }
 
 impl<T: Real> pulp::WithSimd for Pointwise<'_, T> {

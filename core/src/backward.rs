@@ -66,11 +66,7 @@ pub fn signals_step<T: Real>(
         T::ZERO,
         scratch,
     )?;
-    for (r, row) in dst.chunks_exact_mut(n_in).enumerate() {
-        let p = r / rows_per_input;
-        spec.activation.mul_dphi(row, &h_prev[p * n_in..(p + 1) * n_in]);
-    }
-    if !all_finite(dst) {
+    if !spec.activation.mul_dphi_rows(dst, h_prev, n_in, rows_per_input) {
         return Err(Error::NonFinite { layer: i, pass: Pass::Backward });
     }
     Ok(())
@@ -164,15 +160,29 @@ impl<T: Real> pulp::WithSimd for BiasGradient<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
+        // Blocks of `B` units summed in registers over all rows, then the tail unit by unit.
+        const B: usize = 64;
         let Self { gb, d, n_out, j0, cb } = self;
-        gb.fill(T::ZERO);
-        for row in d.chunks_exact(n_out) {
-            for (o, &v) in gb.iter_mut().zip(&row[j0..]) {
-                *o += v;
+        let mut blocks = gb.chunks_exact_mut(B);
+        let mut j = j0;
+        for out in &mut blocks {
+            let mut acc = [T::ZERO; B];
+            for row in d.chunks_exact(n_out) {
+                for (a, &v) in acc.iter_mut().zip(&row[j..j + B]) {
+                    *a += v;
+                }
             }
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = a * cb;
+            }
+            j += B;
         }
-        for o in gb.iter_mut() {
-            *o *= cb;
+        for (t, o) in blocks.into_remainder().iter_mut().enumerate() {
+            let mut acc = T::ZERO;
+            for row in d.chunks_exact(n_out) {
+                acc += row[j + t];
+            }
+            *o = acc * cb;
         }
     }
 }
