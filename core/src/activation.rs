@@ -141,13 +141,53 @@ impl Activation {
         }
     }
 
-    /// `out[i] = phi(h[i])`.
+    /// `out[i] = phi(h[i])`, vectorized with the widest SIMD instruction set found at run
+    /// time (the same arithmetic per element as [`Activation::phi`]).
     ///
     /// # Panics
     /// If the lengths differ.
     #[track_caller]
     pub fn apply<T: Real>(self, out: &mut [T], h: &[T]) {
         assert_eq!(out.len(), h.len());
+        pulp::Arch::new().dispatch(Pointwise { act: self, out, h, derivative: false });
+    }
+
+    /// `g[i] *= phi'(h[i])`: the pointwise step of backprop, vectorized as
+    /// [`Activation::apply`].
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[track_caller]
+    pub fn mul_dphi<T: Real>(self, g: &mut [T], h: &[T]) {
+        assert_eq!(g.len(), h.len());
+        pulp::Arch::new().dispatch(Pointwise { act: self, out: g, h, derivative: true });
+    }
+
+    /// `g_r *= phi'(h_{r / rows_per_input})` for every row `g_r` (length `len`) of `g`, where
+    /// `h` holds one row per `rows_per_input` rows of `g` (the backprop step of signal blocks
+    /// with several rows per input); returns whether every result is finite. One dispatch,
+    /// each row checked while it is in cache.
+    ///
+    /// # Panics
+    /// If `g` is not `rows_per_input` rows of length `len` per row of `h`.
+    #[track_caller]
+    pub fn mul_dphi_rows<T: Real>(
+        self,
+        g: &mut [T],
+        h: &[T],
+        len: usize,
+        rows_per_input: usize,
+    ) -> bool {
+        assert!(
+            len > 0 && rows_per_input > 0 && g.len() == h.len() * rows_per_input,
+            "mul_dphi_rows: shapes"
+        );
+        pulp::Arch::new().dispatch(MulDphiRows { act: self, g, h, len, rows_per_input })
+    }
+
+    /// The loop of [`Activation::apply`] (lengths checked by the caller).
+    #[inline(always)]
+    fn apply_loop<T: Real>(self, out: &mut [T], h: &[T]) {
         match self {
             // Branch-free forms that the compiler vectorises.
             Activation::Relu => {
@@ -164,13 +204,9 @@ impl Activation {
         }
     }
 
-    /// `g[i] *= phi'(h[i])`: the pointwise step of backprop.
-    ///
-    /// # Panics
-    /// If the lengths differ.
-    #[track_caller]
-    pub fn mul_dphi<T: Real>(self, g: &mut [T], h: &[T]) {
-        assert_eq!(g.len(), h.len());
+    /// The loop of [`Activation::mul_dphi`] (lengths checked by the caller).
+    #[inline(always)]
+    fn mul_dphi_loop<T: Real>(self, g: &mut [T], h: &[T]) {
         match self {
             Activation::Relu => {
                 for (o, &x) in g.iter_mut().zip(h) {
@@ -183,6 +219,56 @@ impl Activation {
                     *o *= self.dphi(x);
                 }
             }
+        }
+    }
+}
+
+/// SIMD body of [`Activation::apply`] (`out = phi(h)`) and, with `derivative`, of
+/// [`Activation::mul_dphi`] (`out *= phi'(h)`): the plain loops, compiled with the target
+/// features of the instruction set pulp picks so that they vectorize at its full width.
+struct Pointwise<'a, T> {
+    act: Activation,
+    out: &'a mut [T],
+    h: &'a [T],
+    derivative: bool,
+}
+
+/// SIMD body of [`Activation::mul_dphi_rows`].
+struct MulDphiRows<'a, T> {
+    act: Activation,
+    g: &'a mut [T],
+    h: &'a [T],
+    len: usize,
+    rows_per_input: usize,
+}
+
+impl<T: Real> pulp::WithSimd for MulDphiRows<'_, T> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        let Self { act, g, h, len, rows_per_input } = self;
+        let mut bad = false;
+        for (r, row) in g.chunks_exact_mut(len).enumerate() {
+            let p = r / rows_per_input;
+            act.mul_dphi_loop(row, &h[p * len..(p + 1) * len]);
+            for v in row.iter() {
+                bad |= !v.is_finite();
+            }
+        }
+        !bad
+    }
+}
+
+impl<T: Real> pulp::WithSimd for Pointwise<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        if self.derivative {
+            self.act.mul_dphi_loop(self.out, self.h);
+        } else {
+            self.act.apply_loop(self.out, self.h);
         }
     }
 }

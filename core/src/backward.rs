@@ -5,7 +5,7 @@
 //! one row (dL/df) for a loss gradient.
 
 use crate::error::{check_len, check_shape, Error, Pass};
-use crate::forward::{activations, cache_len, pre_activations};
+use crate::forward::{activations, all_finite, cache_len, pre_activations};
 use crate::real::Real;
 use crate::simd::{gemm, gemm_scratch, MatMut, MatRef};
 use crate::spec::{max_width, Spec};
@@ -66,11 +66,7 @@ pub fn signals_step<T: Real>(
         T::ZERO,
         scratch,
     )?;
-    for (r, row) in dst.chunks_exact_mut(n_in).enumerate() {
-        let p = r / rows_per_input;
-        spec.activation.mul_dphi(row, &h_prev[p * n_in..(p + 1) * n_in]);
-    }
-    if dst.iter().any(|v| !v.is_finite()) {
+    if !spec.activation.mul_dphi_rows(dst, h_prev, n_in, rows_per_input) {
         return Err(Error::NonFinite { layer: i, pass: Pass::Backward });
     }
     Ok(())
@@ -134,6 +130,63 @@ pub fn loss_and_gradient<T: Real>(loss: Loss, g: &mut [T], f: &[T], y: &[T], n: 
     total * inv_n
 }
 
+/// Bias gradient of output units `j0 .. j0 + gb.len()` of a layer:
+/// `gb[j] = c_b sum_r d[r][j0 + j]` over the rows of the signals `d` (rows x `n_out`,
+/// row-major), summed in row order and vectorized across units.
+///
+/// # Panics
+/// If `d` is not whole rows of `n_out` or the units exceed `n_out`.
+#[track_caller]
+pub fn bias_gradient<T: Real>(gb: &mut [T], d: &[T], n_out: usize, j0: usize, cb: T) {
+    assert!(
+        n_out > 0 && d.len().is_multiple_of(n_out) && j0 + gb.len() <= n_out,
+        "bias_gradient: shapes"
+    );
+    pulp::Arch::new().dispatch(BiasGradient { gb, d, n_out, j0, cb });
+}
+
+/// SIMD body of [`bias_gradient`]: the plain loops, vectorized across units with the target
+/// features of the instruction set pulp picks.
+struct BiasGradient<'a, T> {
+    gb: &'a mut [T],
+    d: &'a [T],
+    n_out: usize,
+    j0: usize,
+    cb: T,
+}
+
+impl<T: Real> pulp::WithSimd for BiasGradient<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        // Blocks of `B` units summed in registers over all rows, then the tail unit by unit.
+        const B: usize = 64;
+        let Self { gb, d, n_out, j0, cb } = self;
+        let mut blocks = gb.chunks_exact_mut(B);
+        let mut j = j0;
+        for out in &mut blocks {
+            let mut acc = [T::ZERO; B];
+            for row in d.chunks_exact(n_out) {
+                for (a, &v) in acc.iter_mut().zip(&row[j..j + B]) {
+                    *a += v;
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = a * cb;
+            }
+            j += B;
+        }
+        for (t, o) in blocks.into_remainder().iter_mut().enumerate() {
+            let mut acc = T::ZERO;
+            for row in d.chunks_exact(n_out) {
+                acc += row[j + t];
+            }
+            *o = acc * cb;
+        }
+    }
+}
+
 /// Scratch elements [`param_gradient`] needs for `n` inputs.
 pub const fn param_gradient_scratch(widths: &[usize], n: usize) -> usize {
     let m = max_width(widths);
@@ -191,15 +244,7 @@ pub fn param_gradient<T: Real>(
             gs,
         )?;
         if spec.bias {
-            gb.fill(T::ZERO);
-            for row in d.chunks_exact(n_out) {
-                for (o, &v) in gb.iter_mut().zip(row) {
-                    *o += v;
-                }
-            }
-            for o in gb.iter_mut() {
-                *o *= cb;
-            }
+            bias_gradient(gb, d, n_out, 0, cb);
         }
         if i > 0 {
             let h_prev = pre_activations(spec, cache, n, i - 1);
@@ -207,7 +252,7 @@ pub fn param_gradient<T: Real>(
             core::mem::swap(&mut cur, &mut next);
         }
     }
-    if grad.iter().any(|v| !v.is_finite()) {
+    if !all_finite(grad) {
         return Err(Error::NonFinite { layer: 0, pass: Pass::Backward });
     }
     Ok(())

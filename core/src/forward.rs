@@ -59,10 +59,15 @@ pub fn forward_layer<T: Real>(
     assert!(a.cols == n_in && h.len() == a.rows * n_out, "forward_layer: shapes");
     let (w, b) = spec.layer(params, i);
     let beta = if spec.bias {
+        // Every row is c_b b: the first one computed, the others copies of it.
         let cb = T::from_f64(spec.bias_multiplier());
-        for row in h.chunks_exact_mut(n_out) {
-            for (o, &bj) in row.iter_mut().zip(b) {
+        if a.rows > 0 {
+            let (first, rest) = h.split_at_mut(n_out);
+            for (o, &bj) in first.iter_mut().zip(b) {
                 *o = cb * bj;
+            }
+            for row in rest.chunks_exact_mut(n_out) {
+                row.copy_from_slice(first);
             }
         }
         T::ONE
@@ -72,7 +77,7 @@ pub fn forward_layer<T: Real>(
     let cw = T::from_f64(spec.weight_multiplier(i));
     let wt = MatRef::row_major(w, n_out, n_in).t();
     gemm(MatMut::row_major(h, a.rows, n_out), cw, a, wt, beta, scratch)?;
-    if h.iter().any(|v| !v.is_finite()) {
+    if !all_finite(h) {
         return Err(Error::NonFinite { layer: i + 1, pass: Pass::Forward });
     }
     Ok(())
@@ -92,6 +97,29 @@ pub fn check_finite<T: Real>(what: &'static str, x: &[T]) -> Result<(), Error> {
     match x.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(Error::NonFiniteInput { what, index }),
         None => Ok(()),
+    }
+}
+
+/// Whether every value of `x` is finite: one pass without early exit, vectorized with the
+/// widest SIMD instruction set found at run time.
+pub fn all_finite<T: Real>(x: &[T]) -> bool {
+    pulp::Arch::new().dispatch(AllFinite(x))
+}
+
+/// SIMD body of [`all_finite`]: a plain fold that the compiler vectorizes with the target
+/// features of the instruction set pulp picks.
+struct AllFinite<'a, T>(&'a [T]);
+
+impl<T: Real> pulp::WithSimd for AllFinite<'_, T> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        let mut bad = false;
+        for v in self.0 {
+            bad |= !v.is_finite();
+        }
+        !bad
     }
 }
 

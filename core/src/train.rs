@@ -161,24 +161,61 @@ impl Optimizer {
         step: u64,
     ) -> bool {
         assert_eq!(params.len(), grad.len(), "update: grad length");
-        let mut bad = false;
-        match self.method {
+        let rule = match self.method {
             Method::Sgd => {
                 assert!(m.is_empty() && v.is_empty(), "update: SGD has no state");
-                let eta = T::from_f64(self.learning_rate);
-                for (p, &g) in params.iter_mut().zip(grad) {
-                    *p -= eta * g;
-                    bad |= !p.is_finite();
-                }
+                Rule::Sgd { eta: T::from_f64(self.learning_rate) }
             }
             Method::Adam { beta1, beta2, eps } => {
                 assert!(m.len() == params.len() && v.len() == params.len(), "update: state");
                 let t = (step + 1) as f64;
                 let bc1 = 1.0 - libm::pow(beta1, t);
                 let bc2 = 1.0 - libm::pow(beta2, t);
-                let step_size = T::from_f64(self.learning_rate / bc1);
-                let inv_sqrt_bc2 = T::from_f64(1.0 / libm::sqrt(bc2));
-                let (b1, b2, eps) = (T::from_f64(beta1), T::from_f64(beta2), T::from_f64(eps));
+                Rule::Adam {
+                    step_size: T::from_f64(self.learning_rate / bc1),
+                    inv_sqrt_bc2: T::from_f64(1.0 / libm::sqrt(bc2)),
+                    b1: T::from_f64(beta1),
+                    b2: T::from_f64(beta2),
+                    eps: T::from_f64(eps),
+                }
+            }
+        };
+        pulp::Arch::new().dispatch(Update { rule, params, grad, m, v })
+    }
+}
+
+/// One update rule with its constants in `T`.
+#[derive(Clone, Copy)]
+enum Rule<T> {
+    Sgd { eta: T },
+    Adam { step_size: T, inv_sqrt_bc2: T, b1: T, b2: T, eps: T },
+}
+
+/// SIMD body of [`Optimizer::update_slices`]: the plain loops, vectorized with the target
+/// features of the instruction set pulp picks; returns whether every parameter is finite.
+struct Update<'a, T> {
+    rule: Rule<T>,
+    params: &'a mut [T],
+    grad: &'a [T],
+    m: &'a mut [T],
+    v: &'a mut [T],
+}
+
+impl<T: Real> pulp::WithSimd for Update<'_, T> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        let Self { rule, params, grad, m, v } = self;
+        let mut bad = false;
+        match rule {
+            Rule::Sgd { eta } => {
+                for (p, &g) in params.iter_mut().zip(grad) {
+                    *p -= eta * g;
+                    bad |= !p.is_finite();
+                }
+            }
+            Rule::Adam { step_size, inv_sqrt_bc2, b1, b2, eps } => {
                 let (c1, c2) = (T::ONE - b1, T::ONE - b2);
                 for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(m).zip(v) {
                     *m = b1 * *m + c1 * g;

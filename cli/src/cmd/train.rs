@@ -652,7 +652,6 @@ pub fn train_run<T: Real>(
 /// Buffers are allocated once (for batches of up to `batch` samples) and reused by every step.
 pub struct ParStep<T> {
     rb: usize,
-    ob: usize,
     /// Pre-activations h^l of every layer (the layout of the core's forward cache).
     cache: Vec<T>,
     /// Layer inputs phi(h^l) in the same layout (layer l's block feeds layer l + 1).
@@ -661,10 +660,12 @@ pub struct ParStep<T> {
     deltas: Vec<T>,
     /// Two tangent buffers of the JVP per row block.
     tangents: Vec<T>,
-    /// GEMM scratch per row block (regions 1-3).
+    /// GEMM scratch per row block (regions 1 and 2).
     block_scratch: Vec<T>,
     per_block: usize,
-    /// GEMM scratch per pool thread (region 4).
+    /// GEMM scratch of the signal chain (region 3).
+    sig_scratch: Vec<T>,
+    /// GEMM scratch per pool thread (weight gradients, region 3).
     thread_scratch: Vec<Mutex<Vec<T>>>,
     f: Vec<T>,
     g: Vec<T>,
@@ -711,21 +712,20 @@ impl<T: Real> ParStep<T> {
         let threads = rayon::current_num_threads();
         // One row block per thread: each block streams every weight matrix once.
         let rb = batch.div_ceil(threads).max(8);
-        let ob = m.div_ceil(threads).max(8);
         let blocks = batch.div_ceil(rb);
         let per_block = gemm_scratch(rb, m, m);
         let len = ntk_core::forward::cache_len(w, batch);
         Self {
             rb,
-            ob,
             cache: vec![T::ZERO; len],
             acts: vec![T::ZERO; len],
             deltas: vec![T::ZERO; len],
             tangents: vec![T::ZERO; blocks * 2 * rb * m],
             block_scratch: vec![T::ZERO; blocks * per_block],
             per_block,
+            sig_scratch: vec![T::ZERO; gemm_scratch(batch, m, m)],
             thread_scratch: (0..threads)
-                .map(|_| Mutex::new(vec![T::ZERO; gemm_scratch(ob, m, batch)]))
+                .map(|_| Mutex::new(vec![T::ZERO; gemm_scratch(m, m, batch)]))
                 .collect(),
             f: vec![T::ZERO; batch * k],
             g: vec![T::ZERO; batch * k],
@@ -933,7 +933,7 @@ impl<T: Real> ParStep<T> {
                         let h = pre_activations(spec, cache, n, i);
                         spec.activation.mul_dphi(dh, &h[r0 * n_out..(r0 + rows) * n_out]);
                     }
-                    if dh.iter().any(|t| !t.is_finite()) {
+                    if !ntk_core::forward::all_finite(dh) {
                         return Err(ntk_core::Error::NonFinite {
                             layer: i + 1,
                             pass: ntk_core::Pass::Forward,
@@ -946,9 +946,12 @@ impl<T: Real> ParStep<T> {
             })
     }
 
-    /// Regions 3 and 4: the core's parameter gradient
-    /// ([`ntk_core::backward::param_gradient`]) of `g` into `grad` at `params`, given the
-    /// forward pass at `params` in `cache` and `acts`.
+    /// Region 3: the core's parameter gradient ([`ntk_core::backward::param_gradient`]) of
+    /// `g` into `grad` at `params`, given the forward pass at `params` in `cache` and `acts`,
+    /// as two pipelined chains: one thread runs the signal backprop of the whole batch, layer
+    /// by layer, and hands each finished `delta^l` to the other chain, which computes that
+    /// layer's weight and bias gradients meanwhile (over blocks of output rows once the signals
+    /// are done, so that every thread helps with the last layers).
     fn backward(
         &mut self,
         spec: &Spec<'_>,
@@ -956,86 +959,91 @@ impl<T: Real> ParStep<T> {
         x: &[T],
         n: usize,
     ) -> Result<(), ntk_core::Error> {
-        use ntk_core::backward::signals_step;
-        use ntk_core::forward::{cache_len, pre_activations};
+        use ntk_core::backward::{bias_gradient, signals_step};
+        use ntk_core::forward::{all_finite, cache_len, pre_activations};
         use ntk_core::simd::{gemm, MatMut};
-        let (w, rb, ob, k, layers) =
-            (spec.widths, self.rb, self.ob, spec.output_dim(), spec.layers());
-        let cache = &self.cache;
-        // Region 3: signals, each row block through all layers.
-        split_blocks(&mut self.deltas[..cache_len(w, n)], w, n, rb)
-            .into_par_iter()
-            .zip(self.g[..n * k].par_chunks(rb * k))
-            .zip(self.block_scratch.par_chunks_mut(self.per_block))
-            .enumerate()
-            .try_for_each(|(b, ((mut dl, gb), gs))| {
-                let (r0, rows) = (b * rb, gb.len() / k);
-                dl[layers - 1].copy_from_slice(gb);
-                for i in (1..layers).rev() {
-                    let (before, after) = dl.split_at_mut(i);
-                    let h = pre_activations(spec, cache, n, i - 1);
-                    let h_prev = &h[r0 * w[i]..(r0 + rows) * w[i]];
-                    signals_step(spec, params, i, before[i - 1], after[0], h_prev, 1, gs)?;
-                }
-                Ok::<(), ntk_core::Error>(())
-            })?;
-        // Region 4: weight and bias gradients over blocks of output rows of every layer.
-        let mut items: Vec<(usize, usize, &mut [T], &mut [T])> = Vec::new();
-        let mut rest: &mut [T] = &mut self.grad;
+        let (w, k, layers) = (spec.widths, spec.output_dim(), spec.layers());
+        let Self { cache, acts, deltas, sig_scratch, thread_scratch, g, grad, .. } = self;
+        let (cache, acts, g) = (&cache[..], &acts[..], &g[..n * k]);
+        // Signals of every layer (n x n_l each, the forward-cache layout): one block of n rows.
+        let mut dl = split_blocks(&mut deltas[..cache_len(w, n)], w, n, n).pop().unwrap_or_default();
+        // Weight and bias gradients of every layer.
+        let mut gl: Vec<(&mut [T], &mut [T])> = Vec::with_capacity(layers);
+        let mut rest: &mut [T] = grad;
         for i in 0..layers {
             let (n_in, n_out) = (w[i], w[i + 1]);
             let nb = if spec.bias { n_out } else { 0 };
             let (layer, r) = std::mem::take(&mut rest).split_at_mut(n_out * n_in + nb);
+            gl.push(layer.split_at_mut(n_out * n_in));
             rest = r;
-            let (gw, gb) = layer.split_at_mut(n_out * n_in);
-            let mut gbs = gb.chunks_mut(ob);
-            for (blk, gwc) in gw.chunks_mut(ob * n_in).enumerate() {
-                items.push((i, blk * ob, gwc, gbs.next().unwrap_or_default()));
-            }
         }
-        let (deltas, acts, scratch) = (&self.deltas, &self.acts, &self.thread_scratch);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, &[T])>();
+        let signals_done = AtomicBool::new(false);
+        let signals = || {
+            let mut cur: &[T] = match dl.pop() {
+                Some(last) => {
+                    last.copy_from_slice(g);
+                    last
+                }
+                None => return Ok(()),
+            };
+            let _ = tx.send((layers - 1, cur));
+            for i in (1..layers).rev() {
+                let dst = dl.pop().unwrap_or_default();
+                let h_prev = pre_activations(spec, cache, n, i - 1);
+                signals_step(spec, params, i, dst, cur, h_prev, 1, sig_scratch)?;
+                cur = dst;
+                let _ = tx.send((i - 1, cur));
+            }
+            signals_done.store(true, Ordering::Release);
+            // Dropping the sender ends the other chain's loop.
+            drop(tx);
+            Ok::<(), ntk_core::Error>(())
+        };
         let cb = T::from_f64(spec.bias_multiplier());
+        let threads = thread_scratch.len();
         // Set when a gradient entry is not finite; checked on each block while it is in cache
         // and reported after the whole backward pass, as the core does.
         let bad = AtomicBool::new(false);
-        let flag = |v: &[T]| {
-            let mut b = false;
-            for x in v {
-                b |= !x.is_finite();
-            }
-            if b {
-                bad.store(true, Ordering::Relaxed);
-            }
-        };
-        items.into_par_iter().try_for_each(|(i, r0, gw, gb)| {
-            let (n_in, n_out) = (w[i], w[i + 1]);
-            let rows = gw.len() / n_in;
-            let d = pre_activations(spec, deltas, n, i);
-            let t = rayon::current_thread_index().unwrap_or(0) % scratch.len();
-            let mut gs = scratch[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            gemm(
-                MatMut::row_major(gw, rows, n_in),
-                T::from_f64(spec.weight_multiplier(i)),
-                MatRef::row_major(d, n, n_out).t().rows(r0, rows),
-                MatRef::row_major(Self::inputs(spec, acts, x, n, i), n, n_in),
-                T::ZERO,
-                &mut gs,
-            )?;
-            flag(gw);
-            if !gb.is_empty() {
-                gb.fill(T::ZERO);
-                for row in d.chunks_exact(n_out) {
-                    for (o, &v) in gb.iter_mut().zip(&row[r0..]) {
-                        *o += v;
+        let gradients = || {
+            for (i, d) in rx {
+                let (n_in, n_out) = (w[i], w[i + 1]);
+                let (gw, gb) = gl.pop().unwrap_or_default();
+                // One block while the signal chain runs, then one per thread.
+                let parts = if signals_done.load(Ordering::Acquire) { threads } else { 1 };
+                let ob = n_out.div_ceil(parts);
+                let gbs = gb.chunks_mut(ob).chain(std::iter::repeat_with(|| &mut [][..]));
+                let items: Vec<_> = gw.chunks_mut(ob * n_in).zip(gbs).enumerate().collect();
+                items.into_par_iter().try_for_each(|(blk, (gw, gb))| {
+                    let (r0, rows) = (blk * ob, gw.len() / n_in);
+                    let t = rayon::current_thread_index().unwrap_or(0) % threads;
+                    let mut gs = thread_scratch[t]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    gemm(
+                        MatMut::row_major(gw, rows, n_in),
+                        T::from_f64(spec.weight_multiplier(i)),
+                        MatRef::row_major(d, n, n_out).t().rows(r0, rows),
+                        MatRef::row_major(Self::inputs(spec, acts, x, n, i), n, n_in),
+                        T::ZERO,
+                        &mut gs,
+                    )?;
+                    let mut ok = all_finite(gw);
+                    if !gb.is_empty() {
+                        bias_gradient(gb, d, n_out, r0, cb);
+                        ok &= all_finite(gb);
                     }
-                }
-                for o in gb.iter_mut() {
-                    *o *= cb;
-                }
-                flag(gb);
+                    if !ok {
+                        bad.store(true, Ordering::Relaxed);
+                    }
+                    Ok::<(), ntk_core::Error>(())
+                })?;
             }
             Ok::<(), ntk_core::Error>(())
-        })?;
+        };
+        let (rs, rg) = rayon::join(signals, gradients);
+        rs?;
+        rg?;
         if bad.load(Ordering::Relaxed) {
             return Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Backward });
         }
