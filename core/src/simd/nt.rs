@@ -7,19 +7,38 @@
 //! Determinism: an entry is always `reduce_sum(acc)` of the same vector FMA chain over its
 //! whole inner dimension (lane `t` accumulates `p = t, t + lanes, ...` in increasing order, the
 //! tail as one zero-padded vector), then combined with the destination by the same scalar
-//! expression. There is no K blocking and edge tiles run the same full-size code with clamped
-//! (repeated) rows whose results are dropped, so an entry depends only on K (and the
-//! instruction set), never on its position, the caller's blocking or [`Part`](super::Part).
+//! expression (elementwise vector operations round exactly as it does). [`gram_nt`] may run a
+//! chain in several register passes, parking the accumulators in memory in between, which
+//! leaves it unchanged; edge tiles run the same full-size code with clamped (repeated) rows
+//! whose results are dropped, so an entry depends only on K (and the instruction set), never
+//! on its position, the caller's blocking or [`Part`](super::Part).
 
 use super::elem::Elem;
 use core::ops::{Add, Mul};
 use pulp::{Simd, WithSimd};
+
+#[cfg(test)]
+#[path = "nt_tests.rs"]
+mod tests;
 
 /// Bytes of the `rhs` (or `a2` + `d2`) row block kept in L2 while the `lhs` tiles sweep it.
 const L2_BLOCK_BYTES: usize = 512 * 1024;
 
 /// Most columns per block of [`gram_nt`] (a multiple of every `NR`; bounds a stack row).
 const GRAM_NB: usize = 60;
+
+/// Most columns per block of [`gram_nt`] when its inner dimension takes several register
+/// passes (bounds the parked accumulators: `MR x 24` vectors, 12 KiB with AVX-512).
+const GRAM_NB_PASSES: usize = 24;
+
+/// Vectors of each row per register pass of [`gram_nt`] (`GRAM_KC_BYTES`).
+#[inline(always)]
+fn gram_kcv<T: Elem, S: Simd>() -> usize {
+    (GRAM_KC_BYTES / core::mem::size_of::<T::V<S>>()).max(1)
+}
+
+/// Bytes of each row per register pass of [`gram_nt`].
+const GRAM_KC_BYTES: usize = 4096;
 
 /// Longest rows (bytes) for which [`gemm_nt`] serves a product. The forward product
 /// `A W^T` (K = fan-in) is the NT case; measured with one thread (`ntk bench` phases, DESIGN §9
@@ -52,6 +71,11 @@ const NR_WIDE: usize = 6;
 /// Micro-tile with 16 vector registers: 3 x 4 accumulators.
 const MR_NARROW: usize = 3;
 const NR_NARROW: usize = 4;
+/// Gram micro-tiles: `GRAM_MR x 3` accumulators (+ 3 + 1 operand registers), 8 rows with 32
+/// vector registers, 4 with 16.
+const GRAM_NR: usize = 3;
+const GRAM_MR_WIDE: usize = 8;
+const GRAM_MR_NARROW: usize = 4;
 
 /// Rows of the block of `rhs` rows (each `k` elements) swept by one pass of the `lhs` tiles:
 /// a whole number of `nr`-tiles, at least one.
@@ -331,9 +355,128 @@ register_tiles!(
     GramNt,
     [Elem + Add<Output = T> + Mul<Output = T>],
     gram_nt_run,
-    (MR_WIDE, NR_WIDE),
-    (MR_NARROW, NR_NARROW)
+    (GRAM_MR_WIDE, GRAM_NR),
+    (GRAM_MR_NARROW, GRAM_NR)
 );
+
+/// Prefetches the cache line at `p` into L1 (a hint: never faults, whatever the address).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch<V>(p: *const V) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // SAFETY: SSE is part of the x86-64 baseline; a prefetch never dereferences its address.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
+}
+
+/// Vectors ahead of the current step at which [`gram_nt`] prefetches the rows of `b`.
+const GRAM_PF: usize = 4;
+
+/// `acc[i][j] += a_i[p] b_j[p]` for every vector `p` of the (equally long) slices, `p`
+/// increasing; per step the `NR` vectors of `b` are loaded once and each `a_i` once.
+// Constant-bound index loops keep the accumulators in registers (no address is taken).
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn fma_steps<T: Elem, S: Simd, const MR: usize, const NR: usize>(
+    s: S,
+    acc: &mut [[T::V<S>; NR]; MR],
+    a: [&[T::V<S>]; MR],
+    b: [&[T::V<S>]; NR],
+) {
+    let n = a[0].len();
+    let a = a.map(|x| &x[..n]);
+    let b = b.map(|x| &x[..n]);
+    for p in 0..n {
+        let y: [T::V<S>; NR] = core::array::from_fn(|j| b[j][p]);
+        #[cfg(target_arch = "x86_64")]
+        for bj in b {
+            prefetch(bj.as_ptr().wrapping_add(p + GRAM_PF));
+        }
+        for i in 0..MR {
+            let x = a[i][p];
+            for j in 0..NR {
+                acc[i][j] = T::mul_add(s, x, y[j], acc[i][j]);
+            }
+        }
+    }
+}
+
+/// `out[i][j - jb] = a_i . b_j` (the rows of `b`, `k` long) for the `NR`-tiles `j0 = j_lo,
+/// j_lo + NR, ..` below `je`. The FMA chain of a tile runs in register passes of at most
+/// `kcv` vectors (the `MR` chunks of `a` stay in L1 while the tiles sweep `b`); between
+/// passes the accumulators of tile `t` are parked in `park[t]`, so the chain of every entry
+/// is the same whatever `kcv`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gram_dots<T: Elem, S: Simd, const MR: usize, const NR: usize>(
+    s: S,
+    a: [&[T]; MR],
+    b: Rows<'_, T>,
+    k: usize,
+    (jb, j_lo, je): (usize, usize, usize),
+    park: &mut [[[T::V<S>; NR]; MR]; GRAM_NB_PASSES / GRAM_NR],
+    out: &mut [[T; GRAM_NB]; MR],
+) {
+    let l = T::lanes::<S>();
+    let nv = k / l;
+    let kcv = gram_kcv::<T, S>();
+    let zero = T::splat(s, T::default());
+    let av: [&[T::V<S>]; MR] = core::array::from_fn(|i| &T::as_simd::<S>(a[i]).0[..nv]);
+    let mut p0 = 0;
+    loop {
+        let p1 = nv.min(p0 + kcv);
+        let last = p1 == nv;
+        for (t, j0) in (j_lo..je).step_by(NR).enumerate() {
+            let rb: [&[T]; NR] = core::array::from_fn(|j| b.get(j0 + j, k));
+            let bv: [&[T::V<S>]; NR] = core::array::from_fn(|j| &T::as_simd::<S>(rb[j]).0[p0..p1]);
+            let mut acc = if p0 == 0 { [[zero; NR]; MR] } else { park[t] };
+            fma_steps::<T, S, MR, NR>(s, &mut acc, av.map(|x| &x[p0..p1]), bv);
+            if !last {
+                park[t] = acc;
+                continue;
+            }
+            if k > nv * l {
+                let x: [T::V<S>; MR] =
+                    core::array::from_fn(|i| T::partial_load(s, &a[i][nv * l..]));
+                let y: [T::V<S>; NR] =
+                    core::array::from_fn(|j| T::partial_load(s, &rb[j][nv * l..]));
+                for (ai, xi) in acc.iter_mut().zip(x) {
+                    for (aij, yj) in ai.iter_mut().zip(y) {
+                        *aij = T::mul_add(s, xi, yj, *aij);
+                    }
+                }
+            }
+            let mut r = [[T::default(); NR]; MR];
+            reduce_tile::<T, S, MR, NR>(s, acc, &mut r);
+            // Whole tiles: the block width is a multiple of NR (entries past `je` are unused).
+            for (o, ri) in out.iter_mut().zip(&r) {
+                o[j0 - jb..j0 - jb + NR].copy_from_slice(ri);
+            }
+        }
+        if last {
+            break;
+        }
+        p0 = p1;
+    }
+}
+
+/// `d = d + (c ga + shift) gd` elementwise, rounded as that scalar expression (no FMA).
+#[inline(always)]
+fn hadamard_row<T: Elem, S: Simd>(s: S, d: &mut [T], ga: &[T], gd: &[T], c: T, shift: T) {
+    // Opaque per call, so that the splats are not hoisted into registers the tiles need.
+    let (c, shift) = core::hint::black_box((c, shift));
+    let (vc, vs) = (T::splat(s, c), T::splat(s, shift));
+    let f = |d, x, y| T::add(s, d, T::mul(s, T::add(s, T::mul(s, vc, x), vs), y));
+    let (dv, dt) = T::as_mut_simd::<S>(d);
+    let (xv, xt) = T::as_simd::<S>(ga);
+    let (yv, yt) = T::as_simd::<S>(gd);
+    for ((d, &x), &y) in dv.iter_mut().zip(xv).zip(yv) {
+        *d = f(*d, x, y);
+    }
+    if !dt.is_empty() {
+        let r = f(T::partial_load(s, dt), T::partial_load(s, xt), T::partial_load(s, yt));
+        T::partial_store(s, dt, r);
+    }
+}
 
 #[inline(always)]
 fn gram_nt_run<
@@ -347,11 +490,16 @@ fn gram_nt_run<
 ) {
     let GramNt { dst, a1, a2, d1, d2, ka, kd, c, shift, upper } = op;
     let (m, n) = (a1.rows, a2.rows);
-    // Column blocks of at most GRAM_NB columns (a2 and d2 rows, in L2); for each row tile the
-    // A-Gram of the whole block row is computed first (the a1 rows stay in L1 across it),
-    // then the D-Gram (the d1 rows likewise), then the Hadamard update.
-    let nb = block_rows::<T>(ka + kd, NR).min(GRAM_NB);
-    let mut ga_row = [[T::default(); GRAM_NB]; MR];
+    let l = T::lanes::<S>();
+    let kcv = gram_kcv::<T, S>();
+    let passes = |k: usize| k / l > kcv;
+    // Column blocks (a2 and d2 rows, in L2); fewer columns when passes park accumulators.
+    let nb_max = if passes(ka) || passes(kd) { GRAM_NB_PASSES } else { GRAM_NB };
+    let nb = block_rows::<T>(ka + kd, NR).min(nb_max / NR * NR);
+    let zero = T::splat(s, T::default());
+    let mut park = [[[zero; NR]; MR]; GRAM_NB_PASSES / GRAM_NR];
+    let mut ga = [[T::default(); GRAM_NB]; MR];
+    let mut gd = [[T::default(); GRAM_NB]; MR];
     let mut jb = 0;
     while jb < n {
         let je = n.min(jb + nb);
@@ -359,40 +507,26 @@ fn gram_nt_run<
             if upper && je <= i0 {
                 continue;
             }
-            let h = MR.min(m - i0);
-            let ra: [&[T]; MR] = core::array::from_fn(|i| a1.get(i0 + i, ka));
-            let rd: [&[T]; MR] = core::array::from_fn(|i| d1.get(i0 + i, kd));
-            for j0 in (jb..je).step_by(NR) {
-                let w = NR.min(je - j0);
-                if upper && j0 + w <= i0 {
-                    continue;
-                }
-                let ga = if ka == 0 {
-                    [[T::default(); NR]; MR]
-                } else {
-                    let b: [&[T]; NR] = core::array::from_fn(|j| a2.get(j0 + j, ka));
-                    dot_tile::<T, S, MR, NR>(s, ra, b)
-                };
-                for (row, g) in ga_row.iter_mut().zip(&ga) {
-                    row[j0 - jb..j0 - jb + w].copy_from_slice(&g[..w]);
-                }
+            // With `upper`, the leading tiles holding no entry with j >= i are skipped.
+            let j_lo = if upper { jb + i0.saturating_sub(jb) / NR * NR } else { jb };
+            let cols = (jb, j_lo, je);
+            if ka > 0 {
+                let ra: [&[T]; MR] = core::array::from_fn(|i| a1.get(i0 + i, ka));
+                gram_dots::<T, S, MR, NR>(s, ra, a2, ka, cols, &mut park, &mut ga);
             }
-            for j0 in (jb..je).step_by(NR) {
-                let w = NR.min(je - j0);
-                if upper && j0 + w <= i0 {
-                    continue;
-                }
-                let gd = if kd == 0 {
-                    [[T::default(); NR]; MR]
+            if kd > 0 {
+                let rd: [&[T]; MR] = core::array::from_fn(|i| d1.get(i0 + i, kd));
+                gram_dots::<T, S, MR, NR>(s, rd, d2, kd, cols, &mut park, &mut gd);
+            }
+            for i in 0..MR.min(m - i0) {
+                let (ga, gd) = (&ga[i][j_lo - jb..je - jb], &gd[i][j_lo - jb..je - jb]);
+                let base = (i0 + i) * dst.rs + j_lo * dst.cs;
+                if dst.cs == 1 {
+                    hadamard_row(s, &mut dst.data[base..base + (je - j_lo)], ga, gd, c, shift);
                 } else {
-                    let b: [&[T]; NR] = core::array::from_fn(|j| d2.get(j0 + j, kd));
-                    dot_tile::<T, S, MR, NR>(s, rd, b)
-                };
-                for i in 0..h {
-                    let base = (i0 + i) * dst.rs + j0 * dst.cs;
-                    for j in 0..w {
+                    for (j, (&x, &y)) in ga.iter().zip(gd).enumerate() {
                         let d = &mut dst.data[base + j * dst.cs];
-                        *d = *d + (c * ga_row[i][j0 - jb + j] + shift) * gd[i][j];
+                        *d = *d + (c * x + shift) * y;
                     }
                 }
             }
