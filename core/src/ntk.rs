@@ -90,7 +90,6 @@ pub const fn pool_len(widths: &[usize], n: usize) -> usize {
     while i < layers {
         let (l, r) = if low(layers, i) { (i, i + 1) } else { (i + 1, i) };
         t = max(t, cache_offset(widths, n, l) + n * k * (widths[l] + widths[r]));
-        t = max(t, cache_offset(widths, n, i + 1) + n * widths[i]);
         i += 1;
     }
     t
@@ -487,6 +486,49 @@ pub fn mirror<T: Real>(out: &mut [T], mode: OutputMode, n: usize, k: usize) {
             let (i, a, j, b) = (p / kk, p % kk, q / kk, q % kk);
             if a > b || (a == b && j < i) {
                 out[p * dim + q] = out[q * dim + p];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every buffer a layer of the NTK reads or writes lies inside the pool, above the
+    /// pre-activations still needed, and apart from the other buffers of that layer.
+    #[test]
+    fn pool_layout_keeps_live_buffers_apart() {
+        let shapes: [&[usize]; 9] = [
+            &[3, 1],
+            &[3, 5, 1],
+            &[4, 16, 16, 2],
+            &[64, 1024, 1024, 1024, 1],
+            &[5, 2, 9, 3],
+            &[7, 30, 4, 20, 6],
+            &[2, 8, 8, 8, 8, 8, 3],
+            &[10, 3, 40, 1],
+            &[6, 40, 3, 3, 12],
+        ];
+        for w in shapes {
+            for n in [0, 1, 3, 8] {
+                let (layers, t) = (w.len() - 1, pool_len(w, n));
+                let k = w[layers];
+                let slot = |j: usize| {
+                    let o = signals_offset(w, n, j);
+                    o..o + n * k * w[j]
+                };
+                assert!(slot(layers).start >= cache_len(w, n) && slot(layers).end <= t);
+                for i in 1..layers {
+                    let (dst, src) = (slot(i), slot(i + 1));
+                    let live = cache_offset(w, n, i);
+                    assert!(
+                        dst.end <= t && dst.start >= live && src.start >= live,
+                        "{w:?} {n} {i}"
+                    );
+                    assert!(dst.end <= src.start || src.end <= dst.start, "{w:?} {n} {i}");
+                    assert!(t - n * w[i] >= cache_offset(w, n, i + 1), "{w:?} {n} {i}: forward");
+                }
             }
         }
     }
