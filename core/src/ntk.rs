@@ -69,7 +69,7 @@ const fn max(a: usize, b: usize) -> usize {
 /// Whether the signals `S_j` sit at the low end of the free part of a pool (else at its top);
 /// consecutive layers alternate.
 const fn low(layers: usize, j: usize) -> bool {
-    (layers - j) % 2 == 0
+    (layers - j).is_multiple_of(2)
 }
 
 /// Length of the NTK's work buffer (a "pool") for `n` inputs: the forward cache (every
