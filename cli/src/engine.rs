@@ -3,13 +3,16 @@
 //! gives an entry the same value wherever it sits, so results are bit-identical for any
 //! `--threads`.
 
-use ntk_core::backward::{signals_init, signals_step, signals_step_scratch};
-use ntk_core::forward::{
-    activations, cache_offset, check_finite, forward_layer, forward_layer_scratch,
+use std::sync::Mutex;
+
+use ntk_core::backward::{signals_init, signals_step};
+use ntk_core::forward::{activations, cache_len, check_finite, forward_layer};
+use ntk_core::ntk::{
+    accumulate_rows, finish, forward_views, layer_inputs, pool_len, signals, signals_offset,
+    step_views, OutputMode,
 };
-use ntk_core::ntk::{accumulate_rows, finish, OutputMode};
-use ntk_core::simd::{gram_hadamard_scratch, MatRef};
-use ntk_core::spec::{max_width, units};
+use ntk_core::simd::{gemm_scratch, gram_hadamard_scratch, MatRef};
+use ntk_core::spec::max_width;
 use ntk_core::{Real, Spec};
 use rayon::prelude::*;
 
@@ -49,6 +52,74 @@ pub fn bands(n: usize, symmetric: bool) -> Vec<(usize, usize)> {
     cuts.windows(2).map(|w| (w[0], w[1] - w[0])).collect()
 }
 
+/// One scratch buffer per rayon thread of the current pool, allocated once (a work item uses
+/// its thread's; pages a kernel never touches are never mapped in).
+struct PerThread<T>(Vec<Mutex<Vec<T>>>);
+
+impl<T: Real> PerThread<T> {
+    fn new(len: usize) -> Self {
+        Self((0..rayon::current_num_threads()).map(|_| Mutex::new(vec![T::ZERO; len])).collect())
+    }
+
+    /// Runs `f` with the calling thread's buffer.
+    fn with<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> R {
+        let i = rayon::current_thread_index().unwrap_or(0) % self.0.len();
+        f(&mut self.0[i].lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// GEMM scratch of a forward layer `i` and of backprop through it on blocks of `rows` inputs
+/// with `k` signal rows each (the exact shapes, not the widest layer's).
+fn gemm_scratch_len(widths: &[usize], rows: usize, k: usize) -> usize {
+    (0..widths.len() - 1)
+        .map(|i| {
+            let (n_in, n_out) = (widths[i], widths[i + 1]);
+            gemm_scratch(rows, n_out, n_in).max(if i > 0 {
+                gemm_scratch(rows * k, n_in, n_out)
+            } else {
+                0
+            })
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Forward pass of `n` inputs into `pool` ([`ntk_core::ntk::pool_len`], or the cache plus
+/// `n * max_width` for the inputs of a layer), layer by layer, row blocks in parallel: the
+/// pre-activations land at [`ntk_core::forward::cache_offset`].
+fn forward_into<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    x: &[T],
+    n: usize,
+    pool: &mut [T],
+    gs: &PerThread<T>,
+) -> CliResult {
+    let w = spec.widths;
+    check_finite("x", x)?;
+    let rb = row_block(n);
+    for i in 0..spec.layers() {
+        let (prev, act, h) = forward_views(pool, w, n, i);
+        let input: &[T] = if i == 0 {
+            x
+        } else {
+            act.par_chunks_mut(rb * w[i])
+                .zip(prev.par_chunks(rb * w[i]))
+                .for_each(|(a, p)| activations(spec, a, p));
+            act
+        };
+        h.par_chunks_mut(rb * w[i + 1]).zip(input.par_chunks(rb * w[i])).try_for_each(
+            |(h, a)| {
+                let rows = a.len() / w[i];
+                gs.with(|gs| {
+                    forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
+                })
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Forward pass of `n` inputs, layer by layer, row blocks in parallel: returns the cache of
 /// pre-activations (layout of [`ntk_core::forward::forward`]).
 ///
@@ -56,92 +127,71 @@ pub fn bands(n: usize, symmetric: bool) -> Vec<(usize, usize)> {
 /// Non-finite inputs or overflow, naming the layer.
 pub fn par_forward<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T], n: usize) -> CliResult<Vec<T>> {
     let w = spec.widths;
-    check_finite("x", x)?;
-    let mut cache = vec![T::ZERO; n * units(w)];
-    let mut act = vec![T::ZERO; n * max_width(w)];
-    let rb = row_block(n);
-    for i in 0..spec.layers() {
-        let (done, rest) = cache.split_at_mut(cache_offset(w, n, i));
-        let h = &mut rest[..n * w[i + 1]];
-        let input: &[T] = if i == 0 {
-            x
-        } else {
-            let prev = &done[cache_offset(w, n, i - 1)..];
-            let a = &mut act[..n * w[i]];
-            a.par_chunks_mut(rb * w[i])
-                .zip(prev.par_chunks(rb * w[i]))
-                .for_each(|(a, p)| activations(spec, a, p));
-            &act[..n * w[i]]
-        };
-        h.par_chunks_mut(rb * w[i + 1]).zip(input.par_chunks(rb * w[i])).try_for_each_init(
-            || vec![T::ZERO; forward_layer_scratch(w, rb)],
-            |gs, (h, a)| {
-                let rows = a.len() / w[i];
-                forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
-            },
-        )?;
-    }
+    let mut cache = vec![T::ZERO; cache_len(w, n) + n * max_width(w)];
+    let gs = PerThread::new(gemm_scratch_len(w, row_block(n), 1));
+    forward_into(spec, params, x, n, &mut cache, &gs)?;
+    cache.truncate(cache_len(w, n));
     Ok(cache)
 }
 
-/// One input set during the parallel NTK.
+/// One input set during the parallel NTK: its inputs and its pool
+/// ([`ntk_core::ntk::pool_len`]: the forward cache, then room for one layer of signals, which
+/// backprop writes over the pre-activations it has passed).
 struct Set<'x, T> {
     x: &'x [T],
     n: usize,
-    cache: Vec<T>,
-    act: Vec<T>,
-    cur: Vec<T>,
-    next: Vec<T>,
+    pool: Vec<T>,
 }
 
 impl<'x, T: Real> Set<'x, T> {
-    fn new(spec: &Spec<'_>, params: &[T], x: &'x [T]) -> CliResult<Self> {
-        let (d, k, m) = (spec.input_dim(), spec.output_dim(), max_width(spec.widths));
-        let n = x.len() / d;
-        let cache = par_forward(spec, params, x, n)?;
-        let mut cur = vec![T::ZERO; n * k * m];
-        signals_init(&mut cur[..n * k * k], n, k);
-        Ok(Self { x, n, cache, act: vec![T::ZERO; n * m], cur, next: vec![T::ZERO; n * k * m] })
+    /// An empty pool for `x`.
+    fn alloc(spec: &Spec<'_>, x: &'x [T]) -> Self {
+        let n = x.len() / spec.input_dim();
+        Self { x, n, pool: vec![T::ZERO; pool_len(spec.widths, n)] }
     }
 
-    /// Computes layer `i`'s inputs into `act` (parallel over row blocks).
+    /// Runs the forward pass into the pool and sets the readout signals.
+    fn forward(&mut self, spec: &Spec<'_>, params: &[T], gs: &PerThread<T>) -> CliResult {
+        let (w, k, n, x) = (spec.widths, spec.output_dim(), self.n, self.x);
+        let pool = &mut self.pool;
+        forward_into(spec, params, x, n, pool, gs)?;
+        let o = signals_offset(w, n, spec.layers());
+        signals_init(&mut pool[o..o + n * k * k], n, k);
+        Ok(())
+    }
+
+    /// Computes layer `i`'s inputs into their place in the pool (parallel over row blocks).
     fn prepare(&mut self, spec: &Spec<'_>, i: usize) {
         if i > 0 {
             let (w, n) = (spec.widths, self.n);
-            let off = cache_offset(w, n, i - 1);
-            let prev = &self.cache[off..off + n * w[i]];
+            let (dst, _, h) = step_views(&mut self.pool, w, n, i);
             let rb = row_block(n);
-            self.act[..n * w[i]]
+            dst[..n * w[i]]
                 .par_chunks_mut(rb * w[i])
-                .zip(prev.par_chunks(rb * w[i]))
+                .zip(h.par_chunks(rb * w[i]))
                 .for_each(|(a, p)| activations(spec, a, p));
         }
     }
 
-    fn inputs(&self, spec: &Spec<'_>, i: usize) -> &[T] {
-        if i == 0 {
-            self.x
-        } else {
-            &self.act[..self.n * spec.widths[i]]
-        }
+    /// Layer `i`'s inputs (after [`Self::prepare`]) and output signals.
+    fn views(&self, spec: &Spec<'_>, i: usize) -> (&[T], &[T]) {
+        let (w, n) = (spec.widths, self.n);
+        let a = if i == 0 { self.x } else { layer_inputs(&self.pool, w, n, i) };
+        (a, signals(&self.pool, w, n, i + 1))
     }
 
     /// Backprop through layer `i` (parallel over row blocks of inputs).
-    fn step(&mut self, spec: &Spec<'_>, params: &[T], i: usize) -> CliResult {
+    fn step(&mut self, spec: &Spec<'_>, params: &[T], i: usize, gs: &PerThread<T>) -> CliResult {
         let (w, n, k) = (spec.widths, self.n, spec.output_dim());
-        let off = cache_offset(w, n, i - 1);
-        let h_prev = &self.cache[off..off + n * w[i]];
+        let (dst, src, h_prev) = step_views(&mut self.pool, w, n, i);
         let rb = row_block(n);
         let rows = rb * k;
-        self.next[..n * k * w[i]]
-            .par_chunks_mut(rows * w[i])
-            .zip(self.cur[..n * k * w[i + 1]].par_chunks(rows * w[i + 1]))
+        dst.par_chunks_mut(rows * w[i])
+            .zip(src.par_chunks(rows * w[i + 1]))
             .zip(h_prev.par_chunks(rb * w[i]))
-            .try_for_each_init(
-                || vec![T::ZERO; signals_step_scratch(w, rows)],
-                |gs, ((dst, src), h)| signals_step(spec, params, i, dst, src, h, k, gs),
-            )?;
-        std::mem::swap(&mut self.cur, &mut self.next);
+            .try_for_each(|((dst, src), h)| {
+                gs.with(|gs| signals_step(spec, params, i, dst, src, h, k, gs))
+            })?;
         Ok(())
     }
 }
@@ -196,29 +246,32 @@ pub fn par_empirical_ntk_timed<T: Real>(
     let (d, k) = (spec.input_dim(), spec.output_dim());
     let mut ph = Phases::default();
     let mut t = std::time::Instant::now();
-    let mut s1 = Set::new(spec, params, x1)?;
-    let mut s2 = match x2 {
-        Some(x2) => Some(Set::new(spec, params, x2)?),
-        None => None,
-    };
-    lap(&mut t, &mut ph.forward);
     let (n1, n2) = (x1.len() / d, x2.map_or(x1.len() / d, |x| x.len() / d));
     if matches!(mode, OutputMode::Diagonal | OutputMode::DiagonalFull) && n1 != n2 {
         return Err(crate::CliError::Usage(format!(
             "--output-mode diagonal needs as many inputs in --x2 ({n2}) as in --x1 ({n1})"
         )));
     }
+    let symmetric = x2.is_none();
+    let bands = bands(n1, symmetric);
+    let bd = bands.iter().map(|b| b.1).max().unwrap_or(0);
+    let m = max_width(spec.widths);
+    // Pools first: once they are freed, the caller's next buffers reuse their touched pages.
+    let mut s1 = Set::alloc(spec, x1);
+    let mut s2 = x2.map(|x2| Set::alloc(spec, x2));
+    let gram = gram_hadamard_scratch(bd * k, n2 * k, m, k * m);
+    let gs = PerThread::new(gemm_scratch_len(spec.widths, row_block(n1.max(n2)), k).max(gram));
+    s1.forward(spec, params, &gs)?;
+    if let Some(s2) = s2.as_mut() {
+        s2.forward(spec, params, &gs)?;
+    }
+    lap(&mut t, &mut ph.forward);
     let len = mode.len(n1, n2, k);
     if len == 0 {
         return Ok((Vec::new(), ph));
     }
     let mut out = vec![T::ZERO; len];
-    let symmetric = x2.is_none();
-    let bands = bands(n1, symmetric);
-    let bd = bands.iter().map(|b| b.1).max().unwrap_or(0);
     let row_len = len / n1;
-    let m = max_width(spec.widths);
-    let gs_len = gram_hadamard_scratch(bd * k, n2 * k, m, k * m);
     let s = T::from_f64(spec.bias_gram_factor());
     for i in (0..spec.layers()).rev() {
         let c = T::from_f64(spec.weight_multiplier(i) * spec.weight_multiplier(i));
@@ -229,10 +282,9 @@ pub fn par_empirical_ntk_timed<T: Real>(
         }
         lap(&mut t, &mut ph.activations);
         {
-            let a1 = s1.inputs(spec, i);
-            let d1 = &s1.cur[..n1 * k * n_out];
+            let (a1, d1) = s1.views(spec, i);
             let (a2, d2) = match &s2 {
-                Some(s2) => (s2.inputs(spec, i), &s2.cur[..n2 * k * n_out]),
+                Some(s2) => s2.views(spec, i),
                 None => (a1, d1),
             };
             let a2 = MatRef::row_major(a2, n2, n_in);
@@ -243,22 +295,21 @@ pub fn par_empirical_ntk_timed<T: Real>(
                 work.push((row0, rows, band));
                 rest = r;
             }
-            work.into_par_iter().try_for_each_init(
-                || vec![T::ZERO; gs_len],
-                |gs, (row0, rows, band)| {
-                    let a1b = MatRef::row_major(&a1[row0 * n_in..(row0 + rows) * n_in], rows, n_in);
-                    let d1b = &d1[row0 * k * n_out..(row0 + rows) * k * n_out];
+            work.into_par_iter().try_for_each(|(row0, rows, band)| {
+                let a1b = MatRef::row_major(&a1[row0 * n_in..(row0 + rows) * n_in], rows, n_in);
+                let d1b = &d1[row0 * k * n_out..(row0 + rows) * k * n_out];
+                gs.with(|gs| {
                     accumulate_rows(
                         band, mode, a1b, a2, d1b, d2, k, n_out, c, s, symmetric, row0, gs,
                     )
-                },
-            )?;
+                })
+            })?;
         }
         lap(&mut t, &mut ph.gram);
         if i > 0 {
-            s1.step(spec, params, i)?;
+            s1.step(spec, params, i, &gs)?;
             if let Some(s2) = s2.as_mut() {
-                s2.step(spec, params, i)?;
+                s2.step(spec, params, i, &gs)?;
             }
         }
         lap(&mut t, &mut ph.backward);

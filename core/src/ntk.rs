@@ -9,7 +9,9 @@
 
 use crate::backward::{signals_init, signals_step, signals_step_scratch};
 use crate::error::{check_len, check_shape, Error, Pass};
-use crate::forward::{activations, cache_len, forward, forward_scratch, pre_activations};
+use crate::forward::{
+    activations, cache_len, cache_offset, check_finite, forward_layer, forward_layer_scratch,
+};
 use crate::real::Real;
 use crate::simd::{dot, gram_hadamard, gram_hadamard_scratch, MatMut, MatRef, Part};
 use crate::spec::{max_width, Spec};
@@ -39,105 +41,181 @@ impl OutputMode {
     }
 }
 
-/// Scratch elements of [`empirical_ntk`]: the forward caches of both input sets, one layer of
-/// inputs and two layers of signals per set, and kernel scratch.
+/// Scratch elements of [`empirical_ntk`]: one pool ([`pool_len`]) per input set and kernel
+/// scratch.
 pub const fn empirical_ntk_scratch(widths: &[usize], n1: usize, n2: Option<usize>) -> usize {
     let k = widths[widths.len() - 1];
     let m = max_width(widths);
-    let mut s = side_len(widths, n1, k, m);
+    let mut s = pool_len(widths, n1);
     let mut nmax = n1;
     if let Some(n2) = n2 {
-        s += side_len(widths, n2, k, m);
-        if n2 > nmax {
-            nmax = n2;
-        }
+        s += pool_len(widths, n2);
+        nmax = max(n1, n2);
     }
-    let f = forward_scratch(widths, nmax);
+    let f = forward_layer_scratch(widths, nmax);
     let b = signals_step_scratch(widths, nmax * k);
     let g = gram_hadamard_scratch(nmax * k, nmax * k, m, k * m);
-    s + max3(f, b, g)
+    s + max(max(f, b), g)
 }
 
-const fn side_len(widths: &[usize], n: usize, k: usize, m: usize) -> usize {
-    cache_len(widths, n) + n * m + 2 * n * k * m
-}
-
-const fn max3(a: usize, b: usize, c: usize) -> usize {
-    let ab = if a > b { a } else { b };
-    if ab > c {
-        ab
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
     } else {
-        c
+        b
     }
 }
 
-/// Splits `buf` into consecutive slices of the given lengths (the rest is returned last).
-fn carve<'a, T, const K: usize>(
-    mut buf: &'a mut [T],
-    lens: [usize; K],
-) -> ([&'a mut [T]; K], &'a mut [T]) {
-    let mut out: [&'a mut [T]; K] = core::array::from_fn(|_| <&mut [T]>::default());
-    for (o, len) in out.iter_mut().zip(lens) {
-        let (a, b) = core::mem::take(&mut buf).split_at_mut(len);
-        *o = a;
-        buf = b;
-    }
-    (out, buf)
+/// Whether the signals `S_j` sit at the low end of the free part of a pool (else at its top);
+/// consecutive layers alternate.
+const fn low(layers: usize, j: usize) -> bool {
+    (layers - j).is_multiple_of(2)
 }
 
-/// One input set's buffers during the NTK computation.
-struct Side<'a, T> {
+/// Length of the NTK's work buffer (a "pool") for `n` inputs: the forward cache (every
+/// layer's pre-activations, at [`cache_offset`]) followed by room for one layer's signals.
+///
+/// Backprop at layer `i` needs only `h_0 .. h_{i-1}` (the cache below `cache_offset(i)`), the
+/// signals `S_{i+1}` at its output and the place where it writes its inputs
+/// `A_i = phi(h_{i-1})` and then the signals `S_i` (n k x `widths[i]`) over them; the
+/// pre-activations backprop has passed are free. `S_j` sits at `cache_offset(j)` (the low
+/// end of that free part) or at the top of the pool, alternating ([`signals_offset`]), so
+/// a pool holds the cache plus about one layer of signals. During the forward pass the top
+/// holds one layer's inputs ([`forward_views`]).
+pub const fn pool_len(widths: &[usize], n: usize) -> usize {
+    let layers = widths.len() - 1;
+    let k = widths[layers];
+    let mut t = cache_len(widths, n) + n * k * k;
+    let mut i = 1;
+    while i < layers {
+        let (l, r) = if low(layers, i) { (i, i + 1) } else { (i + 1, i) };
+        t = max(t, cache_offset(widths, n, l) + n * k * (widths[l] + widths[r]));
+        i += 1;
+    }
+    t
+}
+
+/// Offset in a pool ([`pool_len`]) of the signals `S_j` at layer `j - 1`'s output
+/// (n k x `widths[j]`, `1 <= j <= layers`; `S_layers` are the readout signals). Layer `j`'s
+/// inputs `phi(h_{j-1})` are computed there just before backprop overwrites them with `S_j`.
+pub const fn signals_offset(widths: &[usize], n: usize, j: usize) -> usize {
+    let layers = widths.len() - 1;
+    if low(layers, j) {
+        cache_offset(widths, n, j)
+    } else {
+        pool_len(widths, n) - n * widths[layers] * widths[j]
+    }
+}
+
+/// The signals `S_j` (n k x `widths[j]`) in a pool.
+pub fn signals<'p, T>(pool: &'p [T], widths: &[usize], n: usize, j: usize) -> &'p [T] {
+    let o = signals_offset(widths, n, j);
+    &pool[o..o + n * widths[widths.len() - 1] * widths[j]]
+}
+
+/// Layer `i`'s inputs `phi(h_{i-1})` (n x `widths[i]`, `i >= 1`) once written to their place
+/// in a pool ([`step_views`]).
+pub fn layer_inputs<'p, T>(pool: &'p [T], widths: &[usize], n: usize, i: usize) -> &'p [T] {
+    let o = signals_offset(widths, n, i);
+    &pool[o..o + n * widths[i]]
+}
+
+/// Backprop buffers of layer `i` (`1 <= i < layers`) in a pool: the place of its inputs and
+/// then of the signals `S_i` (n k x `widths[i]`, mutable), the signals `S_{i+1}` and the
+/// pre-activations `h_{i-1}`.
+///
+/// # Panics
+/// If `pool.len() != pool_len(widths, n)`.
+pub fn step_views<'p, T>(
+    pool: &'p mut [T],
+    widths: &[usize],
     n: usize,
-    cache: &'a mut [T],
-    act: &'a mut [T],
-    cur: &'a mut [T],
-    next: &'a mut [T],
+    i: usize,
+) -> (&'p mut [T], &'p [T], &'p [T]) {
+    assert_eq!(pool.len(), pool_len(widths, n), "step_views: pool");
+    let k = widths[widths.len() - 1];
+    let (at, len) = (signals_offset(widths, n, i), n * k * widths[i]);
+    let (src_at, src_len) = (signals_offset(widths, n, i + 1), n * k * widths[i + 1]);
+    let (lo, rest) = pool.split_at_mut(at);
+    let (dst, hi) = rest.split_at_mut(len);
+    let lo: &[T] = lo;
+    let src =
+        if src_at >= at { &hi[src_at - at - len..][..src_len] } else { &lo[src_at..][..src_len] };
+    (dst, src, &lo[cache_offset(widths, n, i - 1)..cache_offset(widths, n, i)])
 }
 
-impl<'a, T: Real> Side<'a, T> {
-    fn new(widths: &[usize], n: usize, buf: &'a mut [T]) -> (Self, &'a mut [T]) {
-        let k = widths[widths.len() - 1];
-        let m = max_width(widths);
-        let ([cache, act, cur, next], rest) =
-            carve(buf, [cache_len(widths, n), n * m, n * k * m, n * k * m]);
-        (Self { n, cache, act, cur, next }, rest)
-    }
+/// Forward pass buffers of layer `i` in a pool (or any buffer of at least
+/// `cache_len(widths, n) + n * max_width(widths)` elements): the pre-activations `h_{i-1}`,
+/// the place at the top of the buffer for layer `i`'s inputs `phi(h_{i-1})` (both empty for
+/// `i = 0`), and `h_i`.
+pub fn forward_views<'p, T>(
+    pool: &'p mut [T],
+    widths: &[usize],
+    n: usize,
+    i: usize,
+) -> (&'p [T], &'p mut [T], &'p mut [T]) {
+    let top = pool.len() - if i == 0 { 0 } else { n * widths[i] };
+    let (cache, act) = pool.split_at_mut(top);
+    let (done, rest) = cache.split_at_mut(cache_offset(widths, n, i));
+    let prev = if i == 0 { &done[..0] } else { &done[cache_offset(widths, n, i - 1)..] };
+    (prev, act, &mut rest[..n * widths[i + 1]])
+}
 
-    /// Layer `i`'s input activations (n x n_i) and output signals (n k x n_{i+1}).
-    fn views<'s>(&'s mut self, spec: &Spec<'_>, x: &'s [T], i: usize) -> (MatRef<'s, T>, &'s [T]) {
-        let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
-        let a = if i == 0 {
+/// Forward pass of `n` inputs into a pool (one thread).
+fn forward_pool<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    x: &[T],
+    n: usize,
+    pool: &mut [T],
+    gs: &mut [T],
+) -> Result<(), Error> {
+    check_finite("x", x)?;
+    for i in 0..spec.layers() {
+        let (prev, act, h) = forward_views(pool, spec.widths, n, i);
+        let a: &[T] = if i == 0 {
             x
         } else {
-            let len = self.n * n_in;
-            activations(
-                spec,
-                &mut self.act[..len],
-                pre_activations(spec, self.cache, self.n, i - 1),
-            );
-            &self.act[..len]
+            activations(spec, act, prev);
+            act
         };
-        (MatRef::row_major(a, self.n, n_in), &self.cur[..self.n * spec.output_dim() * n_out])
+        forward_layer(spec, params, i, h, MatRef::row_major(a, n, spec.widths[i]), gs)?;
     }
+    let k = spec.output_dim();
+    let o = signals_offset(spec.widths, n, spec.layers());
+    signals_init(&mut pool[o..o + n * k * k], n, k);
+    Ok(())
+}
 
-    /// Moves the signals from layer `i`'s output to layer `i - 1`'s output.
-    fn step(&mut self, spec: &Spec<'_>, params: &[T], i: usize, gs: &mut [T]) -> Result<(), Error> {
-        let k = spec.output_dim();
-        let rows = self.n * k;
-        let h_prev = pre_activations(spec, self.cache, self.n, i - 1);
-        signals_step(
-            spec,
-            params,
-            i,
-            &mut self.next[..rows * spec.widths[i]],
-            &self.cur[..rows * spec.widths[i + 1]],
-            h_prev,
-            k,
-            gs,
-        )?;
-        core::mem::swap(&mut self.cur, &mut self.next);
-        Ok(())
-    }
+/// Layer `i`'s inputs (`x` for `i = 0`, else prepared by [`prepare`]) and output signals.
+fn layer_views<'p, T: Real>(
+    widths: &[usize],
+    pool: &'p [T],
+    x: &'p [T],
+    n: usize,
+    i: usize,
+) -> (MatRef<'p, T>, &'p [T]) {
+    let a = if i == 0 { x } else { layer_inputs(pool, widths, n, i) };
+    (MatRef::row_major(a, n, widths[i]), signals(pool, widths, n, i + 1))
+}
+
+/// Layer `i`'s inputs `phi(h_{i-1})` (`i >= 1`) into their place in a pool.
+fn prepare<T: Real>(spec: &Spec<'_>, pool: &mut [T], n: usize, i: usize) {
+    let (dst, _, h) = step_views(pool, spec.widths, n, i);
+    activations(spec, &mut dst[..n * spec.widths[i]], h);
+}
+
+/// One backprop step through layer `i` in a pool: `S_{i+1}` to `S_i`.
+fn step<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    pool: &mut [T],
+    n: usize,
+    i: usize,
+    gs: &mut [T],
+) -> Result<(), Error> {
+    let (dst, src, h) = step_views(pool, spec.widths, n, i);
+    signals_step(spec, params, i, dst, src, h, spec.output_dim(), gs)
 }
 
 /// The empirical NTK of the network `params` between `x1` (n1 x n_0) and `x2` (n2 x n_0;
@@ -178,19 +256,17 @@ pub fn empirical_ntk<T: Real>(
     check_shape("out", out, mode.len(n1, n2, k))?;
     check_len("scratch", scratch, empirical_ntk_scratch(widths, n1, x2.map(|_| n2)))?;
 
-    let (mut s1, rest) = Side::new(widths, n1, scratch);
-    let (mut s2, gs) = match x2 {
+    let (p1, rest) = scratch.split_at_mut(pool_len(widths, n1));
+    let (mut p2, gs) = match x2 {
         Some(_) => {
-            let (s, r) = Side::new(widths, n2, rest);
-            (Some(s), r)
+            let (p, r) = rest.split_at_mut(pool_len(widths, n2));
+            (Some(p), r)
         }
         None => (None, rest),
     };
-    forward(spec, params, x1, n1, s1.cache, gs)?;
-    signals_init(&mut s1.cur[..n1 * k * k], n1, k);
-    if let (Some(s2), Some(x2)) = (s2.as_mut(), x2) {
-        forward(spec, params, x2, n2, s2.cache, gs)?;
-        signals_init(&mut s2.cur[..n2 * k * k], n2, k);
+    forward_pool(spec, params, x1, n1, p1, gs)?;
+    if let (Some(p2), Some(x2)) = (p2.as_deref_mut(), x2) {
+        forward_pool(spec, params, x2, n2, p2, gs)?;
     }
 
     out.fill(T::ZERO);
@@ -198,18 +274,24 @@ pub fn empirical_ntk<T: Real>(
     for i in (0..spec.layers()).rev() {
         let c = T::from_f64(spec.weight_multiplier(i) * spec.weight_multiplier(i));
         let n_out = widths[i + 1];
-        let (a1, d1) = s1.views(spec, x1, i);
-        match (s2.as_mut(), x2) {
-            (Some(s2), Some(x2)) => {
-                let (a2, d2) = s2.views(spec, x2, i);
+        if i > 0 {
+            prepare(spec, p1, n1, i);
+            if let Some(p2) = p2.as_deref_mut() {
+                prepare(spec, p2, n2, i);
+            }
+        }
+        let (a1, d1) = layer_views(widths, p1, x1, n1, i);
+        match (p2.as_deref(), x2) {
+            (Some(p2), Some(x2)) => {
+                let (a2, d2) = layer_views(widths, p2, x2, n2, i);
                 accumulate_rows(out, mode, a1, a2, d1, d2, k, n_out, c, s, false, 0, gs)?;
             }
             _ => accumulate_rows(out, mode, a1, a1, d1, d1, k, n_out, c, s, true, 0, gs)?,
         }
         if i > 0 {
-            s1.step(spec, params, i, gs)?;
-            if let Some(s2) = s2.as_mut() {
-                s2.step(spec, params, i, gs)?;
+            step(spec, params, p1, n1, i, gs)?;
+            if let Some(p2) = p2.as_deref_mut() {
+                step(spec, params, p2, n2, i, gs)?;
             }
         }
     }
@@ -404,6 +486,49 @@ pub fn mirror<T: Real>(out: &mut [T], mode: OutputMode, n: usize, k: usize) {
             let (i, a, j, b) = (p / kk, p % kk, q / kk, q % kk);
             if a > b || (a == b && j < i) {
                 out[p * dim + q] = out[q * dim + p];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every buffer a layer of the NTK reads or writes lies inside the pool, above the
+    /// pre-activations still needed, and apart from the other buffers of that layer.
+    #[test]
+    fn pool_layout_keeps_live_buffers_apart() {
+        let shapes: [&[usize]; 9] = [
+            &[3, 1],
+            &[3, 5, 1],
+            &[4, 16, 16, 2],
+            &[64, 1024, 1024, 1024, 1],
+            &[5, 2, 9, 3],
+            &[7, 30, 4, 20, 6],
+            &[2, 8, 8, 8, 8, 8, 3],
+            &[10, 3, 40, 1],
+            &[6, 40, 3, 3, 12],
+        ];
+        for w in shapes {
+            for n in [0, 1, 3, 8] {
+                let (layers, t) = (w.len() - 1, pool_len(w, n));
+                let k = w[layers];
+                let slot = |j: usize| {
+                    let o = signals_offset(w, n, j);
+                    o..o + n * k * w[j]
+                };
+                assert!(slot(layers).start >= cache_len(w, n) && slot(layers).end <= t);
+                for i in 1..layers {
+                    let (dst, src) = (slot(i), slot(i + 1));
+                    let live = cache_offset(w, n, i);
+                    assert!(
+                        dst.end <= t && dst.start >= live && src.start >= live,
+                        "{w:?} {n} {i}"
+                    );
+                    assert!(dst.end <= src.start || src.end <= dst.start, "{w:?} {n} {i}");
+                    assert!(t - n * w[i] >= cache_offset(w, n, i + 1), "{w:?} {n} {i}: forward");
+                }
             }
         }
     }
