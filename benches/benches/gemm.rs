@@ -13,7 +13,9 @@
 //! at width 256 with 128 rows (the training step on one thread) and 64 rows (its blocks on
 //! two), and at width 2048 with 128 rows (workload W4), through the core and the `gemm` crate,
 //! and prints the fastest call's time and GFLOP/s for each (the minimum filters out the time
-//! slices lost to other processes).
+//! slices lost to other processes). `NTK_GEMM_ONE=PRECISION,PRODUCT,ROWS,WIDTH,IMPL,REPS`
+//! (`IMPL` `core` or `crate`) runs REPS calls of one such product and nothing else, for
+//! `perf stat -e cycles:u` (the difference of two REPS counts is the cost of the calls).
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_core::simd::{self, MatMut, MatRef, Part};
@@ -158,6 +160,44 @@ fn fastest(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Operands of `product` (`fwd`, `sig`, `wgrad`) with `rows` rows of `a` (`rows x width`) and
+/// `w` (`width x width`), both row-major: `(lhs, rhs)` of the row-major product.
+fn product<'a, T: Real>(
+    name: &str,
+    a: &'a [T],
+    w: &'a [T],
+    rows: usize,
+    width: usize,
+) -> (MatRef<'a, T>, MatRef<'a, T>) {
+    let ar = MatRef::row_major(&a[..rows * width], rows, width);
+    let wr = MatRef::row_major(w, width, width);
+    match name {
+        "fwd" => (ar, wr.t()),
+        "sig" => (ar, wr),
+        // All output rows of delta^T a over `rows` samples.
+        _ => (MatRef { data: a, rows: width, cols: rows, rs: 1, cs: width }, ar),
+    }
+}
+
+/// `NTK_GEMM_ONE` (see the module docs).
+fn one<T: Real>(name: &str, rows: usize, width: usize, imp: &str, reps: usize) {
+    let a = random::<T>(rows * width, 5);
+    let w = random::<T>(width * width, 6);
+    let (lhs, rhs) = product(name, &a, &w, rows, width);
+    let (m, n) = (lhs.rows, rhs.cols);
+    let mut dst = vec![T::ZERO; m * n];
+    let mut scratch = vec![T::ZERO; simd::gemm_scratch(m, n, lhs.cols)];
+    for _ in 0..reps {
+        if imp == "core" {
+            let out = MatMut::row_major(&mut dst, m, n);
+            simd::gemm(out, T::ONE, black_box(lhs), rhs, T::ZERO, &mut scratch).unwrap();
+        } else {
+            gemm_crate(&mut dst, black_box(lhs), rhs);
+        }
+    }
+    black_box(&dst);
+}
+
 /// The fixed-work mode (see the module docs).
 fn fixed<T: Real>(reps: usize) {
     for (width, rows) in [(256usize, 128usize), (256, 64), (2048, 128)] {
@@ -200,6 +240,17 @@ fn fixed<T: Real>(reps: usize) {
 criterion_group!(gemm_benches, benches);
 
 fn main() {
+    if let Ok(v) = std::env::var("NTK_GEMM_ONE") {
+        let f: Vec<&str> = v.split(',').collect();
+        assert_eq!(f.len(), 6, "NTK_GEMM_ONE=PRECISION,PRODUCT,ROWS,WIDTH,IMPL,REPS");
+        let (rows, width, reps) =
+            (f[2].parse().unwrap(), f[3].parse().unwrap(), f[5].parse().unwrap());
+        match f[0] {
+            "f32" => one::<f32>(f[1], rows, width, f[4], reps),
+            _ => one::<f64>(f[1], rows, width, f[4], reps),
+        }
+        return;
+    }
     if let Ok(v) = std::env::var("NTK_GEMM_FIXED") {
         let f: Vec<&str> = v.split(',').collect();
         assert_eq!(f.len(), 2, "NTK_GEMM_FIXED=PRECISION,REPS");

@@ -1,19 +1,24 @@
 //! The pulp kernels behind [`super::gemm`], [`super::gram_hadamard`] and [`super::dot`].
 //!
-//! Both matrix kernels are BLIS-style: operands are packed into zero-padded panels in the
-//! caller's scratch, and a register-blocked micro-kernel computes an `MR x NR` tile of the
-//! output, `MR = MV * lanes` rows as `MV` vectors times `NR` broadcast columns (32 vector
-//! registers, e.g. AVX-512: 4 x 6 = 24 accumulators, 32 x 6 tiles in `f64`; 16 registers, AVX2
-//! and scalar: 3 x 4 = 12). Vectors run along the output's rows, so an output with unit row
-//! stride is read and written with whole vector loads; a row-major output is handled by
-//! transposing the whole problem.
+//! Both matrix kernels are BLIS-style: a register-blocked micro-kernel computes an `MR x NR`
+//! tile of the output, `MR = MV * lanes` rows as `MV` vectors times `NR` broadcast columns (32
+//! vector registers, e.g. AVX-512: 4 x 6 = 24 accumulators, 32 x 6 tiles in `f64`; 16
+//! registers, AVX2 and scalar: 3 x 4 = 12; a last panel of at most 2 or 4 columns of [`gemm`]
+//! runs 2- or 4-column tiles). Operands are packed into zero-padded panels in the caller's
+//! scratch, except in [`gemm`] where a unit stride allows reading them in place: `lhs` columns
+//! as vectors when its row stride is 1 (and `KC` of its columns span at most 512 KiB), `rhs`
+//! scalars broadcast straight from its rows or columns when either stride is 1 (the row-major
+//! operands of a training step or an NTK layer are never packed on that side). Vectors run
+//! along the output's rows, so an output with unit row stride is read and written with whole
+//! vector loads; a row-major output is handled by transposing the whole problem.
 //!
 //! Determinism: every output entry is the same FMA chain `acc = fma(x_p, y_p, acc)` over the
 //! inner index `p` in increasing order (for [`gemm`] restarted at every `KC` boundary, fixed per
 //! type; for [`gram_hadamard`] one unbroken chain per Gram matrix), then combined with the
 //! destination by the same vector operations, whatever the tile, its size (tail tiles use the
-//! same code with fewer vectors), the orientation (`fma` is commutative in its factors) or
-//! [`Part`]. So an entry does not depend on where it sits or on how the caller tiles the output.
+//! same code with fewer vectors or columns), whether an operand was packed or read in place,
+//! the orientation (`fma` is commutative in its factors) or [`Part`]. So an entry does not
+//! depend on where it sits, on the operands' layouts or on how the caller tiles the output.
 
 use super::elem::{Elem, MAX_LANES};
 use super::nt;
