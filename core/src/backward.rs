@@ -282,3 +282,29 @@ pub fn param_gradient<T: Real>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bias_gradient;
+
+    /// `bias_gradient` equals the plain row-order sum times c_b bit for bit, for unit ranges
+    /// covering register blocks, tails and offsets.
+    #[test]
+    fn bias_gradient_is_the_row_sum() {
+        let (rows, n_out) = (23usize, 150usize);
+        let d: std::vec::Vec<f32> =
+            (0..rows * n_out).map(|i| crate::rng::normal(5, 0, i as u64) as f32).collect();
+        let cb = 0.7f32;
+        for (j0, len) in [(0usize, 150usize), (0, 64), (3, 70), (64, 86), (149, 1), (10, 0)] {
+            let mut gb = std::vec![f32::NAN; len];
+            bias_gradient(&mut gb, &d, n_out, j0, cb);
+            for (j, &v) in gb.iter().enumerate() {
+                let mut acc = 0.0f32;
+                for r in 0..rows {
+                    acc += d[r * n_out + j0 + j];
+                }
+                assert_eq!(v.to_bits(), (acc * cb).to_bits(), "{j0} {len} {j}");
+            }
+        }
+    }
+}

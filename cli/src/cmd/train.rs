@@ -634,20 +634,22 @@ pub fn train_run<T: Real>(
 /// [`ntk_core::train::train_step`], computed with every thread of the rayon pool and equal to
 /// it bit for bit.
 ///
-/// The step runs the core's layer kernels in four parallel regions: (1) the forward pass
+/// The step runs the core's layer kernels in three parallel regions: (1) the forward pass
 /// `h^l = c W^l x^{l-1} + c_b b^l`, `x^l = phi(h^l)` through all layers, one row block of
 /// samples per work item; (2) for the linearized model, its JVP
-/// `dh^l = c (dW^l x^{l-1} + W^l dx^{l-1}) + c_b db^l` the same way; (3) the signal backprop
-/// `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` through all layers per row block; (4)
-/// the weight gradients `dL/dW^l = c delta_l^T x^{l-1}` over blocks of output rows of every
-/// layer (each entry keeps its whole reduction over the N samples) and the bias gradients
-/// `c_b sum_n delta_l` over the same blocks; then the optimizer update over chunks of
-/// parameters. The core's GEMM gives an entry the same value wherever it sits in the output,
-/// so no split changes a bit: results are identical to the core step and to any thread count
-/// (on overflow the error may name another layer than the core's). Cost in FLOPs (a
-/// multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`, weight gradients the same, signals
-/// `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds its JVP (forward count plus the
-/// signal count) and skips the forward at theta_0, computed once per full batch and kept.
+/// `dh^l = c (dW^l x^{l-1} + W^l dx^{l-1}) + c_b db^l` the same way; (3) the backward pass as
+/// two pipelined chains (see [`ParStep::backward`]): the signal backprop
+/// `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` of the whole batch on one thread, and
+/// behind it, layer by layer, the weight gradients `dL/dW^l = c delta_l^T x^{l-1}` (each entry
+/// keeps its whole reduction over the N samples), the bias gradients `c_b sum_n delta_l` and,
+/// for GD/SGD, the update; Adam's update runs after it over chunks of parameters. The core's
+/// GEMM gives an entry the same value wherever it sits in the output, so no split changes a
+/// bit: results are identical to the core step and to any thread count (on overflow the error
+/// may name another layer than the core's; the parameters are left as the core leaves them).
+/// Cost in FLOPs (a multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`, weight gradients the
+/// same, signals `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds its JVP (forward count
+/// plus the signal count) and skips the forward at theta_0, computed once per full batch and
+/// kept.
 ///
 /// Buffers are allocated once (for batches of up to `batch` samples) and reused by every step.
 pub struct ParStep<T> {
@@ -708,9 +710,9 @@ fn split_blocks<'a, T>(
 
 impl<T: Real> ParStep<T> {
     /// A workspace for `spec` and batches of up to `batch` samples, with work items sized for
-    /// the current rayon pool (one row block of samples per thread, and one block of output
-    /// rows per thread in every layer for the weight gradients, so each operand is packed as
-    /// few times as possible; the split never changes results).
+    /// the current rayon pool (one row block of samples per thread in the forward pass and
+    /// the JVP, GEMM scratch per thread for the weight gradients; the split never changes
+    /// results).
     pub fn new(spec: &Spec<'_>, batch: usize) -> Self {
         use ntk_core::simd::gemm_scratch;
         let w = spec.widths;
