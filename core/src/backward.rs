@@ -52,11 +52,36 @@ pub fn signals_step<T: Real>(
     scratch: &mut [T],
 ) -> Result<(), Error> {
     assert!(i >= 1 && i < spec.layers(), "signals_step: layer");
+    let (w, _) = spec.layer(params, i);
+    signals_step_w(spec, w, i, dst, src, h_prev, rows_per_input, scratch)
+}
+
+/// [`signals_step`] given layer `i`'s weights `w` (n_{i+1} x n_i, row-major) instead of the
+/// whole parameter vector.
+///
+/// # Errors
+/// As [`signals_step`].
+///
+/// # Panics
+/// If shapes disagree.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn signals_step_w<T: Real>(
+    spec: &Spec<'_>,
+    w: &[T],
+    i: usize,
+    dst: &mut [T],
+    src: &[T],
+    h_prev: &[T],
+    rows_per_input: usize,
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    assert!(i >= 1 && i < spec.layers(), "signals_step: layer");
     let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
     let rows = src.len() / n_out;
     assert!(src.len() == rows * n_out && dst.len() == rows * n_in, "signals_step: shapes");
     assert!(rows_per_input > 0 && h_prev.len() * rows_per_input == rows * n_in, "signals_step: h");
-    let (w, _) = spec.layer(params, i);
+    assert_eq!(w.len(), n_out * n_in, "signals_step: weights");
     let cw = T::from_f64(spec.weight_multiplier(i));
     gemm(
         MatMut::row_major(dst, rows, n_in),
@@ -256,4 +281,30 @@ pub fn param_gradient<T: Real>(
         return Err(Error::NonFinite { layer: 0, pass: Pass::Backward });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bias_gradient;
+
+    /// `bias_gradient` equals the plain row-order sum times c_b bit for bit, for unit ranges
+    /// covering register blocks, tails and offsets.
+    #[test]
+    fn bias_gradient_is_the_row_sum() {
+        let (rows, n_out) = (23usize, 150usize);
+        let d: std::vec::Vec<f32> =
+            (0..rows * n_out).map(|i| crate::rng::normal(5, 0, i as u64) as f32).collect();
+        let cb = 0.7f32;
+        for (j0, len) in [(0usize, 150usize), (0, 64), (3, 70), (64, 86), (149, 1), (10, 0)] {
+            let mut gb = std::vec![f32::NAN; len];
+            bias_gradient(&mut gb, &d, n_out, j0, cb);
+            for (j, &v) in gb.iter().enumerate() {
+                let mut acc = 0.0f32;
+                for r in 0..rows {
+                    acc += d[r * n_out + j0 + j];
+                }
+                assert_eq!(v.to_bits(), (acc * cb).to_bits(), "{j0} {len} {j}");
+            }
+        }
+    }
 }

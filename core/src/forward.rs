@@ -185,3 +185,29 @@ pub fn pre_activations<'c, T>(spec: &Spec<'_>, cache: &'c [T], n: usize, i: usiz
     let off = cache_offset(spec.widths, n, i);
     &cache[off..off + n * spec.widths[i + 1]]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    /// `all_finite` against a direct check, with one bad value at every position of vector
+    /// heads, bodies and tails.
+    #[test]
+    fn all_finite_finds_every_bad_value() {
+        fn check<T: crate::Real>() {
+            for len in [0usize, 1, 16, 37] {
+                let clean = std::vec![T::ONE; len];
+                assert!(all_finite(&clean));
+                for pos in 0..len {
+                    for bad in [f64::NAN, f64::INFINITY, -f64::INFINITY] {
+                        let mut v = clean.clone();
+                        v[pos] = T::from_f64(bad);
+                        assert!(!all_finite(&v), "{} {len} {pos} {bad}", T::NAME);
+                    }
+                }
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+    }
+}

@@ -634,28 +634,37 @@ pub fn train_run<T: Real>(
 /// [`ntk_core::train::train_step`], computed with every thread of the rayon pool and equal to
 /// it bit for bit.
 ///
-/// The step runs the core's layer kernels in four parallel regions: (1) the forward pass
+/// The step runs the core's layer kernels in three parallel regions: (1) the forward pass
 /// `h^l = c W^l x^{l-1} + c_b b^l`, `x^l = phi(h^l)` through all layers, one row block of
 /// samples per work item; (2) for the linearized model, its JVP
-/// `dh^l = c (dW^l x^{l-1} + W^l dx^{l-1}) + c_b db^l` the same way; (3) the signal backprop
-/// `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` through all layers per row block; (4)
-/// the weight gradients `dL/dW^l = c delta_l^T x^{l-1}` over blocks of output rows of every
-/// layer (each entry keeps its whole reduction over the N samples) and the bias gradients
-/// `c_b sum_n delta_l` over the same blocks; then the optimizer update over chunks of
-/// parameters. The core's GEMM gives an entry the same value wherever it sits in the output,
-/// so no split changes a bit: results are identical to the core step and to any thread count
-/// (on overflow the error may name another layer than the core's). Cost in FLOPs (a
-/// multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`, weight gradients the same, signals
-/// `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds its JVP (forward count plus the
-/// signal count) and skips the forward at theta_0, computed once per full batch and kept.
+/// `dh^l = c (dW^l x^{l-1} + W^l dx^{l-1}) + c_b db^l` the same way; (3) the backward pass as
+/// two pipelined chains (see [`ParStep::backward`]): the signal backprop
+/// `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` of the whole batch on one thread, and
+/// behind it, layer by layer, the weight gradients `dL/dW^l = c delta_l^T x^{l-1}` (each entry
+/// keeps its whole reduction over the N samples), the bias gradients `c_b sum_n delta_l` and,
+/// for GD/SGD, the update; Adam's update runs after it over chunks of parameters. The core's
+/// GEMM gives an entry the same value wherever it sits in the output, so no split changes a
+/// bit: results are identical to the core step and to any thread count (on overflow the error
+/// may name another layer than the core's; the parameters are left as the core leaves them).
+/// Cost in FLOPs (a multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`, weight gradients the
+/// same, signals `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds its JVP (forward count
+/// plus the signal count) and skips the forward at theta_0, computed once per full batch and
+/// kept.
 ///
 /// Buffers are allocated once (for batches of up to `batch` samples) and reused by every step.
 pub struct ParStep<T> {
     rb: usize,
     /// Pre-activations h^l of every layer (the layout of the core's forward cache).
     cache: Vec<T>,
-    /// Layer inputs phi(h^l) in the same layout (layer l's block feeds layer l + 1).
+    /// Layer inputs phi(h^l) in the same layout (layer l's block feeds layer l + 1), when
+    /// `acts_kept`.
     acts: Vec<T>,
+    /// Whether the last forward pass kept its layer inputs in `acts`; otherwise (the network
+    /// model with a piecewise-linear phi) they are recomputed from `cache` when needed, which
+    /// is cheaper than writing and reading them back from memory.
+    acts_kept: bool,
+    /// One layer's inputs phi(h^{l-1}) of all samples, recomputed for its weight gradient.
+    layer_inputs: Vec<T>,
     /// Signals delta^l = dL/dh^l of every layer, same layout.
     deltas: Vec<T>,
     /// Two tangent buffers of the JVP per row block.
@@ -701,9 +710,9 @@ fn split_blocks<'a, T>(
 
 impl<T: Real> ParStep<T> {
     /// A workspace for `spec` and batches of up to `batch` samples, with work items sized for
-    /// the current rayon pool (one row block of samples per thread, and one block of output
-    /// rows per thread in every layer for the weight gradients, so each operand is packed as
-    /// few times as possible; the split never changes results).
+    /// the current rayon pool (one row block of samples per thread in the forward pass and
+    /// the JVP, GEMM scratch per thread for the weight gradients; the split never changes
+    /// results).
     pub fn new(spec: &Spec<'_>, batch: usize) -> Self {
         use ntk_core::simd::gemm_scratch;
         let w = spec.widths;
@@ -719,6 +728,8 @@ impl<T: Real> ParStep<T> {
             rb,
             cache: vec![T::ZERO; len],
             acts: vec![T::ZERO; len],
+            acts_kept: false,
+            layer_inputs: vec![T::ZERO; batch * m],
             deltas: vec![T::ZERO; len],
             tangents: vec![T::ZERO; blocks * 2 * rb * m],
             block_scratch: vec![T::ZERO; blocks * per_block],
@@ -786,41 +797,46 @@ impl<T: Real> ParStep<T> {
             idx.len()
         };
         let (xs, ys) = if b == n { (x, y) } else { (&xb[..nb * d], &yb[..nb * k]) };
-        let r = self.loss_gradient(spec, model, params, xs, ys, nb, loss, b == n);
+        let sgd = (opt.method == Method::Sgd).then_some(opt);
+        let r = self.loss_gradient(spec, model, params, xs, ys, nb, loss, b == n, sgd);
         (self.xb, self.yb) = (xb, yb);
-        let value = r?;
-        par_update(opt, params, &self.grad, state, step)?;
+        let (value, updated) = r?;
+        if !updated {
+            par_update(opt, params, &self.grad, state, step)?;
+        }
         Ok(value)
     }
 
     /// Loss and gradient (into `self.grad`) on one batch, as
-    /// [`ntk_core::train::loss_gradient`].
+    /// [`ntk_core::train::loss_gradient`]; with `sgd`, also its update of `params` (then the
+    /// second value is `true`, see [`ParStep::backward`]).
     #[allow(clippy::too_many_arguments)]
     fn loss_gradient(
         &mut self,
         spec: &Spec<'_>,
         model: Model<'_, T>,
-        params: &[T],
+        params: &mut [T],
         x: &[T],
         y: &[T],
         n: usize,
         loss: Loss,
         full: bool,
-    ) -> Result<f64, ntk_core::Error> {
+        sgd: Option<&Optimizer>,
+    ) -> Result<(f64, bool), ntk_core::Error> {
         let k = spec.output_dim();
-        let at = match model {
+        let params0 = match model {
             Model::Network => {
                 self.cache0 = None;
-                self.forward(spec, params, x, n)?;
+                self.forward(spec, params, x, n, !spec.activation.is_homogeneous())?;
                 let f = ntk_core::forward::output(spec, &self.cache, n);
                 self.f[..n * k].copy_from_slice(f);
-                params
+                None
             }
             Model::Linearized { params0 } => {
                 let key = (params0.as_ptr() as usize, x.as_ptr() as usize, n);
                 if !(full && self.cache0 == Some(key)) {
                     self.cache0 = None;
-                    self.forward(spec, params0, x, n)?;
+                    self.forward(spec, params0, x, n, true)?;
                     if full {
                         self.cache0 = Some(key);
                     }
@@ -830,7 +846,7 @@ impl<T: Real> ParStep<T> {
                 for (o, &v) in self.f[..n * k].iter_mut().zip(f0) {
                     *o += v;
                 }
-                params0
+                Some(params0)
             }
         };
         let value = ntk_core::backward::loss_and_gradient(
@@ -840,38 +856,51 @@ impl<T: Real> ParStep<T> {
             y,
             n,
         );
-        self.backward(spec, at, x, n)?;
-        Ok(value)
+        let updated = self.backward(spec, params0, params, x, n, sgd)?;
+        Ok((value, updated))
     }
 
-    /// Region 1: the core's forward pass into `cache` (and the layer inputs into `acts`),
-    /// each row block through all layers.
+    /// Region 1: the core's forward pass into `cache` (and, with `keep`, the layer inputs into
+    /// `acts`), each row block through all layers.
     fn forward(
         &mut self,
         spec: &Spec<'_>,
         params: &[T],
         x: &[T],
         n: usize,
+        keep: bool,
     ) -> Result<(), ntk_core::Error> {
         use ntk_core::forward::{activations, cache_len, check_finite, forward_layer};
         let (w, rb, d, layers) = (spec.widths, self.rb, spec.input_dim(), spec.layers());
+        let m = ntk_core::spec::max_width(w);
         check_finite("x", x)?;
         let len = cache_len(w, n);
         let hs = split_blocks(&mut self.cache[..len], w, n, rb);
-        let acts = split_blocks(&mut self.acts[..len], w, n, rb);
+        let acts = if keep {
+            split_blocks(&mut self.acts[..len], w, n, rb)
+        } else {
+            (0..n.div_ceil(rb)).map(|_| Vec::new()).collect()
+        };
+        self.acts_kept = keep;
         hs.into_par_iter()
             .zip(acts)
             .zip(x.par_chunks(rb * d))
             .zip(self.block_scratch.par_chunks_mut(self.per_block))
-            .try_for_each(|(((mut h, mut act), xb), gs)| {
+            .zip(self.tangents.par_chunks_mut(2 * rb * m))
+            .try_for_each(|((((mut h, mut act), xb), gs), tmp)| {
                 let rows = xb.len() / d;
                 for i in 0..layers {
                     let (before, after) = h.split_at_mut(i);
                     let a: &[T] = if i == 0 {
                         xb
                     } else {
-                        activations(spec, act[i - 1], before[i - 1]);
-                        act[i - 1]
+                        // Kept, or in a block buffer that the next layer overwrites.
+                        let dst = match act.get_mut(i - 1) {
+                            Some(dst) => &mut **dst,
+                            None => &mut tmp[..rows * w[i]],
+                        };
+                        activations(spec, dst, before[i - 1]);
+                        dst
                     };
                     forward_layer(spec, params, i, after[0], MatRef::row_major(a, rows, w[i]), gs)?;
                 }
@@ -947,58 +976,77 @@ impl<T: Real> ParStep<T> {
     }
 
     /// Region 3: the core's parameter gradient ([`ntk_core::backward::param_gradient`]) of
-    /// `g` into `grad` at `params`, given the forward pass at `params` in `cache` and `acts`,
-    /// as two pipelined chains: one thread runs the signal backprop of the whole batch, layer
-    /// by layer, and hands each finished `delta^l` to the other chain, which computes that
-    /// layer's weight and bias gradients meanwhile (over blocks of output rows once the signals
-    /// are done, so that every thread helps with the last layers).
+    /// `g` into `grad` at `params0` (linearized) or `params` (network), given the forward pass
+    /// at that point in `cache` (and `acts` when kept), as two pipelined chains: one thread
+    /// runs the signal backprop of the whole batch, layer by layer, and hands each finished
+    /// `delta^l` to the other chain, which computes that layer's weight and bias gradients
+    /// meanwhile (over blocks of output rows once the signals are done, so that every thread
+    /// helps with the last layers).
+    ///
+    /// With `sgd`, the second chain also applies the SGD update to each layer of `params` as
+    /// soon as the signal chain no longer needs its weights, while its gradient is in cache,
+    /// keeping the old values in `grad`; if any gradient turns out non-finite the updated
+    /// layers are restored, so `params` is left as the core leaves it: unchanged after a
+    /// backward error, updated (as [`Optimizer::update`]) after a train-pass error. Returns
+    /// whether `params` was updated.
     fn backward(
         &mut self,
         spec: &Spec<'_>,
-        params: &[T],
+        params0: Option<&[T]>,
+        params: &mut [T],
         x: &[T],
         n: usize,
-    ) -> Result<(), ntk_core::Error> {
-        use ntk_core::backward::{bias_gradient, signals_step};
-        use ntk_core::forward::{all_finite, cache_len, pre_activations};
+        sgd: Option<&Optimizer>,
+    ) -> Result<bool, ntk_core::Error> {
+        use ntk_core::backward::{bias_gradient, signals_step_w};
+        use ntk_core::forward::{activations, all_finite, cache_len, pre_activations};
         use ntk_core::simd::{gemm, MatMut};
+        use ntk_core::{Error, Pass};
         let (w, k, layers) = (spec.widths, spec.output_dim(), spec.layers());
-        let Self { cache, acts, deltas, sig_scratch, thread_scratch, g, grad, .. } = self;
-        let (cache, acts, g) = (&cache[..], &acts[..], &g[..n * k]);
+        let Self {
+            cache,
+            acts,
+            acts_kept,
+            layer_inputs,
+            deltas,
+            sig_scratch,
+            thread_scratch,
+            g,
+            grad,
+            ..
+        } = self;
+        let (cache, acts, acts_kept, g) = (&cache[..], &acts[..], *acts_kept, &g[..n * k]);
         // Signals of every layer (n x n_l each, the forward-cache layout): one block of n rows.
-        let mut dl = split_blocks(&mut deltas[..cache_len(w, n)], w, n, n).pop().unwrap_or_default();
-        // Weight and bias gradients of every layer.
-        let mut gl: Vec<(&mut [T], &mut [T])> = Vec::with_capacity(layers);
-        let mut rest: &mut [T] = grad;
-        for i in 0..layers {
-            let (n_in, n_out) = (w[i], w[i + 1]);
-            let nb = if spec.bias { n_out } else { 0 };
-            let (layer, r) = std::mem::take(&mut rest).split_at_mut(n_out * n_in + nb);
-            gl.push(layer.split_at_mut(n_out * n_in));
-            rest = r;
-        }
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, &[T])>();
+        let mut dl =
+            split_blocks(&mut deltas[..cache_len(w, n)], w, n, n).pop().unwrap_or_default();
+        let (mut gl, mut pl) = (split_layers(spec, grad), split_layers(spec, params));
+        // Messages of the signal chain: a finished layer's signals, and a layer of `params`
+        // whose weights it no longer reads.
+        type Msg<'a, T> = (Option<(usize, &'a [T])>, Option<(usize, &'a mut [T])>);
+        let (tx, rx) = std::sync::mpsc::channel::<Msg<'_, T>>();
         let signals_done = AtomicBool::new(false);
         let signals = || {
-            let mut cur: &[T] = match dl.pop() {
-                Some(last) => {
-                    last.copy_from_slice(g);
-                    last
-                }
-                None => return Ok(()),
-            };
-            let _ = tx.send((layers - 1, cur));
+            let Some(last) = dl.pop() else { return Ok(()) };
+            last.copy_from_slice(g);
+            let mut cur: &[T] = last;
+            let _ = tx.send((Some((layers - 1, cur)), None));
             for i in (1..layers).rev() {
                 let dst = dl.pop().unwrap_or_default();
+                let p = pl.pop().unwrap_or_default();
+                let wi = match params0 {
+                    Some(p0) => spec.layer(p0, i).0,
+                    None => &p[..w[i + 1] * w[i]],
+                };
                 let h_prev = pre_activations(spec, cache, n, i - 1);
-                signals_step(spec, params, i, dst, cur, h_prev, 1, sig_scratch)?;
+                signals_step_w(spec, wi, i, dst, cur, h_prev, 1, sig_scratch)?;
                 cur = dst;
-                let _ = tx.send((i - 1, cur));
+                let _ = tx.send((Some((i - 1, cur)), Some((i, p))));
             }
+            let _ = tx.send((None, pl.pop().map(|p| (0, p))));
             signals_done.store(true, Ordering::Release);
             // Dropping the sender ends the other chain's loop.
             drop(tx);
-            Ok::<(), ntk_core::Error>(())
+            Ok::<(), Error>(())
         };
         let cb = T::from_f64(spec.bias_multiplier());
         let threads = thread_scratch.len();
@@ -1006,25 +1054,43 @@ impl<T: Real> ParStep<T> {
         // and reported after the whole backward pass, as the core does.
         let bad = AtomicBool::new(false);
         let gradients = || {
-            for (i, d) in rx {
+            // Gradients computed and not yet applied, and layers updated (params, old values).
+            let mut ready: Vec<Option<&mut [T]>> = (0..layers).map(|_| None).collect();
+            let mut updated: Vec<(&mut [T], &mut [T])> = Vec::new();
+            let (mut finite, mut result) = (true, Ok(()));
+            for (signals, release) in rx {
+                if let (Some((j, p)), Some(opt)) = (release, sgd) {
+                    if let Some(gj) = ready[j].take().filter(|_| !bad.load(Ordering::Relaxed)) {
+                        finite &= opt.sgd_update_undoable(p, gj);
+                        updated.push((p, gj));
+                    }
+                }
+                let Some((i, d)) = signals else { continue };
                 let (n_in, n_out) = (w[i], w[i + 1]);
-                let (gw, gb) = gl.pop().unwrap_or_default();
+                let layer = gl.pop().unwrap_or_default();
+                let (gw, gb) = layer.split_at_mut(n_out * n_in);
+                let a: &[T] = if i == 0 || acts_kept {
+                    Self::inputs(spec, acts, x, n, i)
+                } else {
+                    let a = &mut layer_inputs[..n * n_in];
+                    activations(spec, a, pre_activations(spec, cache, n, i - 1));
+                    a
+                };
                 // One block while the signal chain runs, then one per thread.
                 let parts = if signals_done.load(Ordering::Acquire) { threads } else { 1 };
                 let ob = n_out.div_ceil(parts);
                 let gbs = gb.chunks_mut(ob).chain(std::iter::repeat_with(|| &mut [][..]));
                 let items: Vec<_> = gw.chunks_mut(ob * n_in).zip(gbs).enumerate().collect();
-                items.into_par_iter().try_for_each(|(blk, (gw, gb))| {
+                result = result.and(items.into_par_iter().try_for_each(|(blk, (gw, gb))| {
                     let (r0, rows) = (blk * ob, gw.len() / n_in);
                     let t = rayon::current_thread_index().unwrap_or(0) % threads;
-                    let mut gs = thread_scratch[t]
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut gs =
+                        thread_scratch[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     gemm(
                         MatMut::row_major(gw, rows, n_in),
                         T::from_f64(spec.weight_multiplier(i)),
                         MatRef::row_major(d, n, n_out).t().rows(r0, rows),
-                        MatRef::row_major(Self::inputs(spec, acts, x, n, i), n, n_in),
+                        MatRef::row_major(a, n, n_in),
                         T::ZERO,
                         &mut gs,
                     )?;
@@ -1036,19 +1102,43 @@ impl<T: Real> ParStep<T> {
                     if !ok {
                         bad.store(true, Ordering::Relaxed);
                     }
-                    Ok::<(), ntk_core::Error>(())
-                })?;
+                    Ok::<(), Error>(())
+                }));
+                ready[i] = Some(layer);
             }
-            Ok::<(), ntk_core::Error>(())
+            (updated, finite, result)
         };
-        let (rs, rg) = rayon::join(signals, gradients);
+        let (rs, (updated, finite, rg)) = rayon::join(signals, gradients);
+        let bad = bad.load(Ordering::Relaxed);
+        if rs.is_err() || rg.is_err() || bad {
+            for (p, old) in updated {
+                p.copy_from_slice(old);
+            }
+        }
         rs?;
         rg?;
-        if bad.load(Ordering::Relaxed) {
-            return Err(ntk_core::Error::NonFinite { layer: 0, pass: ntk_core::Pass::Backward });
+        if bad {
+            return Err(Error::NonFinite { layer: 0, pass: Pass::Backward });
         }
-        Ok(())
+        if !finite {
+            return Err(Error::NonFinite { layer: 0, pass: Pass::Train });
+        }
+        Ok(sgd.is_some())
     }
+}
+
+/// Splits a buffer in the parameter layout into its layers (weights then biases of each).
+fn split_layers<'a, T>(spec: &Spec<'_>, buf: &'a mut [T]) -> Vec<&'a mut [T]> {
+    let w = spec.widths;
+    let mut out = Vec::with_capacity(spec.layers());
+    let mut rest = buf;
+    for i in 0..spec.layers() {
+        let len = w[i + 1] * w[i] + if spec.bias { w[i + 1] } else { 0 };
+        let (layer, r) = std::mem::take(&mut rest).split_at_mut(len);
+        out.push(layer);
+        rest = r;
+    }
+    out
 }
 
 /// [`Optimizer::update`] over chunks of the parameters in parallel (elementwise, so equal to
@@ -1416,8 +1506,9 @@ mod tests {
         assert_eq!(block_stats(&th, &[0, 0, 1, 1]), (0.5, 0.25));
     }
 
-    /// The row-parallel step equals the core's train_step bit for bit, with 1, 2 and 4 threads:
-    /// network and linearized model, GD, mini-batch SGD and Adam, with and without biases
+    /// The parallel step equals the core's train_step bit for bit, with 1, 2 and 4 threads:
+    /// network and linearized model, GD (update fused into the backward pass), mini-batch SGD
+    /// and Adam, with and without biases, tanh (layer inputs kept) and ReLU (recomputed)
     /// (150 samples: row blocks of 150, 75 + 75 and 38 x 3 + 36; SGD batches of 64 and 22;
     /// widths 40 and 33: uneven output-row blocks).
     #[test]
@@ -1427,10 +1518,12 @@ mod tests {
         let n = 150;
         let x: Vec<f64> = (0..n * 5).map(|i| ntk_core::rng::normal(3, 0, i as u64)).collect();
         let y: Vec<f64> = (0..n * 3).map(|i| ntk_core::rng::normal(4, 0, i as u64)).collect();
-        for (bias, param) in
-            [(true, ntk_core::Parameterization::Standard), (false, ntk_core::Parameterization::Ntk)]
-        {
-            let act = ntk_core::Activation::Tanh;
+        use ntk_core::{Activation, Parameterization};
+        for (bias, param, act) in [
+            (true, Parameterization::Standard, Activation::Tanh),
+            (false, Parameterization::Ntk, Activation::Relu),
+            (true, Parameterization::Standard, Activation::Relu),
+        ] {
             let spec = Spec::new(&widths, act, 1.5, 0.1, bias, param).unwrap();
             let mut p0 = vec![0.0f64; spec.param_count()];
             spec.init(&mut p0, 2).unwrap();
@@ -1496,8 +1589,9 @@ mod tests {
                                 })
                                 .collect()
                         });
-                        let what =
-                            format!("{param:?} bias {bias} {opt:?} lin {linearized} t{threads}");
+                        let what = format!(
+                            "{param:?} {act} bias {bias} {opt:?} lin {linearized} t{threads}"
+                        );
                         assert_eq!(l, core, "{what}");
                         assert!(
                             q.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -1506,6 +1600,72 @@ mod tests {
                         assert_eq!(sq, st, "{what}");
                     }
                 }
+            }
+        }
+    }
+
+    /// A step whose first layer's weight gradient overflows (f32: an input feature near
+    /// `f32::MAX` that the forward pass multiplies by zero weights) or whose update overflows
+    /// (huge learning rate) fails as the core's step and leaves the parameters as it does:
+    /// unchanged after the backward error (the fused SGD updates of all later layers, done
+    /// before the overflow was found, are undone), updated after the train-pass error.
+    #[test]
+    fn failing_step_leaves_params_as_the_core() {
+        use ntk_core::train::{train_step, train_step_scratch};
+        use ntk_core::{Activation, Error, Parameterization, Pass};
+        let widths = [5usize, 40, 33, 3];
+        let n = 150;
+        let spec = Spec::new(&widths, Activation::Relu, 2.0, 0.1, true, Parameterization::Standard)
+            .unwrap();
+        let mut p0 = vec![0.0f32; spec.param_count()];
+        spec.init(&mut p0, 2).unwrap();
+        // W_0 is 40 x 5, row-major: column 0 zero.
+        p0.iter_mut().step_by(5).take(40).for_each(|v| *v = 0.0);
+        for (big, eta, pass) in [(f32::MAX, 1e-3, Pass::Backward), (1.0, 1e37, Pass::Train)] {
+            let x: Vec<f32> = (0..n * 5)
+                .map(
+                    |i| if i % 5 == 0 { big } else { ntk_core::rng::normal(3, 0, i as u64) as f32 },
+                )
+                .collect();
+            let y = vec![1e3f32; n * 3];
+            let opt = Optimizer::gd(eta);
+            let mut p = p0.clone();
+            let mut s = vec![0.0; train_step_scratch(&widths, true, n)];
+            let core = train_step(
+                &spec,
+                Model::Network,
+                &opt,
+                Loss::Mse,
+                &mut p,
+                &mut [],
+                &x,
+                &y,
+                n,
+                0,
+                &mut [],
+                &mut s,
+            );
+            assert!(matches!(core, Err(Error::NonFinite { pass: q, .. }) if q == pass), "{core:?}");
+            assert_eq!(p == p0, pass == Pass::Backward);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut q = p0.clone();
+                let r = pool.install(|| {
+                    ParStep::new(&spec, n).step(
+                        &spec,
+                        Model::Network,
+                        &opt,
+                        Loss::Mse,
+                        &mut q,
+                        &mut [],
+                        &x,
+                        &y,
+                        n,
+                        0,
+                    )
+                });
+                assert!(matches!(r, Err(Error::NonFinite { pass: q, .. }) if q == pass), "{r:?}");
+                assert!(q.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()), "t{threads}");
             }
         }
     }
