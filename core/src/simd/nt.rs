@@ -478,6 +478,30 @@ fn hadamard_row<T: Elem, S: Simd>(s: S, d: &mut [T], ga: &[T], gd: &[T], c: T, s
     }
 }
 
+/// `out[j] = x y[j]` with the bits of the one-element dot chain: `fma(x, y, 0)` in lane 0
+/// plus the zero lanes (`+ 0`, turning `-0` into `+0`) when vectors have several lanes.
+#[inline(always)]
+fn outer_row<T: Elem, S: Simd>(s: S, x: T, y: &[T], out: &mut [T]) {
+    let (vx, zero) = (T::splat(s, x), T::splat(s, T::default()));
+    let lanes = T::lanes::<S>();
+    let f = |y| {
+        let r = T::mul_add(s, vx, y, zero);
+        if lanes > 1 {
+            T::add(s, r, zero)
+        } else {
+            r
+        }
+    };
+    let (ov, ot) = T::as_mut_simd::<S>(out);
+    let (yv, yt) = T::as_simd::<S>(y);
+    for (o, &y) in ov.iter_mut().zip(yv) {
+        *o = f(y);
+    }
+    if !ot.is_empty() {
+        T::partial_store(s, ot, f(T::partial_load(s, yt)));
+    }
+}
+
 #[inline(always)]
 fn gram_nt_run<
     T: Elem + Add<Output = T> + Mul<Output = T>,
@@ -514,7 +538,13 @@ fn gram_nt_run<
                 let ra: [&[T]; MR] = core::array::from_fn(|i| a1.get(i0 + i, ka));
                 gram_dots::<T, S, MR, NR>(s, ra, a2, ka, cols, &mut park, &mut ga);
             }
-            if kd > 0 {
+            if kd == 1 && d2.rs == 1 {
+                // One signal per input (scalar output): the outer product, row by row.
+                for (i, g) in gd.iter_mut().enumerate() {
+                    let x = d1.get(i0 + i, 1)[0];
+                    outer_row(s, x, &d2.data[j_lo..je], &mut g[j_lo - jb..je - jb]);
+                }
+            } else if kd > 0 {
                 let rd: [&[T]; MR] = core::array::from_fn(|i| d1.get(i0 + i, kd));
                 gram_dots::<T, S, MR, NR>(s, rd, d2, kd, cols, &mut park, &mut gd);
             }

@@ -33,10 +33,15 @@ fn data<T: Real>(len: usize, seed: u64) -> Vec<T> {
 }
 
 /// `G = x x^T` (`n x n`, rows of `k`) by the Gram kernel twice: as the A-Gram (`d` = one
-/// column of ones, `c = 1`, `shift = 0`) and as the D-Gram (`a` likewise), both against the
-/// NT GEMM, entry by entry (entries below the diagonal only with `upper` off).
+/// column of ones, `c = 1`, `shift = 0`) and as the D-Gram (`a` likewise; with `k = 1` the
+/// outer-product path), both against the NT GEMM, entry by entry (entries below the diagonal
+/// only with `upper` off).
 fn gram_chain_is_the_dot_chain<T: Real + super::Elem>(n: usize, k: usize, upper: bool) {
-    let x = data::<T>(n * k, (n * 1000 + k) as u64);
+    let mut x = data::<T>(n * k, (n * 1000 + k) as u64);
+    // Products that underflow to -0 (the dot chain's zero lanes make them +0).
+    let tiny = T::from_f64(if core::mem::size_of::<T>() == 4 { 1e-30 } else { 1e-200 });
+    x[k] = tiny;
+    x[2 * k] = -tiny;
     let ones = vec![T::ONE; n];
     let rows = |data, k| Rows { data, rows: n, rs: k };
     for level in 0..3 {
@@ -46,7 +51,8 @@ fn gram_chain_is_the_dot_chain<T: Real + super::Elem>(n: usize, k: usize, upper:
         run(level, GemmNt { dst, alpha: T::ONE, lhs, rhs, k, beta: T::ZERO });
         for as_d in [false, true] {
             let (a, d, ka, kd) = if as_d { (&ones, &x, 1, k) } else { (&x, &ones, k, 1) };
-            let mut got = vec![T::ZERO; n * n];
+            // `-0 + g` keeps the sign of a zero `g`.
+            let mut got = vec![-T::ZERO; n * n];
             let dst = Out { data: &mut got, rs: n, cs: 1 };
             let (a, d) = (rows(a, ka), rows(d, kd));
             let (c, shift) = (T::ONE, T::ZERO);
