@@ -1,6 +1,7 @@
-//! The Gram tiles of [`gram_nt`](super::GramNt) run each entry's FMA chain in register passes;
-//! the chain must be the one of the unblocked dot tiles of [`GemmNt`]: bit for bit, at every
-//! instruction set, for inner dimensions of one pass, several passes and a tail.
+//! The Gram tiles of [`gram_nt`](super::GramNt) run each entry's FMA chain in register passes,
+//! in row tiles of two heights; the chain must be the one of the unblocked dot tiles of
+//! [`GemmNt`]: bit for bit, at every instruction set, for inner dimensions of one pass, several
+//! passes and a tail.
 
 use super::{GemmNt, GramNt, Out, Rows};
 use crate::real::Real;
@@ -73,8 +74,11 @@ fn gram_chain_is_the_dot_chain<T: Real + super::Elem>(n: usize, k: usize, upper:
 
 #[test]
 fn gram_passes_keep_the_dot_chain() {
-    // f64 passes hold 512 elements with AVX-512, f32 1024 (4 KiB rows).
-    for (n, k, upper) in [(29, 1, false), (37, 600, true), (41, 1100, false), (64, 2063, true)] {
+    // f64 passes hold 512 elements with AVX-512, f32 1024 (4 KiB rows); 8-row tiles, the
+    // last one of 4 rows when that covers it (41, 44).
+    let cases =
+        [(29, 1, false), (37, 600, true), (41, 1100, false), (44, 300, true), (64, 2063, true)];
+    for (n, k, upper) in cases {
         gram_chain_is_the_dot_chain::<f64>(n, k, upper);
         gram_chain_is_the_dot_chain::<f32>(n, k, upper);
     }
