@@ -72,7 +72,8 @@ const NR_WIDE: usize = 6;
 const MR_NARROW: usize = 3;
 const NR_NARROW: usize = 4;
 /// Gram micro-tiles: `GRAM_MR x 3` accumulators (+ 3 + 1 operand registers), 8 rows with 32
-/// vector registers, 4 with 16.
+/// vector registers, 4 with 16; a last row tile of at most half that many rows runs at half
+/// height.
 const GRAM_NR: usize = 3;
 const GRAM_MR_WIDE: usize = 8;
 const GRAM_MR_NARROW: usize = 4;
@@ -351,13 +352,20 @@ pub(crate) struct GramNt<'a, T> {
     pub upper: bool,
 }
 
-register_tiles!(
-    GramNt,
-    [Elem + Add<Output = T> + Mul<Output = T>],
-    gram_nt_run,
-    (GRAM_MR_WIDE, GRAM_NR),
-    (GRAM_MR_NARROW, GRAM_NR)
-);
+impl<T: Elem + Add<Output = T> + Mul<Output = T>> WithSimd for GramNt<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        const W: usize = GRAM_MR_WIDE;
+        const N: usize = GRAM_MR_NARROW;
+        if S::REGISTER_COUNT >= 32 {
+            gram_nt_run::<T, S, W, { W / 2 }, GRAM_NR>(s, self)
+        } else {
+            gram_nt_run::<T, S, N, { N / 2 }, GRAM_NR>(s, self)
+        }
+    }
+}
 
 /// Prefetches the cache line at `p` into L1 (a hint: never faults, whatever the address).
 #[cfg(target_arch = "x86_64")]
@@ -478,57 +486,125 @@ fn hadamard_row<T: Elem, S: Simd>(s: S, d: &mut [T], ga: &[T], gd: &[T], c: T, s
     }
 }
 
+/// `out[j] = x y[j]` with the bits of the one-element dot chain: `fma(x, y, 0)` in lane 0
+/// plus the zero lanes (`+ 0`, turning `-0` into `+0`) when vectors have several lanes.
+#[inline(always)]
+fn outer_row<T: Elem, S: Simd>(s: S, x: T, y: &[T], out: &mut [T]) {
+    let (vx, zero) = (T::splat(s, x), T::splat(s, T::default()));
+    let lanes = T::lanes::<S>();
+    let f = |y| {
+        let r = T::mul_add(s, vx, y, zero);
+        if lanes > 1 {
+            T::add(s, r, zero)
+        } else {
+            r
+        }
+    };
+    let (ov, ot) = T::as_mut_simd::<S>(out);
+    let (yv, yt) = T::as_simd::<S>(y);
+    for (o, &y) in ov.iter_mut().zip(yv) {
+        *o = f(y);
+    }
+    if !ot.is_empty() {
+        T::partial_store(s, ot, f(T::partial_load(s, yt)));
+    }
+}
+
+/// Stack buffers of one row-tile height `R`: parked accumulators and the two Gram rows.
+struct RowBufs<T: Elem, S: Simd, const R: usize, const NR: usize> {
+    park: [[[T::V<S>; NR]; R]; GRAM_NB_PASSES / GRAM_NR],
+    ga: [[T; GRAM_NB]; R],
+    gd: [[T; GRAM_NB]; R],
+}
+
+impl<T: Elem, S: Simd, const R: usize, const NR: usize> RowBufs<T, S, R, NR> {
+    #[inline(always)]
+    fn new(s: S) -> Self {
+        let zero = T::splat(s, T::default());
+        let park = [[[zero; NR]; R]; GRAM_NB_PASSES / GRAM_NR];
+        Self { park, ga: [[T::default(); GRAM_NB]; R], gd: [[T::default(); GRAM_NB]; R] }
+    }
+}
+
+/// Rows `i0..i0 + R` (clamped) of [`gram_nt`] over the columns `jb..je` of one block.
+#[inline(always)]
+fn gram_rows<
+    T: Elem + Add<Output = T> + Mul<Output = T>,
+    S: Simd,
+    const R: usize,
+    const NR: usize,
+>(
+    s: S,
+    op: &mut GramNt<'_, T>,
+    i0: usize,
+    (jb, je): (usize, usize),
+    bufs: &mut RowBufs<T, S, R, NR>,
+) {
+    let GramNt { ref mut dst, a1, a2, d1, d2, ka, kd, c, shift, upper } = *op;
+    let RowBufs { park, ga, gd } = bufs;
+    // With `upper`, the leading tiles holding no entry with j >= i are skipped.
+    let j_lo = if upper { jb + i0.saturating_sub(jb) / NR * NR } else { jb };
+    let cols = (jb, j_lo, je);
+    if ka > 0 {
+        let ra: [&[T]; R] = core::array::from_fn(|i| a1.get(i0 + i, ka));
+        gram_dots::<T, S, R, NR>(s, ra, a2, ka, cols, park, ga);
+    }
+    if kd == 1 && d2.rs == 1 {
+        // One signal per input (scalar output): the outer product, row by row.
+        for (i, g) in gd.iter_mut().enumerate() {
+            let x = d1.get(i0 + i, 1)[0];
+            outer_row(s, x, &d2.data[j_lo..je], &mut g[j_lo - jb..je - jb]);
+        }
+    } else if kd > 0 {
+        let rd: [&[T]; R] = core::array::from_fn(|i| d1.get(i0 + i, kd));
+        gram_dots::<T, S, R, NR>(s, rd, d2, kd, cols, park, gd);
+    }
+    for i in 0..R.min(a1.rows - i0) {
+        let (ga, gd) = (&ga[i][j_lo - jb..je - jb], &gd[i][j_lo - jb..je - jb]);
+        let base = (i0 + i) * dst.rs + j_lo * dst.cs;
+        if dst.cs == 1 {
+            hadamard_row(s, &mut dst.data[base..base + (je - j_lo)], ga, gd, c, shift);
+        } else {
+            for (j, (&x, &y)) in ga.iter().zip(gd).enumerate() {
+                let d = &mut dst.data[base + j * dst.cs];
+                *d = *d + (c * x + shift) * y;
+            }
+        }
+    }
+}
+
+/// [`GramNt`] in row tiles of `MR` rows, the last one of `MH` rows when that covers it.
 #[inline(always)]
 fn gram_nt_run<
     T: Elem + Add<Output = T> + Mul<Output = T>,
     S: Simd,
     const MR: usize,
+    const MH: usize,
     const NR: usize,
 >(
     s: S,
-    op: GramNt<'_, T>,
+    mut op: GramNt<'_, T>,
 ) {
-    let GramNt { dst, a1, a2, d1, d2, ka, kd, c, shift, upper } = op;
-    let (m, n) = (a1.rows, a2.rows);
+    let (m, n, ka, kd) = (op.a1.rows, op.a2.rows, op.ka, op.kd);
     let l = T::lanes::<S>();
     let kcv = gram_kcv::<T, S>();
     let passes = |k: usize| k / l > kcv;
     // Column blocks (a2 and d2 rows, in L2); fewer columns when passes park accumulators.
     let nb_max = if passes(ka) || passes(kd) { GRAM_NB_PASSES } else { GRAM_NB };
     let nb = block_rows::<T>(ka + kd, NR).min(nb_max / NR * NR);
-    let zero = T::splat(s, T::default());
-    let mut park = [[[zero; NR]; MR]; GRAM_NB_PASSES / GRAM_NR];
-    let mut ga = [[T::default(); GRAM_NB]; MR];
-    let mut gd = [[T::default(); GRAM_NB]; MR];
+    let mut full = RowBufs::<T, S, MR, NR>::new(s);
+    let mut half = RowBufs::<T, S, MH, NR>::new(s);
     let mut jb = 0;
     while jb < n {
         let je = n.min(jb + nb);
         for i0 in (0..m).step_by(MR) {
-            if upper && je <= i0 {
+            if op.upper && je <= i0 {
                 continue;
             }
-            // With `upper`, the leading tiles holding no entry with j >= i are skipped.
-            let j_lo = if upper { jb + i0.saturating_sub(jb) / NR * NR } else { jb };
-            let cols = (jb, j_lo, je);
-            if ka > 0 {
-                let ra: [&[T]; MR] = core::array::from_fn(|i| a1.get(i0 + i, ka));
-                gram_dots::<T, S, MR, NR>(s, ra, a2, ka, cols, &mut park, &mut ga);
-            }
-            if kd > 0 {
-                let rd: [&[T]; MR] = core::array::from_fn(|i| d1.get(i0 + i, kd));
-                gram_dots::<T, S, MR, NR>(s, rd, d2, kd, cols, &mut park, &mut gd);
-            }
-            for i in 0..MR.min(m - i0) {
-                let (ga, gd) = (&ga[i][j_lo - jb..je - jb], &gd[i][j_lo - jb..je - jb]);
-                let base = (i0 + i) * dst.rs + j_lo * dst.cs;
-                if dst.cs == 1 {
-                    hadamard_row(s, &mut dst.data[base..base + (je - j_lo)], ga, gd, c, shift);
-                } else {
-                    for (j, (&x, &y)) in ga.iter().zip(gd).enumerate() {
-                        let d = &mut dst.data[base + j * dst.cs];
-                        *d = *d + (c * x + shift) * y;
-                    }
-                }
+            if m - i0 <= MH {
+                gram_rows::<T, S, MH, NR>(s, &mut op, i0, (jb, je), &mut half);
+            } else {
+                gram_rows::<T, S, MR, NR>(s, &mut op, i0, (jb, je), &mut full);
             }
         }
         jb = je;

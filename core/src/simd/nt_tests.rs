@@ -1,6 +1,7 @@
-//! The Gram tiles of [`gram_nt`](super::GramNt) run each entry's FMA chain in register passes;
-//! the chain must be the one of the unblocked dot tiles of [`GemmNt`]: bit for bit, at every
-//! instruction set, for inner dimensions of one pass, several passes and a tail.
+//! The Gram tiles of [`gram_nt`](super::GramNt) run each entry's FMA chain in register passes,
+//! in row tiles of two heights; the chain must be the one of the unblocked dot tiles of
+//! [`GemmNt`]: bit for bit, at every instruction set, for inner dimensions of one pass, several
+//! passes and a tail.
 
 use super::{GemmNt, GramNt, Out, Rows};
 use crate::real::Real;
@@ -33,10 +34,15 @@ fn data<T: Real>(len: usize, seed: u64) -> Vec<T> {
 }
 
 /// `G = x x^T` (`n x n`, rows of `k`) by the Gram kernel twice: as the A-Gram (`d` = one
-/// column of ones, `c = 1`, `shift = 0`) and as the D-Gram (`a` likewise), both against the
-/// NT GEMM, entry by entry (entries below the diagonal only with `upper` off).
+/// column of ones, `c = 1`, `shift = 0`) and as the D-Gram (`a` likewise; with `k = 1` the
+/// outer-product path), both against the NT GEMM, entry by entry (entries below the diagonal
+/// only with `upper` off).
 fn gram_chain_is_the_dot_chain<T: Real + super::Elem>(n: usize, k: usize, upper: bool) {
-    let x = data::<T>(n * k, (n * 1000 + k) as u64);
+    let mut x = data::<T>(n * k, (n * 1000 + k) as u64);
+    // Products that underflow to -0 (the dot chain's zero lanes make them +0).
+    let tiny = T::from_f64(if core::mem::size_of::<T>() == 4 { 1e-30 } else { 1e-200 });
+    x[k] = tiny;
+    x[2 * k] = -tiny;
     let ones = vec![T::ONE; n];
     let rows = |data, k| Rows { data, rows: n, rs: k };
     for level in 0..3 {
@@ -46,7 +52,8 @@ fn gram_chain_is_the_dot_chain<T: Real + super::Elem>(n: usize, k: usize, upper:
         run(level, GemmNt { dst, alpha: T::ONE, lhs, rhs, k, beta: T::ZERO });
         for as_d in [false, true] {
             let (a, d, ka, kd) = if as_d { (&ones, &x, 1, k) } else { (&x, &ones, k, 1) };
-            let mut got = vec![T::ZERO; n * n];
+            // `-0 + g` keeps the sign of a zero `g`.
+            let mut got = vec![-T::ZERO; n * n];
             let dst = Out { data: &mut got, rs: n, cs: 1 };
             let (a, d) = (rows(a, ka), rows(d, kd));
             let (c, shift) = (T::ONE, T::ZERO);
@@ -67,8 +74,11 @@ fn gram_chain_is_the_dot_chain<T: Real + super::Elem>(n: usize, k: usize, upper:
 
 #[test]
 fn gram_passes_keep_the_dot_chain() {
-    // f64 passes hold 512 elements with AVX-512, f32 1024 (4 KiB rows).
-    for (n, k, upper) in [(29, 1, false), (37, 600, true), (41, 1100, false), (64, 2063, true)] {
+    // f64 passes hold 512 elements with AVX-512, f32 1024 (4 KiB rows); 8-row tiles, the
+    // last one of 4 rows when that covers it (41, 44).
+    let cases =
+        [(29, 1, false), (37, 600, true), (41, 1100, false), (44, 300, true), (64, 2063, true)];
+    for (n, k, upper) in cases {
         gram_chain_is_the_dot_chain::<f64>(n, k, upper);
         gram_chain_is_the_dot_chain::<f32>(n, k, upper);
     }
