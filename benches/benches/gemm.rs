@@ -52,29 +52,9 @@ fn bench_gemm<T: Real>(c: &mut Criterion) {
         })
     });
     group.bench_function(BenchmarkId::new("gemm-crate", &id), |b| {
-        b.iter(|| unsafe {
-            // dst := 0 * dst + 1 * lhs * rhs, row-major (column stride 1, row stride n).
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                black_box(&lhs).as_ptr(),
-                1,
-                k as isize,
-                black_box(&rhs).as_ptr(),
-                1,
-                n as isize,
-                T::ZERO,
-                T::ONE,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
+        b.iter(|| {
+            let (l, r) = (MatRef::row_major(&lhs, m, k), MatRef::row_major(&rhs, k, n));
+            gemm_crate(&mut dst, black_box(l), r)
         })
     });
     group.finish();
