@@ -1020,16 +1020,12 @@ impl<T: Real> ParStep<T> {
         let mut dl =
             split_blocks(&mut deltas[..cache_len(w, n)], w, n, n).pop().unwrap_or_default();
         let (mut gl, mut pl) = (split_layers(spec, grad), split_layers(spec, params));
-        // Messages of the signal chain: a finished layer's signals, and a layer of `params`
-        // whose weights it no longer reads.
-        type Msg<'a, T> = (Option<(usize, &'a [T])>, Option<(usize, &'a mut [T])>);
-        let (tx, rx) = std::sync::mpsc::channel::<Msg<'_, T>>();
         let signals_done = AtomicBool::new(false);
-        let signals = || {
+        let mut signals = producer(|emit| {
             let Some(last) = dl.pop() else { return Ok(()) };
             last.copy_from_slice(g);
             let mut cur: &[T] = last;
-            let _ = tx.send((Some((layers - 1, cur)), None));
+            emit((Some((layers - 1, cur)), None));
             for i in (1..layers).rev() {
                 let dst = dl.pop().unwrap_or_default();
                 let p = pl.pop().unwrap_or_default();
@@ -1040,75 +1036,82 @@ impl<T: Real> ParStep<T> {
                 let h_prev = pre_activations(spec, cache, n, i - 1);
                 signals_step_w(spec, wi, i, dst, cur, h_prev, 1, sig_scratch)?;
                 cur = dst;
-                let _ = tx.send((Some((i - 1, cur)), Some((i, p))));
+                emit((Some((i - 1, cur)), Some((i, p))));
             }
-            let _ = tx.send((None, pl.pop().map(|p| (0, p))));
+            emit((None, pl.pop().map(|p| (0, p))));
             signals_done.store(true, Ordering::Release);
-            // Dropping the sender ends the other chain's loop.
-            drop(tx);
             Ok::<(), Error>(())
-        };
+        });
         let cb = T::from_f64(spec.bias_multiplier());
         let threads = thread_scratch.len();
         // Set when a gradient entry is not finite; checked on each block while it is in cache
         // and reported after the whole backward pass, as the core does.
         let bad = AtomicBool::new(false);
-        let gradients = || {
-            // Gradients computed and not yet applied, and layers updated (params, old values).
-            let mut ready: Vec<Option<&mut [T]>> = (0..layers).map(|_| None).collect();
-            let mut updated: Vec<(&mut [T], &mut [T])> = Vec::new();
-            let (mut finite, mut result) = (true, Ok(()));
-            for (signals, release) in rx {
-                if let (Some((j, p)), Some(opt)) = (release, sgd) {
-                    if let Some(gj) = ready[j].take().filter(|_| !bad.load(Ordering::Relaxed)) {
-                        finite &= opt.sgd_update_undoable(p, gj);
-                        updated.push((p, gj));
-                    }
+        // Gradients computed and not yet applied, and layers updated (params, old values).
+        let mut ready: Vec<Option<&mut [T]>> = (0..layers).map(|_| None).collect();
+        let mut updated: Vec<(&mut [T], &mut [T])> = Vec::new();
+        let (mut finite, mut rg) = (true, Ok(()));
+        // The second chain's work on one message of the first.
+        let mut gradients = consumer(|(signals, release)| {
+            if let (Some((j, p)), Some(opt)) = (release, sgd) {
+                if let Some(gj) = ready[j].take().filter(|_| !bad.load(Ordering::Relaxed)) {
+                    finite &= opt.sgd_update_undoable(p, gj);
+                    updated.push((p, gj));
                 }
-                let Some((i, d)) = signals else { continue };
-                let (n_in, n_out) = (w[i], w[i + 1]);
-                let layer = gl.pop().unwrap_or_default();
-                let (gw, gb) = layer.split_at_mut(n_out * n_in);
-                let a: &[T] = if i == 0 || acts_kept {
-                    Self::inputs(spec, acts, x, n, i)
-                } else {
-                    let a = &mut layer_inputs[..n * n_in];
-                    activations(spec, a, pre_activations(spec, cache, n, i - 1));
-                    a
-                };
-                // One block while the signal chain runs, then one per thread.
-                let parts = if signals_done.load(Ordering::Acquire) { threads } else { 1 };
-                let ob = n_out.div_ceil(parts);
-                let gbs = gb.chunks_mut(ob).chain(std::iter::repeat_with(|| &mut [][..]));
-                let items: Vec<_> = gw.chunks_mut(ob * n_in).zip(gbs).enumerate().collect();
-                result = result.and(items.into_par_iter().try_for_each(|(blk, (gw, gb))| {
-                    let (r0, rows) = (blk * ob, gw.len() / n_in);
-                    let t = rayon::current_thread_index().unwrap_or(0) % threads;
-                    let mut gs =
-                        thread_scratch[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    gemm(
-                        MatMut::row_major(gw, rows, n_in),
-                        T::from_f64(spec.weight_multiplier(i)),
-                        MatRef::row_major(d, n, n_out).t().rows(r0, rows),
-                        MatRef::row_major(a, n, n_in),
-                        T::ZERO,
-                        &mut gs,
-                    )?;
-                    let mut ok = all_finite(gw);
-                    if !gb.is_empty() {
-                        bias_gradient(gb, d, n_out, r0, cb);
-                        ok &= all_finite(gb);
-                    }
-                    if !ok {
-                        bad.store(true, Ordering::Relaxed);
-                    }
-                    Ok::<(), Error>(())
-                }));
-                ready[i] = Some(layer);
             }
-            (updated, finite, result)
+            let Some((i, d)) = signals else { return };
+            let (n_in, n_out) = (w[i], w[i + 1]);
+            let layer = gl.pop().unwrap_or_default();
+            let (gw, gb) = layer.split_at_mut(n_out * n_in);
+            let a: &[T] = if i == 0 || acts_kept {
+                Self::inputs(spec, acts, x, n, i)
+            } else {
+                let a = &mut layer_inputs[..n * n_in];
+                activations(spec, a, pre_activations(spec, cache, n, i - 1));
+                a
+            };
+            // One block while the signal chain runs, then one per thread.
+            let parts = if signals_done.load(Ordering::Acquire) { threads } else { 1 };
+            let ob = n_out.div_ceil(parts);
+            let gbs = gb.chunks_mut(ob).chain(std::iter::repeat_with(|| &mut [][..]));
+            let items: Vec<_> = gw.chunks_mut(ob * n_in).zip(gbs).enumerate().collect();
+            rg = rg.and(items.into_par_iter().try_for_each(|(blk, (gw, gb))| {
+                let (r0, rows) = (blk * ob, gw.len() / n_in);
+                let t = rayon::current_thread_index().unwrap_or(0) % threads;
+                let mut gs =
+                    thread_scratch[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                gemm(
+                    MatMut::row_major(gw, rows, n_in),
+                    T::from_f64(spec.weight_multiplier(i)),
+                    MatRef::row_major(d, n, n_out).t().rows(r0, rows),
+                    MatRef::row_major(a, n, n_in),
+                    T::ZERO,
+                    &mut gs,
+                )?;
+                let mut ok = all_finite(gw);
+                if !gb.is_empty() {
+                    bias_gradient(gb, d, n_out, r0, cb);
+                    ok &= all_finite(gb);
+                }
+                if !ok {
+                    bad.store(true, Ordering::Relaxed);
+                }
+                Ok::<(), Error>(())
+            }));
+            ready[i] = Some(layer);
+        });
+        let rs = if threads == 1 {
+            // One thread: each layer's gradients right after its signals, while they are in cache.
+            signals(&mut gradients)
+        } else {
+            let (tx, rx) = std::sync::mpsc::channel::<Msg<'_, T>>();
+            let mut send = consumer(move |m| {
+                let _ = tx.send(m);
+            });
+            // The sender is dropped with the first closure, which ends the second's loop.
+            rayon::join(move || signals(&mut send), || rx.into_iter().for_each(&mut gradients)).0
         };
-        let (rs, (updated, finite, rg)) = rayon::join(signals, gradients);
+        drop(gradients);
         let bad = bad.load(Ordering::Relaxed);
         if rs.is_err() || rg.is_err() || bad {
             for (p, old) in updated {
@@ -1125,6 +1128,21 @@ impl<T: Real> ParStep<T> {
         }
         Ok(sgd.is_some())
     }
+}
+
+/// A message of [`ParStep::backward`]'s signal chain: a finished layer's signals, and a layer of
+/// the trained parameters whose weights it no longer reads.
+type Msg<'a, T> = (Option<(usize, &'a [T])>, Option<(usize, &'a mut [T])>);
+
+/// Gives a message consumer one lifetime for its messages (a closure annotated with `Msg<'_,
+/// T>` would otherwise have to accept every lifetime).
+fn consumer<'a, T: 'a, F: FnMut(Msg<'a, T>)>(f: F) -> F {
+    f
+}
+
+/// As [`consumer`], for the producer of the messages.
+fn producer<'a, T: 'a, R, F: FnMut(&mut dyn FnMut(Msg<'a, T>)) -> R>(f: F) -> F {
+    f
 }
 
 /// Splits a buffer in the parameter layout into its layers (weights then biases of each).
