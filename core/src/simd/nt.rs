@@ -31,14 +31,14 @@ const GRAM_NB: usize = 60;
 /// passes (bounds the parked accumulators: `MR x 24` vectors, 12 KiB with AVX-512).
 const GRAM_NB_PASSES: usize = 24;
 
+/// Bytes of each row per register pass of [`gram_nt`].
+const GRAM_KC_BYTES: usize = 4096;
+
 /// Vectors of each row per register pass of [`gram_nt`] (`GRAM_KC_BYTES`).
 #[inline(always)]
 fn gram_kcv<T: Elem, S: Simd>() -> usize {
     (GRAM_KC_BYTES / core::mem::size_of::<T::V<S>>()).max(1)
 }
-
-/// Bytes of each row per register pass of [`gram_nt`].
-const GRAM_KC_BYTES: usize = 4096;
 
 /// Longest rows (bytes) for which [`gemm_nt`] serves a product. The forward product
 /// `A W^T` (K = fan-in) is the NT case; measured with one thread (`ntk bench` phases, DESIGN §9
