@@ -52,36 +52,11 @@ pub fn signals_step<T: Real>(
     scratch: &mut [T],
 ) -> Result<(), Error> {
     assert!(i >= 1 && i < spec.layers(), "signals_step: layer");
-    let (w, _) = spec.layer(params, i);
-    signals_step_w(spec, w, i, dst, src, h_prev, rows_per_input, scratch)
-}
-
-/// [`signals_step`] given layer `i`'s weights `w` (n_{i+1} x n_i, row-major) instead of the
-/// whole parameter vector.
-///
-/// # Errors
-/// As [`signals_step`].
-///
-/// # Panics
-/// If shapes disagree.
-#[track_caller]
-#[allow(clippy::too_many_arguments)]
-pub fn signals_step_w<T: Real>(
-    spec: &Spec<'_>,
-    w: &[T],
-    i: usize,
-    dst: &mut [T],
-    src: &[T],
-    h_prev: &[T],
-    rows_per_input: usize,
-    scratch: &mut [T],
-) -> Result<(), Error> {
-    assert!(i >= 1 && i < spec.layers(), "signals_step: layer");
     let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
     let rows = src.len() / n_out;
     assert!(src.len() == rows * n_out && dst.len() == rows * n_in, "signals_step: shapes");
     assert!(rows_per_input > 0 && h_prev.len() * rows_per_input == rows * n_in, "signals_step: h");
-    assert_eq!(w.len(), n_out * n_in, "signals_step: weights");
+    let (w, _) = spec.layer(params, i);
     let cw = T::from_f64(spec.weight_multiplier(i));
     gemm(
         MatMut::row_major(dst, rows, n_in),

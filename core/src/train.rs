@@ -184,45 +184,6 @@ impl Optimizer {
     }
 }
 
-impl Optimizer {
-    /// The SGD update of [`Optimizer::update_slices`], `theta -= eta g`, that leaves the old
-    /// parameters in `grad` in place of the gradient, so that a caller can undo it exactly
-    /// (`params.copy_from_slice(grad)`). Returns whether every updated parameter is finite.
-    ///
-    /// # Panics
-    /// If the method is not [`Method::Sgd`] or the lengths differ.
-    #[track_caller]
-    pub fn sgd_update_undoable<T: Real>(&self, params: &mut [T], grad: &mut [T]) -> bool {
-        assert!(self.method == Method::Sgd, "sgd_update_undoable: not SGD");
-        assert_eq!(params.len(), grad.len(), "update: grad length");
-        let eta = T::from_f64(self.learning_rate);
-        pulp::Arch::new().dispatch(UndoableSgd { eta, params, grad })
-    }
-}
-
-/// SIMD body of [`Optimizer::sgd_update_undoable`].
-struct UndoableSgd<'a, T> {
-    eta: T,
-    params: &'a mut [T],
-    grad: &'a mut [T],
-}
-
-impl<T: Real> pulp::WithSimd for UndoableSgd<'_, T> {
-    type Output = bool;
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
-        let mut bad = false;
-        for (p, g) in self.params.iter_mut().zip(self.grad.iter_mut()) {
-            let old = *p;
-            *p -= self.eta * *g;
-            *g = old;
-            bad |= !p.is_finite();
-        }
-        !bad
-    }
-}
-
 /// One update rule with its constants in `T`.
 #[derive(Clone, Copy)]
 enum Rule<T> {
@@ -568,21 +529,6 @@ mod tests {
             &mut [],
             0
         ));
-    }
-
-    /// The undoable SGD update gives the update's bits and leaves the old parameters behind.
-    #[test]
-    fn undoable_sgd_is_the_update() {
-        let p0: Vec<f32> = (0..37).map(|i| crate::rng::normal(1, 0, i) as f32).collect();
-        let g: Vec<f32> = (0..37).map(|i| crate::rng::normal(2, 0, i) as f32).collect();
-        let opt = Optimizer::gd(0.3);
-        let (mut a, mut b, mut stash) = (p0.clone(), p0.clone(), g.clone());
-        assert!(opt.update_slices(&mut a, &g, &mut [], &mut [], 0));
-        assert!(opt.sgd_update_undoable(&mut b, &mut stash));
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
-        assert_eq!(stash, p0);
-        let mut p = [1.0f32, f32::MAX];
-        assert!(!Optimizer::gd(1.0).sgd_update_undoable(&mut p, &mut [0.0, -f32::MAX]));
     }
 
     #[test]

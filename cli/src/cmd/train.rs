@@ -641,11 +641,11 @@ pub fn train_run<T: Real>(
 /// two pipelined chains (see [`ParStep::backward`]): the signal backprop
 /// `delta^l = phi'(h^l) .* (c W^{l+1})^T delta^{l+1}` of the whole batch on one thread, and
 /// behind it, layer by layer, the weight gradients `dL/dW^l = c delta_l^T x^{l-1}` (each entry
-/// keeps its whole reduction over the N samples), the bias gradients `c_b sum_n delta_l` and,
-/// for GD/SGD, the update; Adam's update runs after it over chunks of parameters. The core's
+/// keeps its whole reduction over the N samples) and the bias gradients `c_b sum_n delta_l`;
+/// then the optimizer update over chunks of parameters. The core's
 /// GEMM gives an entry the same value wherever it sits in the output, so no split changes a
 /// bit: results are identical to the core step and to any thread count (on overflow the error
-/// may name another layer than the core's; the parameters are left as the core leaves them).
+/// may name another layer than the core's).
 /// Cost in FLOPs (a multiply-add is 2): forward `2 N sum_l n_{l-1} n_l`, weight gradients the
 /// same, signals `2 N sum_{l>=2} n_{l-1} n_l`; the linearized model adds its JVP (forward count
 /// plus the signal count) and skips the forward at theta_0, computed once per full batch and
@@ -797,40 +797,35 @@ impl<T: Real> ParStep<T> {
             idx.len()
         };
         let (xs, ys) = if b == n { (x, y) } else { (&xb[..nb * d], &yb[..nb * k]) };
-        let sgd = (opt.method == Method::Sgd).then_some(opt);
-        let r = self.loss_gradient(spec, model, params, xs, ys, nb, loss, b == n, sgd);
+        let r = self.loss_gradient(spec, model, params, xs, ys, nb, loss, b == n);
         (self.xb, self.yb) = (xb, yb);
-        let (value, updated) = r?;
-        if !updated {
-            par_update(opt, params, &self.grad, state, step)?;
-        }
+        let value = r?;
+        par_update(opt, params, &self.grad, state, step)?;
         Ok(value)
     }
 
     /// Loss and gradient (into `self.grad`) on one batch, as
-    /// [`ntk_core::train::loss_gradient`]; with `sgd`, also its update of `params` (then the
-    /// second value is `true`, see [`ParStep::backward`]).
+    /// [`ntk_core::train::loss_gradient`].
     #[allow(clippy::too_many_arguments)]
     fn loss_gradient(
         &mut self,
         spec: &Spec<'_>,
         model: Model<'_, T>,
-        params: &mut [T],
+        params: &[T],
         x: &[T],
         y: &[T],
         n: usize,
         loss: Loss,
         full: bool,
-        sgd: Option<&Optimizer>,
-    ) -> Result<(f64, bool), ntk_core::Error> {
+    ) -> Result<f64, ntk_core::Error> {
         let k = spec.output_dim();
-        let params0 = match model {
+        let at = match model {
             Model::Network => {
                 self.cache0 = None;
                 self.forward(spec, params, x, n, !spec.activation.is_homogeneous())?;
                 let f = ntk_core::forward::output(spec, &self.cache, n);
                 self.f[..n * k].copy_from_slice(f);
-                None
+                params
             }
             Model::Linearized { params0 } => {
                 let key = (params0.as_ptr() as usize, x.as_ptr() as usize, n);
@@ -846,7 +841,7 @@ impl<T: Real> ParStep<T> {
                 for (o, &v) in self.f[..n * k].iter_mut().zip(f0) {
                     *o += v;
                 }
-                Some(params0)
+                params0
             }
         };
         let value = ntk_core::backward::loss_and_gradient(
@@ -856,8 +851,8 @@ impl<T: Real> ParStep<T> {
             y,
             n,
         );
-        let updated = self.backward(spec, params0, params, x, n, sgd)?;
-        Ok((value, updated))
+        self.backward(spec, at, x, n)?;
+        Ok(value)
     }
 
     /// Region 1: the core's forward pass into `cache` (and, with `keep`, the layer inputs into
@@ -976,29 +971,20 @@ impl<T: Real> ParStep<T> {
     }
 
     /// Region 3: the core's parameter gradient ([`ntk_core::backward::param_gradient`]) of
-    /// `g` into `grad` at `params0` (linearized) or `params` (network), given the forward pass
-    /// at that point in `cache` (and `acts` when kept), as two pipelined chains: one thread
-    /// runs the signal backprop of the whole batch, layer by layer, and hands each finished
-    /// `delta^l` to the other chain, which computes that layer's weight and bias gradients
-    /// meanwhile (over blocks of output rows once the signals are done, so that every thread
-    /// helps with the last layers).
-    ///
-    /// With `sgd`, the second chain also applies the SGD update to each layer of `params` as
-    /// soon as the signal chain no longer needs its weights, while its gradient is in cache,
-    /// keeping the old values in `grad`; if any gradient turns out non-finite the updated
-    /// layers are restored, so `params` is left as the core leaves it: unchanged after a
-    /// backward error, updated (as [`Optimizer::update`]) after a train-pass error. Returns
-    /// whether `params` was updated.
+    /// `g` into `grad` at `params`, given the forward pass at `params` in `cache` (and `acts`
+    /// when kept), as two pipelined chains: one thread runs the signal backprop of the whole
+    /// batch, layer by layer, and hands each finished `delta^l` to the other chain, which
+    /// computes that layer's weight and bias gradients meanwhile (over blocks of output rows
+    /// once the signals are done, so that every thread helps with the last layers). On one
+    /// thread the two alternate layer by layer, so each `delta^l` is used while in cache.
     fn backward(
         &mut self,
         spec: &Spec<'_>,
-        params0: Option<&[T]>,
-        params: &mut [T],
+        params: &[T],
         x: &[T],
         n: usize,
-        sgd: Option<&Optimizer>,
-    ) -> Result<bool, ntk_core::Error> {
-        use ntk_core::backward::{bias_gradient, signals_step_w};
+    ) -> Result<(), ntk_core::Error> {
+        use ntk_core::backward::{bias_gradient, signals_step};
         use ntk_core::forward::{activations, all_finite, cache_len, pre_activations};
         use ntk_core::simd::{gemm, MatMut};
         use ntk_core::{Error, Pass};
@@ -1019,26 +1005,20 @@ impl<T: Real> ParStep<T> {
         // Signals of every layer (n x n_l each, the forward-cache layout): one block of n rows.
         let mut dl =
             split_blocks(&mut deltas[..cache_len(w, n)], w, n, n).pop().unwrap_or_default();
-        let (mut gl, mut pl) = (split_layers(spec, grad), split_layers(spec, params));
+        let mut gl = split_layers(spec, grad);
         let signals_done = AtomicBool::new(false);
         let mut signals = producer(|emit| {
             let Some(last) = dl.pop() else { return Ok(()) };
             last.copy_from_slice(g);
             let mut cur: &[T] = last;
-            emit((Some((layers - 1, cur)), None));
+            emit((layers - 1, cur));
             for i in (1..layers).rev() {
                 let dst = dl.pop().unwrap_or_default();
-                let p = pl.pop().unwrap_or_default();
-                let wi = match params0 {
-                    Some(p0) => spec.layer(p0, i).0,
-                    None => &p[..w[i + 1] * w[i]],
-                };
                 let h_prev = pre_activations(spec, cache, n, i - 1);
-                signals_step_w(spec, wi, i, dst, cur, h_prev, 1, sig_scratch)?;
+                signals_step(spec, params, i, dst, cur, h_prev, 1, sig_scratch)?;
                 cur = dst;
-                emit((Some((i - 1, cur)), Some((i, p))));
+                emit((i - 1, cur));
             }
-            emit((None, pl.pop().map(|p| (0, p))));
             signals_done.store(true, Ordering::Release);
             Ok::<(), Error>(())
         });
@@ -1047,19 +1027,9 @@ impl<T: Real> ParStep<T> {
         // Set when a gradient entry is not finite; checked on each block while it is in cache
         // and reported after the whole backward pass, as the core does.
         let bad = AtomicBool::new(false);
-        // Gradients computed and not yet applied, and layers updated (params, old values).
-        let mut ready: Vec<Option<&mut [T]>> = (0..layers).map(|_| None).collect();
-        let mut updated: Vec<(&mut [T], &mut [T])> = Vec::new();
-        let (mut finite, mut rg) = (true, Ok(()));
+        let mut rg = Ok(());
         // The second chain's work on one message of the first.
-        let mut gradients = consumer(|(signals, release)| {
-            if let (Some((j, p)), Some(opt)) = (release, sgd) {
-                if let Some(gj) = ready[j].take().filter(|_| !bad.load(Ordering::Relaxed)) {
-                    finite &= opt.sgd_update_undoable(p, gj);
-                    updated.push((p, gj));
-                }
-            }
-            let Some((i, d)) = signals else { return };
+        let mut gradients = consumer(|(i, d)| {
             let (n_in, n_out) = (w[i], w[i + 1]);
             let layer = gl.pop().unwrap_or_default();
             let (gw, gb) = layer.split_at_mut(n_out * n_in);
@@ -1098,7 +1068,6 @@ impl<T: Real> ParStep<T> {
                 }
                 Ok::<(), Error>(())
             }));
-            ready[i] = Some(layer);
         });
         let rs = if threads == 1 {
             // One thread: each layer's gradients right after its signals, while they are in cache.
@@ -1111,28 +1080,17 @@ impl<T: Real> ParStep<T> {
             // The sender is dropped with the first closure, which ends the second's loop.
             rayon::join(move || signals(&mut send), || rx.into_iter().for_each(&mut gradients)).0
         };
-        drop(gradients);
-        let bad = bad.load(Ordering::Relaxed);
-        if rs.is_err() || rg.is_err() || bad {
-            for (p, old) in updated {
-                p.copy_from_slice(old);
-            }
-        }
         rs?;
         rg?;
-        if bad {
+        if bad.load(Ordering::Relaxed) {
             return Err(Error::NonFinite { layer: 0, pass: Pass::Backward });
         }
-        if !finite {
-            return Err(Error::NonFinite { layer: 0, pass: Pass::Train });
-        }
-        Ok(sgd.is_some())
+        Ok(())
     }
 }
 
-/// A message of [`ParStep::backward`]'s signal chain: a finished layer's signals, and a layer of
-/// the trained parameters whose weights it no longer reads.
-type Msg<'a, T> = (Option<(usize, &'a [T])>, Option<(usize, &'a mut [T])>);
+/// A message of [`ParStep::backward`]'s signal chain: a finished layer's index and signals.
+type Msg<'a, T> = (usize, &'a [T]);
 
 /// Gives a message consumer one lifetime for its messages (a closure annotated with `Msg<'_,
 /// T>` would otherwise have to accept every lifetime).
@@ -1525,8 +1483,8 @@ mod tests {
     }
 
     /// The parallel step equals the core's train_step bit for bit, with 1, 2 and 4 threads:
-    /// network and linearized model, GD (update fused into the backward pass), mini-batch SGD
-    /// and Adam, with and without biases, tanh (layer inputs kept) and ReLU (recomputed)
+    /// network and linearized model, GD, mini-batch SGD and Adam, with and without biases,
+    /// tanh (layer inputs kept) and ReLU (recomputed)
     /// (150 samples: row blocks of 150, 75 + 75 and 38 x 3 + 36; SGD batches of 64 and 22;
     /// widths 40 and 33: uneven output-row blocks).
     #[test]
@@ -1623,10 +1581,10 @@ mod tests {
     }
 
     /// A step whose first layer's weight gradient overflows (f32: an input feature near
-    /// `f32::MAX` that the forward pass multiplies by zero weights) or whose update overflows
-    /// (huge learning rate) fails as the core's step and leaves the parameters as it does:
-    /// unchanged after the backward error (the fused SGD updates of all later layers, done
-    /// before the overflow was found, are undone), updated after the train-pass error.
+    /// `f32::MAX` that the forward pass multiplies by zero weights; found after all other
+    /// layers' gradients) or whose update overflows (huge learning rate) fails as the core's
+    /// step and leaves the parameters as it does: unchanged after the backward error, updated
+    /// after the train-pass error.
     #[test]
     fn failing_step_leaves_params_as_the_core() {
         use ntk_core::train::{train_step, train_step_scratch};
