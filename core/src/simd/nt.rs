@@ -377,6 +377,7 @@ fn prefetch<V>(p: *const V) {
 }
 
 /// Vectors ahead of the current step at which [`gram_nt`] prefetches the rows of `b`.
+#[cfg(target_arch = "x86_64")]
 const GRAM_PF: usize = 4;
 
 /// `acc[i][j] += a_i[p] b_j[p]` for every vector `p` of the (equally long) slices, `p`
