@@ -664,7 +664,8 @@ fn affine(sw: f64, v: Scaled, sb: f64) -> Scaled {
 /// are evaluated at unit variances ([`crate::kernel::moments`] at `(1, 1, c)`) and the scale is
 /// carried exactly. Other activations evaluate the moments at the `f64` variances (bounded for
 /// erf, tanh and sigmoid; an error for gelu once they overflow), and only the NTK, which grows
-/// geometrically in depth for any activation, is scaled.
+/// geometrically in depth for any activation, is scaled. With `x2 = None` each pair is
+/// computed once and mirrored, so both kernels are exactly symmetric.
 ///
 /// # Errors
 /// As [`crate::kernel::kernel`]: invalid [`Mlp`] values, shapes, non-finite inputs, quadrature
@@ -732,9 +733,12 @@ pub fn kernel_scaled(
             x.iter().zip(y).map(|(a, b)| libm::scalbn(*a, sx) * libm::scalbn(*b, sy)).sum();
         Scaled::new(dot).mul_pow2(ex + ey)
     };
+    // With x2 = x1 each pair is computed once and mirrored: (x, y) and (y, x) would run the
+    // quadrature in different orders, so the kernel is exactly symmetric only this way.
+    let symmetric = x2.is_none();
     for i in 0..n1 {
         let x = &x1[i * d..(i + 1) * d];
-        for j in 0..n2 {
+        for j in if symmetric { i } else { 0 }..n2 {
             let y = &xs2[j * d..(j + 1) * d];
             let inv_d = Scaled::new(1.0 / d as f64);
             let first = |v: Scaled| affine(sw, v * inv_d, sb);
@@ -778,11 +782,13 @@ pub fn kernel_scaled(
             if !(c.s.is_finite() && t.is_finite()) {
                 return Err(Error::NonFinite { layer: mlp.depth + 1, pass: Pass::Kernel });
             }
-            if let Some(o) = nngp.as_deref_mut() {
-                o[i * n2 + j] = c.s;
-            }
-            if let Some(o) = ntk.as_deref_mut() {
-                o[i * n2 + j] = t;
+            for (out, v) in [(nngp.as_deref_mut(), c.s), (ntk.as_deref_mut(), t)] {
+                if let Some(o) = out {
+                    o[i * n2 + j] = v;
+                    if symmetric {
+                        o[j * n2 + i] = v;
+                    }
+                }
             }
         }
     }

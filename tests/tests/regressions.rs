@@ -143,3 +143,30 @@ fn erf_kernel_of_parallel_inputs_in_the_chaotic_phase() {
     // The amplification is real: by depth 10 the kernel has visibly decorrelated.
     assert!(prev > 1e-2, "depth 10: {prev:e}");
 }
+
+/// fuzz `kernel` (crash-ed081a8c, CI's 20 s run on 2026-11-22): the log-domain kernel
+/// (`scaled::kernel_scaled`) of tanh at sigma_w2 = 3401 (depth 5, standard parameterization)
+/// computed (x, y) and (y, x) separately; their quadrature orders differ, and the chaotic phase
+/// amplified the difference to 1.6e-11 relative, beyond the target's 1e-12. With x2 = x1 it
+/// now computes each pair once and mirrors it, so the kernel is exactly symmetric (as the
+/// plain recursion is).
+#[test]
+fn log_domain_kernel_is_exactly_symmetric() {
+    use ntk_core::kernel::Mlp;
+    use ntk_core::scaled::{kernel_scaled, Scaled};
+    let (n, d) = (2, 5);
+    let mut x = vec![0.0; n * d];
+    ntk_core::rng::fill_normal(&mut x, 17, 0, 0);
+    x.iter_mut().for_each(|v| *v *= 1e-2);
+    for act in [Activation::Tanh, Activation::Erf, Activation::Relu] {
+        let mlp = Mlp::new(act, 5, 3401.0190446915526, 44.0).with_bias(true).standard(&[176]);
+        let (mut k, mut t) = (vec![Scaled::ZERO; n * n], vec![Scaled::ZERO; n * n]);
+        kernel_scaled(Some(&mut k), Some(&mut t), &x, None, d, &mlp).unwrap();
+        for i in 0..n {
+            for j in 0..n {
+                assert_eq!(k[i * n + j], k[j * n + i], "{act:?} K ({i}, {j})");
+                assert_eq!(t[i * n + j], t[j * n + i], "{act:?} Theta ({i}, {j})");
+            }
+        }
+    }
+}
