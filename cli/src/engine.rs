@@ -54,15 +54,21 @@ pub fn bands(n: usize, symmetric: bool) -> Vec<(usize, usize)> {
 
 /// One scratch buffer per rayon thread of the current pool, allocated once (a work item uses
 /// its thread's; pages a kernel never touches are never mapped in).
-struct PerThread<T>(Vec<Mutex<Vec<T>>>);
+pub(crate) struct PerThread<T>(Vec<Mutex<Vec<T>>>);
 
 impl<T: Real> PerThread<T> {
-    fn new(len: usize) -> Self {
+    /// `len` elements for each thread of the current pool.
+    pub(crate) fn new(len: usize) -> Self {
         Self((0..rayon::current_num_threads()).map(|_| Mutex::new(vec![T::ZERO; len])).collect())
     }
 
+    /// Threads of the pool it was made for.
+    pub(crate) fn threads(&self) -> usize {
+        self.0.len()
+    }
+
     /// Runs `f` with the calling thread's buffer.
-    fn with<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> R {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> R {
         let i = rayon::current_thread_index().unwrap_or(0) % self.0.len();
         f(&mut self.0[i].lock().unwrap_or_else(|e| e.into_inner()))
     }

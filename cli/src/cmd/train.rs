@@ -7,7 +7,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
@@ -22,7 +21,7 @@ use serde_json::json;
 
 use crate::args::{NetArgs, Precision, RunArgs};
 use crate::datasets::{self, Split, Task};
-use crate::engine::par_empirical_ntk;
+use crate::engine::{par_empirical_ntk, row_block, PerThread};
 use crate::error::{CliError, CliResult};
 use crate::io::{self, LabelColumn, Matrix};
 use crate::plot::{Heatmap, LineChart, Series};
@@ -675,7 +674,7 @@ pub struct ParStep<T> {
     /// GEMM scratch of the signal chain (region 3).
     sig_scratch: Vec<T>,
     /// GEMM scratch per pool thread (weight gradients, region 3).
-    thread_scratch: Vec<Mutex<Vec<T>>>,
+    thread_scratch: PerThread<T>,
     f: Vec<T>,
     g: Vec<T>,
     grad: Vec<T>,
@@ -718,9 +717,8 @@ impl<T: Real> ParStep<T> {
         let w = spec.widths;
         let (d, k, m) = (spec.input_dim(), spec.output_dim(), ntk_core::spec::max_width(w));
         let batch = batch.max(1);
-        let threads = rayon::current_num_threads();
         // One row block per thread: each block streams every weight matrix once.
-        let rb = batch.div_ceil(threads).max(8);
+        let rb = row_block(batch);
         let blocks = batch.div_ceil(rb);
         let per_block = gemm_scratch(rb, m, m);
         let len = ntk_core::forward::cache_len(w, batch);
@@ -735,9 +733,7 @@ impl<T: Real> ParStep<T> {
             block_scratch: vec![T::ZERO; blocks * per_block],
             per_block,
             sig_scratch: vec![T::ZERO; gemm_scratch(batch, m, m)],
-            thread_scratch: (0..threads)
-                .map(|_| Mutex::new(vec![T::ZERO; gemm_scratch(m, m, batch)]))
-                .collect(),
+            thread_scratch: PerThread::new(gemm_scratch(m, m, batch)),
             f: vec![T::ZERO; batch * k],
             g: vec![T::ZERO; batch * k],
             grad: vec![T::ZERO; spec.param_count()],
@@ -1023,7 +1019,7 @@ impl<T: Real> ParStep<T> {
             Ok::<(), Error>(())
         });
         let cb = T::from_f64(spec.bias_multiplier());
-        let threads = thread_scratch.len();
+        let threads = thread_scratch.threads();
         // Set when a gradient entry is not finite; checked on each block while it is in cache
         // and reported after the whole backward pass, as the core does.
         let bad = AtomicBool::new(false);
@@ -1047,17 +1043,16 @@ impl<T: Real> ParStep<T> {
             let items: Vec<_> = gw.chunks_mut(ob * n_in).zip(gbs).enumerate().collect();
             rg = rg.and(items.into_par_iter().try_for_each(|(blk, (gw, gb))| {
                 let (r0, rows) = (blk * ob, gw.len() / n_in);
-                let t = rayon::current_thread_index().unwrap_or(0) % threads;
-                let mut gs =
-                    thread_scratch[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                gemm(
-                    MatMut::row_major(gw, rows, n_in),
-                    T::from_f64(spec.weight_multiplier(i)),
-                    MatRef::row_major(d, n, n_out).t().rows(r0, rows),
-                    MatRef::row_major(a, n, n_in),
-                    T::ZERO,
-                    &mut gs,
-                )?;
+                thread_scratch.with(|gs| {
+                    gemm(
+                        MatMut::row_major(gw, rows, n_in),
+                        T::from_f64(spec.weight_multiplier(i)),
+                        MatRef::row_major(d, n, n_out).t().rows(r0, rows),
+                        MatRef::row_major(a, n, n_in),
+                        T::ZERO,
+                        gs,
+                    )
+                })?;
                 let mut ok = all_finite(gw);
                 if !gb.is_empty() {
                     bias_gradient(gb, d, n_out, r0, cb);
