@@ -18,6 +18,7 @@
 //! `perf stat -e cycles:u` (the difference of two REPS counts is the cost of the calls).
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use ntk_benches::gemm_crate;
 use ntk_core::simd::{self, MatMut, MatRef, Part};
 use ntk_core::Real;
 use std::hint::black_box;
@@ -94,38 +95,6 @@ fn benches(c: &mut Criterion) {
     bench_gemm::<f32>(c);
     bench_gram::<f64>(c);
     bench_gram::<f32>(c);
-}
-
-/// `dst = lhs * rhs` (row-major `dst`) through the `gemm` crate, single thread.
-fn gemm_crate<T: Real>(dst: &mut [T], lhs: MatRef<'_, T>, rhs: MatRef<'_, T>) {
-    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
-    assert!(dst.len() >= m * n);
-    let i = |x: usize| x as isize;
-    // SAFETY: the views cover their slices (checked by MatRef), dst covers m x n and aliases
-    // neither operand. gemm's strides are (column stride, row stride).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            i(n),
-            false,
-            lhs.data.as_ptr(),
-            i(lhs.cs),
-            i(lhs.rs),
-            rhs.data.as_ptr(),
-            i(rhs.cs),
-            i(rhs.rs),
-            T::ZERO,
-            T::ONE,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
 }
 
 /// Fastest of `reps` calls of `f`, in seconds.

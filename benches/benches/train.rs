@@ -22,10 +22,12 @@
 //! and its GFLOP/s, without criterion.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use ntk_benches::gemm_crate;
 use ntk_cli::args::{Precision, RunArgs};
 use ntk_cli::cmd::bench::{gemm_operand, gemm_square};
 use ntk_cli::cmd::train::ParStep;
 use ntk_core::backward::Loss;
+use ntk_core::simd::MatRef;
 use ntk_core::spec::param_count;
 use ntk_core::train::{train_step, train_step_scratch, Model, Optimizer};
 use ntk_core::{Activation, Parameterization, Real, Spec};
@@ -231,7 +233,7 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
                         2 * (GEMM * GEMM * GEMM) as u64
                     }
                     "layer_core" => {
-                        use ntk_core::simd::{gemm, MatMut, MatRef};
+                        use ntk_core::simd::{gemm, MatMut};
                         let (wt, _) = spec.layer(&p0, 1);
                         gemm(
                             MatMut::row_major(&mut lh, N, WIDTH),
@@ -246,31 +248,11 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
                     }
                     "layer_gemm" => {
                         let (wt, _) = spec.layer(&p0, 1);
-                        // Row-major h (N x W) = a (N x W) W^T, in gemm's (row stride, col stride).
-                        // SAFETY: the buffers cover the views and h does not alias a or W.
-                        unsafe {
-                            gemm::gemm(
-                                N,
-                                WIDTH,
-                                WIDTH,
-                                lh.as_mut_ptr(),
-                                1,
-                                WIDTH as isize,
-                                false,
-                                la.as_ptr(),
-                                1,
-                                WIDTH as isize,
-                                wt.as_ptr(),
-                                WIDTH as isize,
-                                1,
-                                T::ZERO,
-                                T::ONE,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+                        gemm_crate(
+                            &mut lh,
+                            MatRef::row_major(&la, N, WIDTH),
+                            MatRef::row_major(wt, WIDTH, WIDTH).t(),
+                        );
                         2 * (N * WIDTH * WIDTH) as u64
                     }
                     _ => panic!("NTK_TRAIN_FIXED: unknown {what}"),
