@@ -157,3 +157,32 @@ fn kernel_from_safetensors_weights_in_both_layouts() {
         assert!(err.lines().count() == 1 && err.contains("shape"), "{err}");
     }
 }
+
+#[test]
+fn bench_writes_one_row_per_workload_and_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    ntk()
+        .args(["bench", "--workload", "W3,W1", "--precision", "f32", "--threads", "1"])
+        .args(["--min-time", "0", "--json"])
+        .arg(&json)
+        .assert()
+        .success();
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, name) in rows.iter().zip(["W3", "W1"]) {
+        assert_eq!(row["workload"], name);
+        assert_eq!(row["precision"], "f32");
+        assert_eq!(row["threads"], 1);
+        let f = |k: &str| row[k].as_f64().unwrap();
+        assert!(f("median_s") > 0.0 && f("first_s") > 0.0 && f("gemm_gflops") > 0.0);
+        assert!(row["reps"].as_u64().unwrap() >= 5);
+        // The ratio is the FLOP count over the median time at the GEMM rate.
+        let roof = f("flops") / (f("gemm_gflops") * 1e9);
+        assert!((f("x_roofline") - f("median_s") / roof).abs() < 1e-9 * f("x_roofline"));
+        assert!((f("gflops") - f("flops") / f("median_s") / 1e9).abs() < 1e-6 * f("gflops"));
+        assert_eq!(row["phases"].as_array().unwrap().len(), 4);
+    }
+}

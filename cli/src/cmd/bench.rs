@@ -184,7 +184,7 @@ pub struct BenchRow {
     pub flops: f64,
     /// FLOPs / median_s / 1e9.
     pub gflops: f64,
-    /// GEMM rate measured in this process with the `gemm` crate (GFLOP/s).
+    /// GEMM rate (GFLOP/s) of the `gemm` crate, timed interleaved with this workload's calls.
     pub gemm_gflops: f64,
     /// Roofline time (flops / gemm rate) over the median time: 1 is at the roofline.
     pub roofline_ratio: f64,
@@ -277,23 +277,84 @@ pub fn gemm_operand<T: Real>(m: usize) -> Vec<T> {
     (0..m * m).map(|i| T::from_f64(((i % 7) as f64 - 3.0) * 0.1)).collect()
 }
 
+/// Size of the roofline GEMM (`m x m` times `m x m`).
+pub const GEMM_SIZE: usize = 2048;
+
+/// The roofline GEMM: `m x m` operands through the `gemm` crate with `threads` threads.
+pub struct RooflineGemm<T> {
+    a: Vec<T>,
+    c: Vec<T>,
+    m: usize,
+    threads: usize,
+}
+
+impl<T: Real> RooflineGemm<T> {
+    /// Operands of size `m` for `threads` threads.
+    pub fn new(m: usize, threads: usize) -> Self {
+        Self { a: gemm_operand(m), c: vec![T::ZERO; m * m], m, threads }
+    }
+
+    /// FLOPs of one product (`2 m^3`).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m as f64).powi(3)
+    }
+
+    /// One product `c = a a`; returns its seconds.
+    pub fn run(&mut self) -> f64 {
+        let t = Instant::now();
+        gemm_square(&self.a, &self.a, &mut self.c, self.m, self.threads);
+        t.elapsed().as_secs_f64()
+    }
+}
+
 /// GFLOP/s of a square GEMM of size `m` through the `gemm` crate with `threads` threads.
 pub fn gemm_rate<T: Real>(m: usize, threads: usize, min_time: f64) -> CliResult<f64> {
-    let a = gemm_operand::<T>(m);
-    let b = a.clone();
-    let mut c = vec![T::ZERO; m * m];
+    let mut g = RooflineGemm::<T>::new(m, threads);
     let (_, med, _) = time_it(min_time, || {
-        gemm_square(&a, &b, &mut c, m, threads);
+        g.run();
         Ok(())
     })?;
-    Ok(2.0 * (m * m * m) as f64 / med / 1e9)
+    Ok(g.flops() / med / 1e9)
+}
+
+/// Times `f` interleaved with the roofline GEMM `g`, so that both see the same machine (its
+/// speed drifts by tens of percent over minutes on shared hosts): after a first call of `f`
+/// and one warm-up GEMM, rounds of one GEMM and then as many calls of `f` as take about as
+/// long, until each has had `min_time / 2` seconds (at least 5 calls of `f` and 3 GEMMs).
+/// Returns (first call, median of `f`, calls of `f`, median GEMM GFLOP/s).
+pub fn time_against_gemm<T: Real>(
+    min_time: f64,
+    g: &mut RooflineGemm<T>,
+    mut f: impl FnMut() -> CliResult,
+) -> CliResult<(f64, f64, usize, f64)> {
+    let t = Instant::now();
+    f()?;
+    let first = t.elapsed().as_secs_f64();
+    let mut per_call = g.run();
+    let (mut gt, mut ft) = (Vec::new(), Vec::new());
+    let half = min_time / 2.0;
+    while ft.len() < 5 || gt.len() < 3 || gt.iter().sum::<f64>().min(ft.iter().sum()) < half {
+        gt.push(g.run());
+        let calls = (gt[gt.len() - 1] / per_call.max(1e-9)).ceil().clamp(1.0, 50.0) as usize;
+        for _ in 0..calls {
+            let t = Instant::now();
+            f()?;
+            ft.push(t.elapsed().as_secs_f64());
+        }
+        per_call = median(&mut ft.clone());
+        if ft.len() >= 2000 {
+            break;
+        }
+    }
+    let reps = ft.len();
+    Ok((first, median(&mut ft), reps, g.flops() / median(&mut gt) / 1e9))
 }
 
 fn run_workload<T: Real>(
     w: &Workload,
     threads: usize,
     min_time: f64,
-    gemm_gflops: f64,
+    g: &mut RooflineGemm<T>,
 ) -> CliResult<BenchRow> {
     let widths = w.widths();
     let spec = Spec::new(&widths, Activation::Relu, 2.0, 0.0, true, Parameterization::Ntk)?;
@@ -302,7 +363,7 @@ fn run_workload<T: Real>(
     let mut x = vec![T::ZERO; w.n * w.d];
     ntk_core::rng::fill_normal(&mut x, 1, 0, 0);
     let mut phases = Vec::new();
-    let (first, med, reps) = time_it(min_time, || {
+    let (first, med, reps, gemm_gflops) = time_against_gemm(min_time, g, || {
         let (out, ph) =
             crate::engine::par_empirical_ntk_timed(&spec, &params, &x, None, OutputMode::Trace)?;
         phases.push(ph);
@@ -372,16 +433,13 @@ pub fn run(a: BenchArgs) -> CliResult {
     let rows =
         pool.install(|| -> CliResult<Vec<BenchRow>> {
             let mut rows = Vec::new();
+            let mut g32 = RooflineGemm::<f32>::new(GEMM_SIZE, threads);
+            let mut g64 = RooflineGemm::<f64>::new(GEMM_SIZE, threads);
             for &p in &a.precision {
-                let g = match p {
-                    Precision::F32 => gemm_rate::<f32>(2048, threads, a.min_time)?,
-                    Precision::F64 => gemm_rate::<f64>(2048, threads, a.min_time)?,
-                };
-                eprintln!("gemm crate, {p:?}, {threads} thread(s), 2048^3: {g:.1} GFLOP/s");
                 for w in &chosen {
                     let row = match p {
-                        Precision::F32 => run_workload::<f32>(w, threads, a.min_time, g)?,
-                        Precision::F64 => run_workload::<f64>(w, threads, a.min_time, g)?,
+                        Precision::F32 => run_workload(w, threads, a.min_time, &mut g32)?,
+                        Precision::F64 => run_workload(w, threads, a.min_time, &mut g64)?,
                     };
                     println!(
                     "{:<3} {:<3} threads={} median={:>9.3} ms first={:>9.3} ms {:>7.1} GFLOP/s \
@@ -411,4 +469,28 @@ pub fn run(a: BenchArgs) -> CliResult {
         crate::io::write_json_atomic(path, &v)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_timing_runs_both_and_reports_medians() {
+        let mut g = RooflineGemm::<f64>::new(64, 1);
+        let mut calls = 0;
+        let (first, med, reps, rate) = time_against_gemm(0.02, &mut g, || {
+            calls += 1;
+            std::thread::sleep(std::time::Duration::from_micros(300));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, reps + 1);
+        assert!(reps >= 5);
+        assert!(first >= 3e-4 && med >= 3e-4 && med < 0.1, "{first} {med}");
+        assert!(rate > 0.0 && rate.is_finite());
+        // The GEMM's own answer: every entry of a a for the repeating operand.
+        let want: f64 = (0..64).map(|p| g.a[p] * g.a[p * 64]).sum();
+        assert!((g.c[0] - want).abs() < 1e-12);
+    }
 }
