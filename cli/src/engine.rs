@@ -17,6 +17,7 @@ use ntk_core::{Real, Spec};
 use rayon::prelude::*;
 
 use crate::error::CliResult;
+use crate::team::{with_pool_team, Team};
 
 /// Inputs per forward / backward work item: one item per thread, so each thread packs a
 /// layer's weights once (each kernel gives an entry the same value whatever block it is in,
@@ -67,9 +68,11 @@ impl<T: Real> PerThread<T> {
         self.0.len()
     }
 
-    /// Runs `f` with the calling thread's buffer.
+    /// Runs `f` with the calling thread's buffer (by its index in the current
+    /// [`crate::team::Team`], else in the rayon pool).
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> R {
-        let i = rayon::current_thread_index().unwrap_or(0) % self.0.len();
+        let i = crate::team::current_index().or_else(rayon::current_thread_index).unwrap_or(0)
+            % self.0.len();
         f(&mut self.0[i].lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -94,6 +97,7 @@ fn gemm_scratch_len(widths: &[usize], rows: usize, k: usize) -> usize {
 /// `n * max_width` for the inputs of a layer), layer by layer, row blocks in parallel: the
 /// pre-activations land at [`ntk_core::forward::cache_offset`].
 fn forward_into<T: Real>(
+    team: &Team,
     spec: &Spec<'_>,
     params: &[T],
     x: &[T],
@@ -109,19 +113,14 @@ fn forward_into<T: Real>(
         let input: &[T] = if i == 0 {
             x
         } else {
-            act.par_chunks_mut(rb * w[i])
-                .zip(prev.par_chunks(rb * w[i]))
-                .for_each(|(a, p)| activations(spec, a, p));
+            let blocks = act.chunks_mut(rb * w[i]).zip(prev.chunks(rb * w[i]));
+            team.for_each(blocks, |(a, p)| activations(spec, a, p));
             act
         };
-        h.par_chunks_mut(rb * w[i + 1]).zip(input.par_chunks(rb * w[i])).try_for_each(
-            |(h, a)| {
-                let rows = a.len() / w[i];
-                gs.with(|gs| {
-                    forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs)
-                })
-            },
-        )?;
+        team.try_for_each(h.chunks_mut(rb * w[i + 1]).zip(input.chunks(rb * w[i])), |(h, a)| {
+            let rows = a.len() / w[i];
+            gs.with(|gs| forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs))
+        })?;
     }
     Ok(())
 }
@@ -135,7 +134,7 @@ pub fn par_forward<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T], n: usize) ->
     let w = spec.widths;
     let mut cache = vec![T::ZERO; cache_len(w, n) + n * max_width(w)];
     let gs = PerThread::new(gemm_scratch_len(w, row_block(n), 1));
-    forward_into(spec, params, x, n, &mut cache, &gs)?;
+    with_pool_team(|team| forward_into(team, spec, params, x, n, &mut cache, &gs))?;
     cache.truncate(cache_len(w, n));
     Ok(cache)
 }
@@ -157,25 +156,29 @@ impl<'x, T: Real> Set<'x, T> {
     }
 
     /// Runs the forward pass into the pool and sets the readout signals.
-    fn forward(&mut self, spec: &Spec<'_>, params: &[T], gs: &PerThread<T>) -> CliResult {
+    fn forward(
+        &mut self,
+        team: &Team,
+        spec: &Spec<'_>,
+        params: &[T],
+        gs: &PerThread<T>,
+    ) -> CliResult {
         let (w, k, n, x) = (spec.widths, spec.output_dim(), self.n, self.x);
         let pool = &mut self.pool;
-        forward_into(spec, params, x, n, pool, gs)?;
+        forward_into(team, spec, params, x, n, pool, gs)?;
         let o = signals_offset(w, n, spec.layers());
         signals_init(&mut pool[o..o + n * k * k], n, k);
         Ok(())
     }
 
     /// Computes layer `i`'s inputs into their place in the pool (parallel over row blocks).
-    fn prepare(&mut self, spec: &Spec<'_>, i: usize) {
+    fn prepare(&mut self, team: &Team, spec: &Spec<'_>, i: usize) {
         if i > 0 {
             let (w, n) = (spec.widths, self.n);
             let (dst, _, h) = step_views(&mut self.pool, w, n, i);
             let rb = row_block(n);
-            dst[..n * w[i]]
-                .par_chunks_mut(rb * w[i])
-                .zip(h.par_chunks(rb * w[i]))
-                .for_each(|(a, p)| activations(spec, a, p));
+            let blocks = dst[..n * w[i]].chunks_mut(rb * w[i]).zip(h.chunks(rb * w[i]));
+            team.for_each(blocks, |(a, p)| activations(spec, a, p));
         }
     }
 
@@ -187,17 +190,25 @@ impl<'x, T: Real> Set<'x, T> {
     }
 
     /// Backprop through layer `i` (parallel over row blocks of inputs).
-    fn step(&mut self, spec: &Spec<'_>, params: &[T], i: usize, gs: &PerThread<T>) -> CliResult {
+    fn step(
+        &mut self,
+        team: &Team,
+        spec: &Spec<'_>,
+        params: &[T],
+        i: usize,
+        gs: &PerThread<T>,
+    ) -> CliResult {
         let (w, n, k) = (spec.widths, self.n, spec.output_dim());
         let (dst, src, h_prev) = step_views(&mut self.pool, w, n, i);
         let rb = row_block(n);
         let rows = rb * k;
-        dst.par_chunks_mut(rows * w[i])
-            .zip(src.par_chunks(rows * w[i + 1]))
-            .zip(h_prev.par_chunks(rb * w[i]))
-            .try_for_each(|((dst, src), h)| {
-                gs.with(|gs| signals_step(spec, params, i, dst, src, h, k, gs))
-            })?;
+        let blocks = dst
+            .chunks_mut(rows * w[i])
+            .zip(src.chunks(rows * w[i + 1]))
+            .zip(h_prev.chunks(rb * w[i]));
+        team.try_for_each(blocks, |((dst, src), h)| {
+            gs.with(|gs| signals_step(spec, params, i, dst, src, h, k, gs))
+        })?;
         Ok(())
     }
 }
@@ -249,6 +260,18 @@ pub fn par_empirical_ntk_timed<T: Real>(
     x2: Option<&[T]>,
     mode: OutputMode,
 ) -> CliResult<(Vec<T>, Phases)> {
+    with_pool_team(|team| ntk_in_team(team, spec, params, x1, x2, mode))
+}
+
+/// [`par_empirical_ntk_timed`] on `team`.
+fn ntk_in_team<T: Real>(
+    team: &Team,
+    spec: &Spec<'_>,
+    params: &[T],
+    x1: &[T],
+    x2: Option<&[T]>,
+    mode: OutputMode,
+) -> CliResult<(Vec<T>, Phases)> {
     let (d, k) = (spec.input_dim(), spec.output_dim());
     let mut ph = Phases::default();
     let mut t = std::time::Instant::now();
@@ -267,9 +290,9 @@ pub fn par_empirical_ntk_timed<T: Real>(
     let mut s2 = x2.map(|x2| Set::alloc(spec, x2));
     let gram = gram_hadamard_scratch(bd * k, n2 * k, m, k * m);
     let gs = PerThread::new(gemm_scratch_len(spec.widths, row_block(n1.max(n2)), k).max(gram));
-    s1.forward(spec, params, &gs)?;
+    s1.forward(team, spec, params, &gs)?;
     if let Some(s2) = s2.as_mut() {
-        s2.forward(spec, params, &gs)?;
+        s2.forward(team, spec, params, &gs)?;
     }
     lap(&mut t, &mut ph.forward);
     let len = mode.len(n1, n2, k);
@@ -282,9 +305,9 @@ pub fn par_empirical_ntk_timed<T: Real>(
     for i in (0..spec.layers()).rev() {
         let c = T::from_f64(spec.weight_multiplier(i) * spec.weight_multiplier(i));
         let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
-        s1.prepare(spec, i);
+        s1.prepare(team, spec, i);
         if let Some(s2) = s2.as_mut() {
-            s2.prepare(spec, i);
+            s2.prepare(team, spec, i);
         }
         lap(&mut t, &mut ph.activations);
         {
@@ -301,7 +324,7 @@ pub fn par_empirical_ntk_timed<T: Real>(
                 work.push((row0, rows, band));
                 rest = r;
             }
-            work.into_par_iter().try_for_each(|(row0, rows, band)| {
+            team.try_for_each(work, |(row0, rows, band)| {
                 let a1b = MatRef::row_major(&a1[row0 * n_in..(row0 + rows) * n_in], rows, n_in);
                 let d1b = &d1[row0 * k * n_out..(row0 + rows) * k * n_out];
                 gs.with(|gs| {
@@ -313,9 +336,9 @@ pub fn par_empirical_ntk_timed<T: Real>(
         }
         lap(&mut t, &mut ph.gram);
         if i > 0 {
-            s1.step(spec, params, i, &gs)?;
+            s1.step(team, spec, params, i, &gs)?;
             if let Some(s2) = s2.as_mut() {
-                s2.step(spec, params, i, &gs)?;
+                s2.step(team, spec, params, i, &gs)?;
             }
         }
         lap(&mut t, &mut ph.backward);

@@ -12,6 +12,7 @@ pub mod plot;
 pub mod runinfo;
 pub mod studyc;
 pub mod sweep;
+pub mod team;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -10,6 +10,48 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
+/// Engine calls nested in a parallel loop (as `ntk drift` trains its cells in parallel, each
+/// computing NTKs): every call's thread team shares the busy pool, and the results are the
+/// core's bits.
+#[test]
+fn nested_engine_calls_share_the_pool() {
+    use rayon::prelude::*;
+    let widths = [5usize, 48, 48, 2];
+    let spec = Spec::new(&widths, Activation::Relu, 2.0, 0.1, true, Parameterization::Ntk).unwrap();
+    let x = random_inputs(33, 5, test_seed()).concat();
+    let nets: Vec<Vec<f64>> = (0..6u64)
+        .map(|s| {
+            let mut p = vec![0.0; spec.param_count()];
+            spec.init(&mut p, s).unwrap();
+            p
+        })
+        .collect();
+    let want: Vec<Vec<f64>> = nets
+        .iter()
+        .map(|p| {
+            let mut k = vec![0.0; OutputMode::Trace.len(33, 33, 2)];
+            let mut s = vec![0.0; empirical_ntk_scratch(&widths, 33, None)];
+            empirical_ntk(&spec, p, &mut k, &x, None, OutputMode::Trace, &mut s).unwrap();
+            k
+        })
+        .collect();
+    for threads in [2, 3] {
+        let got: Vec<Vec<f64>> = in_pool(threads, || {
+            nets.par_iter()
+                .map(|p| {
+                    (0..3)
+                        .map(|_| par_empirical_ntk(&spec, p, &x, None, OutputMode::Trace).unwrap())
+                        .next_back()
+                        .unwrap()
+                })
+                .collect()
+        });
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()), "threads {threads}");
+        }
+    }
+}
+
 #[test]
 fn parallel_engine_is_bit_identical_to_core() {
     let seed = test_seed();
