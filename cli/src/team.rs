@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn sleeping_workers_wake_for_the_next_phase() {
-        let mut v = vec![0u8; 64];
+        let mut v = [0u8; 64];
         with_team(2, |team| {
             team.for_each(v.chunks_mut(8), |c| c.fill(1));
             std::thread::sleep(SPIN * 5);
