@@ -1,6 +1,7 @@
 //! Library behind the `ntk` command: one module per command (`cmd`), plus file formats
 //! (`io`), figures (`plot`), the parallel NTK engine (`engine`) and shared flags (`args`).
 
+pub mod alloc;
 pub mod args;
 pub mod cmd;
 pub mod datasets;
