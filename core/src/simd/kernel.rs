@@ -10,7 +10,10 @@
 //! scalars broadcast straight from its rows or columns when either stride is 1 (the row-major
 //! operands of a training step or an NTK layer are never packed on that side). Vectors run
 //! along the output's rows, so an output with unit row stride is read and written with whole
-//! vector loads; a row-major output is handled by transposing the whole problem.
+//! vector loads; a row-major output is handled by transposing the whole problem, except one with
+//! few rows (`8 m <= n`) whose `rhs` is contiguous along K: that one is computed as it stands
+//! into a column-major copy in scratch, transposed back at the end (and in first when `beta !=
+//! 0`), so only the small `lhs` is packed and `rhs` (a layer's weights) is read in place.
 //!
 //! Determinism: every output entry is the same FMA chain `acc = fma(x_p, y_p, acc)` over the
 //! inner index `p` in increasing order (for [`gemm`] restarted at every `KC` boundary, fixed per
