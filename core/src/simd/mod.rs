@@ -264,9 +264,10 @@ const fn gemm_scratch_oriented(m: usize, n: usize, k: usize, kc: usize) -> usize
     (round_up(min(m, MC), LANES_MAX) + pad_nr(min(n, NC))) * min(k, kc)
 }
 
-/// Whether [`gemm`] computes a row-major `m x n` output whose `rhs` is contiguous along K with
-/// vectors along its rows, into a column-major copy in scratch: `rhs` (`k x n`) is then read in
-/// place and only the `m x k` `lhs` is packed, instead of packing all of `rhs` for few rows.
+/// Whether [`gemm`] computes a row-major `m x n` output whose `rhs` is contiguous along K (for
+/// `f32` also row-major) with vectors along its rows, into a column-major copy in scratch:
+/// `rhs` (`k x n`) is then read in place and only the `m x k` `lhs` is packed, instead of
+/// packing all of `rhs` for few rows.
 pub(crate) const fn few_rows(m: usize, n: usize) -> bool {
     FEW_ROWS * m <= n
 }

@@ -548,8 +548,9 @@ fn gemm_is_layout_independent() {
     });
 }
 
-/// The few-rows path of a row-major `dst` (`8 m <= n` and `rhs` contiguous along K: vectors
-/// along the rows of a column-major copy in scratch, `rhs` broadcast in place) gives the bits
+/// The few-rows path of a row-major `dst` (`8 m <= n` and `rhs` contiguous along K, or for
+/// `f32` row-major: vectors along the rows of a column-major copy in scratch, `rhs` broadcast
+/// in place) gives the bits
 /// of a column-major `dst`, also as a sub-block of a wider matrix, with `beta` 0 (NaN in `dst`)
 /// and 1, partial tiles and several `KC` blocks; a shape just outside the rule too. It also
 /// matches the scalar twin without writing outside the view (`lhs` packed or read in place).
@@ -561,9 +562,11 @@ fn gemm_few_rows<T: Real>() {
         let case = case as u64;
         let lhs = Mat::<T>::new(Layout::RowMajor, m, k, 1, s, 3 * case);
         let rhs = Mat::<T>::new(Layout::Transposed, k, n, 0, s, 3 * case + 1);
-        let (l, r) = (lhs.view(), rhs.view_as(Layout::Transposed));
+        let rhs_rm = Mat::<T>::new(Layout::RowMajor, k, n, 0, s, 3 * case + 1);
         let mut scratch = vec![T::from_f64(f64::NAN); gemm_scratch(m, n, k)];
-        for beta in [0.0, 1.0] {
+        let rhs_views = [rhs.view_as(Layout::Transposed), rhs_rm.view()];
+        for (r, beta) in rhs_views.into_iter().flat_map(|r| [(r, 0.0), (r, 1.0)]) {
+            let l = lhs.view();
             let (alpha, beta) = (T::from_f64(-0.75), T::from_f64(beta));
             let mut want = Mat::<T>::new(Layout::ColMajor, m, n, 0, s, 3 * case + 2);
             let init = Mat { buf: want.buf.clone(), ..want };
