@@ -11,9 +11,10 @@
 //! operands of a training step or an NTK layer are never packed on that side). Vectors run
 //! along the output's rows, so an output with unit row stride is read and written with whole
 //! vector loads; a row-major output is handled by transposing the whole problem, except one with
-//! few rows (`8 m <= n`) whose `rhs` is contiguous along K (for `f32` also a row-major `rhs`):
-//! that one is computed as it stands into a column-major copy in scratch, transposed back at the end (and in first when `beta !=
-//! 0`), so only the small `lhs` is packed and `rhs` (a layer's weights) is read in place.
+//! few rows (`8 m <= n`) whose `rhs` is contiguous along K (for at most 64 rows of `f32` also a
+//! row-major `rhs`): that one is computed as it stands into a column-major copy in scratch,
+//! transposed back at the end (and in first when `beta != 0`), so only the small `lhs` is
+//! packed and `rhs` (a layer's weights) is read in place.
 //!
 //! Determinism: every output entry is the same FMA chain `acc = fma(x_p, y_p, acc)` over the
 //! inner index `p` in increasing order (for [`gemm`] restarted at every `KC` boundary, fixed per
@@ -461,10 +462,11 @@ pub(crate) fn gemm<'a, T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Out
         return dispatch(op);
     }
     let (m, n) = (dst.rows, dst.cols);
-    // A row-major `rhs` broadcast in place (its `KC` rows far apart) pays for `f32` (W4's
-    // backprop, 64 x 2048 x 2048: 49 -> 56 FLOP/cycle), not for `f64` (20 -> 18: two row tiles
-    // per panel read those rows twice).
-    let f32_rows = rhs.cs == 1 && core::mem::size_of::<T>() == 4;
+    // A row-major `rhs` broadcast in place (its `KC` rows far apart, on few cache sets) pays for
+    // at most 64 rows of `f32`, one AVX-512 row tile (W4's backprop, 64 x 2048 x 2048: 49 -> 56
+    // FLOP/cycle), not where several row tiles read those rows again: `f64` 64 x 2048 x 2048
+    // 20 -> 18, `f32` 256 x 2048 x 128 195 -> 128 GFLOP/s.
+    let f32_rows = rhs.cs == 1 && core::mem::size_of::<T>() == 4 && dst.rows <= 64;
     let op = if dst.cs == 1 && dst.rs != 1 && (rhs.rs == 1 || f32_rows) && super::few_rows(m, n) {
         // Row-major output with few rows: vectors along the rows of a column-major copy, `rhs`
         // broadcast in place, only the small `lhs` packed.

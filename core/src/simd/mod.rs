@@ -265,7 +265,7 @@ const fn gemm_scratch_oriented(m: usize, n: usize, k: usize, kc: usize) -> usize
 }
 
 /// Whether [`gemm`] computes a row-major `m x n` output whose `rhs` is contiguous along K (for
-/// `f32` also row-major) with vectors along its rows, into a column-major copy in scratch:
+/// at most 64 rows of `f32` also row-major) with vectors along its rows, into a column-major copy in scratch:
 /// `rhs` (`k x n`) is then read in place and only the `m x k` `lhs` is packed, instead of
 /// packing all of `rhs` for few rows.
 pub(crate) const fn few_rows(m: usize, n: usize) -> bool {

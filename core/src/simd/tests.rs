@@ -549,7 +549,7 @@ fn gemm_is_layout_independent() {
 }
 
 /// The few-rows path of a row-major `dst` (`8 m <= n` and `rhs` contiguous along K, or for
-/// `f32` row-major: vectors along the rows of a column-major copy in scratch, `rhs` broadcast
+/// at most 64 rows of `f32` row-major: vectors along the rows of a column-major copy in scratch, `rhs` broadcast
 /// in place) gives the bits
 /// of a column-major `dst`, also as a sub-block of a wider matrix, with `beta` 0 (NaN in `dst`)
 /// and 1, partial tiles and several `KC` blocks; a shape just outside the rule too. It also
