@@ -11,11 +11,12 @@
 //! bench -p ntk-benches --bench gemm` times REPS calls (fewer for width 2048) of each of a
 //! layer's products (row-major outputs; `fwd` `h = a W^T`, `sig` `delta W`, `wgrad` `delta^T a`)
 //! at width 256 with 128 rows (the training step on one thread) and 64 rows (its blocks on
-//! two), and at width 2048 with 128 rows (workload W4), through the core and the `gemm` crate,
-//! and prints the fastest call's time and GFLOP/s for each (the minimum filters out the time
-//! slices lost to other processes). `NTK_GEMM_ONE=PRECISION,PRODUCT,ROWS,WIDTH,IMPL,REPS`
-//! (`IMPL` `core` or `crate`) runs REPS calls of one such product and nothing else, for
-//! `perf stat -e cycles:u` (the difference of two REPS counts is the cost of the calls).
+//! two), and at width 2048 with 128 and 64 rows (workload W4 on one and two threads), through
+//! the core and the `gemm` crate, and prints the fastest call's time and GFLOP/s for each (the
+//! minimum filters out the time slices lost to other processes).
+//! `NTK_GEMM_ONE=PRECISION,PRODUCT,ROWS,WIDTH,IMPL,REPS` (`IMPL` `core` or `crate`) runs REPS
+//! calls of one such product and nothing else, for `perf stat -e cycles:u` (the difference of
+//! two REPS counts is the cost of the calls).
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_benches::gemm_crate;
@@ -153,7 +154,7 @@ fn one<T: Real>(name: &str, rows: usize, width: usize, imp: &str, reps: usize) {
 
 /// The fixed-work mode (see the module docs).
 fn fixed<T: Real>(reps: usize) {
-    for (width, rows) in [(256usize, 128usize), (256, 64), (2048, 128)] {
+    for (width, rows) in [(256usize, 128usize), (256, 64), (2048, 128), (2048, 64)] {
         let a = random::<T>(128 * width, 5);
         let w = random::<T>(width * width, 6);
         let mut dst = vec![T::ZERO; width * width];
@@ -170,7 +171,7 @@ fn fixed<T: Real>(reps: usize) {
         for (name, lhs, rhs) in shapes {
             let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
             let flops = (2 * m * n * k) as f64;
-            let reps = reps * 256 * 256 / (width * width);
+            let reps = (reps * 256 * 256 / (width * width)).max(1);
             let core = fastest(reps, || {
                 let out = MatMut::row_major(&mut dst[..m * n], m, n);
                 simd::gemm(out, T::ONE, black_box(lhs), rhs, T::ZERO, &mut scratch).unwrap()

@@ -10,7 +10,11 @@
 //! scalars broadcast straight from its rows or columns when either stride is 1 (the row-major
 //! operands of a training step or an NTK layer are never packed on that side). Vectors run
 //! along the output's rows, so an output with unit row stride is read and written with whole
-//! vector loads; a row-major output is handled by transposing the whole problem.
+//! vector loads; a row-major output is handled by transposing the whole problem, except one with
+//! few rows (`8 m <= n`) whose `rhs` is contiguous along K (for at most 64 rows of `f32` also a
+//! row-major `rhs`): that one is computed as it stands into a column-major copy in scratch,
+//! transposed back at the end (and in first when `beta != 0`), so only the small `lhs` is
+//! packed and `rhs` (a layer's weights) is read in place.
 //!
 //! Determinism: every output entry is the same FMA chain `acc = fma(x_p, y_p, acc)` over the
 //! inner index `p` in increasing order (for [`gemm`] restarted at every `KC` boundary, fixed per
@@ -93,49 +97,10 @@ fn pack<T: Elem, S: Simd>(
                 let off = row0 + (p0 + p) * src.cs;
                 chunk[..h].copy_from_slice(&src.data[off..off + h]);
             }
-        } else if src.cs == 1 && transpose::available::<T, S>() {
-            // Rows contiguous along p: lanes x lanes blocks transposed in registers.
-            let l = T::lanes::<S>();
-            for rb in (0..h).step_by(l) {
-                let rh = l.min(h - rb);
-                for pb in (0..kc).step_by(l) {
-                    let pn = l.min(kc - pb);
-                    let base = (row0 + rb) * src.rs + p0 + pb;
-                    if rh == l && pn == l {
-                        transpose::block(s, &src.data[base..], src.rs, &mut buf[pb * w + rb..], w);
-                    } else {
-                        for r in 0..rh {
-                            for p in 0..pn {
-                                buf[(pb + p) * w + rb + r] = src.data[base + r * src.rs + p];
-                            }
-                        }
-                    }
-                }
-            }
         } else if src.cs == 1 {
-            // Rows contiguous along p: transpose 8 x 8 blocks through registers / the stack.
-            const B: usize = 8;
-            let mut t = [[zero; B]; B];
-            for rb in (0..h).step_by(B) {
-                let rh = B.min(h - rb);
-                for pb in (0..kc).step_by(B) {
-                    let pn = B.min(kc - pb);
-                    for (r, tr) in t.iter_mut().enumerate().take(rh) {
-                        let off = (row0 + rb + r) * src.rs + p0 + pb;
-                        if pn == B {
-                            *tr = src.data[off..off + B].try_into().unwrap_or(*tr);
-                        } else {
-                            tr[..pn].copy_from_slice(&src.data[off..off + pn]);
-                        }
-                    }
-                    for p in 0..pn {
-                        let out = &mut buf[(pb + p) * w + rb..(pb + p) * w + rb + rh];
-                        for (r, x) in out.iter_mut().enumerate() {
-                            *x = t[r][p];
-                        }
-                    }
-                }
-            }
+            // Rows contiguous along p: transposed in blocks (in registers where available).
+            let data = &src.data[row0 * src.rs + p0..];
+            transpose::copy(s, data, src.rs, buf, w, (h, kc));
         } else {
             for r in 0..h {
                 let off = (row0 + r) * src.rs + p0 * src.cs;
@@ -323,6 +288,9 @@ pub(crate) struct Gemm<'a, T> {
     rhs: MatRef<'a, T>,
     beta: T,
     scratch: &'a mut [T],
+    /// A row-major destination that `dst` (column-major, in scratch) stands for: copied into
+    /// `dst` first when `beta != 0`, and `dst` copied back into it at the end.
+    out: Option<MatMut<'a, T>>,
 }
 
 register_tiles!(Gemm, [Elem], gemm_run, (MV_WIDE, NR_WIDE), (MV_NARROW, NR_NARROW));
@@ -378,20 +346,28 @@ const DIRECT_A_MAX_BYTES: usize = 512 * 1024;
 /// in place (scalars broadcast from its columns or rows), otherwise packed once per block;
 /// `lhs` with unit row stride is read in place (columns as vectors) unless its columns are far
 /// apart, otherwise packed per `MC` block (and a last tile with a partial vector always is).
+/// With `rhs` read in place the columns are one block (`NC` only bounds a packed `rhs`).
 #[inline(always)]
 fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'_, T>) {
-    let Gemm { mut dst, alpha, lhs, rhs, beta, scratch } = op;
+    let Gemm { mut dst, alpha, lhs, rhs, beta, scratch, out } = op;
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    if let Some(out) = &out {
+        if beta != T::default() {
+            transpose::copy(s, out.data, out.rs, dst.data, dst.cs, (m, n));
+        }
+    }
     let l = T::lanes::<S>();
     let mr = MV * l;
     debug_assert!(l <= MAX_LANES);
     let kc_max = k.min(T::KC);
     let direct_a = lhs.rs == 1 && lhs.cs * kc_max * core::mem::size_of::<T>() <= DIRECT_A_MAX_BYTES;
     let direct_b = rhs.rs == 1 || rhs.cs == 1;
-    let (pb, pa) = scratch.split_at_mut(round_up(n.min(NC), NR) * kc_max);
+    let nc_max = if direct_b { n } else { NC };
+    let (pb, pa) =
+        scratch.split_at_mut(if direct_b { 0 } else { round_up(n.min(NC), NR) * kc_max });
     let mut jc = 0;
     while jc < n {
-        let nc = NC.min(n - jc);
+        let nc = nc_max.min(n - jc);
         let mut pc = 0;
         while pc < k {
             let kc = T::KC.min(k - pc);
@@ -439,7 +415,10 @@ fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'
             }
             pc += kc;
         }
-        jc += NC;
+        jc += nc_max;
+    }
+    if let Some(out) = out {
+        transpose::copy(s, dst.data, dst.cs, out.data, out.rs, (n, m));
     }
 }
 
@@ -482,11 +461,24 @@ pub(crate) fn gemm<'a, T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Out
         };
         return dispatch(op);
     }
-    let op = if dst.cs == 1 && dst.rs != 1 {
+    let (m, n) = (dst.rows, dst.cols);
+    // A row-major `rhs` broadcast in place (its `KC` rows far apart, on few cache sets) pays for
+    // at most 64 rows of `f32`, one AVX-512 row tile (W4's backprop, 64 x 2048 x 2048: 49 -> 56
+    // FLOP/cycle), not where several row tiles read those rows again: `f64` 64 x 2048 x 2048
+    // 20 -> 18, `f32` 256 x 2048 x 128 195 -> 128 GFLOP/s.
+    let f32_rows = rhs.cs == 1 && core::mem::size_of::<T>() == 4 && dst.rows <= 64;
+    let op = if dst.cs == 1 && dst.rs != 1 && (rhs.rs == 1 || f32_rows) && super::few_rows(m, n) {
+        // Row-major output with few rows: vectors along the rows of a column-major copy, `rhs`
+        // broadcast in place, only the small `lhs` packed.
+        let (tmp, scratch) = scratch.split_at_mut(m * n);
+        let tmp = MatMut { data: tmp, rows: m, cols: n, rs: 1, cs: m };
+        Gemm { dst: tmp, alpha, lhs, rhs, beta, scratch, out: Some(dst) }
+    } else if dst.cs == 1 && dst.rs != 1 {
         // Row-major output: vectors along its rows by computing dst^T = rhs^T lhs^T.
-        Gemm { dst: transpose_mut(dst), alpha, lhs: rhs.t(), rhs: lhs.t(), beta, scratch }
+        let (lhs, rhs) = (rhs.t(), lhs.t());
+        Gemm { dst: transpose_mut(dst), alpha, lhs, rhs, beta, scratch, out: None }
     } else {
-        Gemm { dst, alpha, lhs, rhs, beta, scratch }
+        Gemm { dst, alpha, lhs, rhs, beta, scratch, out: None }
     };
     dispatch(op)
 }

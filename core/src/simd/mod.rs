@@ -227,6 +227,8 @@ const NC: usize = 1020;
 const KC_F64: usize = 256;
 /// Inner-dimension block for `f32`.
 const KC_F32: usize = 512;
+/// A row-major `m x n` output of [`gemm`] has few rows when `FEW_ROWS * m <= n`.
+const FEW_ROWS: usize = 8;
 /// Rows of `a1`/`d1` per packed block of [`gram_hadamard`].
 const MC_GRAM: usize = 192;
 /// Rows of `a2`/`d2` per packed block of [`gram_hadamard`] (a multiple of both NRs).
@@ -262,16 +264,37 @@ const fn gemm_scratch_oriented(m: usize, n: usize, k: usize, kc: usize) -> usize
     (round_up(min(m, MC), LANES_MAX) + pad_nr(min(n, NC))) * min(k, kc)
 }
 
+/// Whether [`gemm`] computes a row-major `m x n` output whose `rhs` is contiguous along K (for
+/// at most 64 rows of `f32` also row-major) with vectors along its rows, into a column-major copy in scratch:
+/// `rhs` (`k x n`) is then read in place and only the `m x k` `lhs` is packed, instead of
+/// packing all of `rhs` for few rows.
+pub(crate) const fn few_rows(m: usize, n: usize) -> bool {
+    FEW_ROWS * m <= n
+}
+
+/// The column-major copy of a row-major output with few rows (`m` clamped to the most rows
+/// that still count as few, so the size grows with `m`) plus one packed `lhs` block.
+const fn gemm_scratch_few_rows(m: usize, n: usize, k: usize, kc: usize) -> usize {
+    let m = min(m, n / FEW_ROWS);
+    m * n + round_up(min(m, MC), LANES_MAX) * min(k, kc)
+}
+
 /// Scratch elements [`gemm`] needs for an `m x k` times `k x n` product (`f32` or `f64`):
 /// one packed block of at most `192 x KC` of `lhs` and `KC x 1020` of `rhs` (`KC` = 256 for
-/// `f64`, 512 for `f32`), padded to whole micro-panels, for either orientation.
+/// `f64`, 512 for `f32`), padded to whole micro-panels, for either orientation; for a
+/// row-major output with `8 m <= n` rows, at least the `m x n` output and a packed `lhs` block.
 pub const fn gemm_scratch(m: usize, n: usize, k: usize) -> usize {
     if m == 0 || n == 0 || k == 0 {
         return 0;
     }
+    let few_rows =
+        max(gemm_scratch_few_rows(m, n, k, KC_F64), gemm_scratch_few_rows(m, n, k, KC_F32));
     max(
-        max(gemm_scratch_oriented(m, n, k, KC_F64), gemm_scratch_oriented(n, m, k, KC_F64)),
-        max(gemm_scratch_oriented(m, n, k, KC_F32), gemm_scratch_oriented(n, m, k, KC_F32)),
+        few_rows,
+        max(
+            max(gemm_scratch_oriented(m, n, k, KC_F64), gemm_scratch_oriented(n, m, k, KC_F64)),
+            max(gemm_scratch_oriented(m, n, k, KC_F32), gemm_scratch_oriented(n, m, k, KC_F32)),
+        ),
     )
 }
 

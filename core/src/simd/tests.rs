@@ -486,14 +486,24 @@ fn gemm_is_tile_independent() {
 
 /// Whatever the layouts, so whether an operand is packed or read in place (`lhs` columns as
 /// vectors, `rhs` columns or rows broadcast, the last partial vector of rows packed, the
-/// columns past an edge repeated) and whichever orientation a row-major `dst` makes, every
-/// entry has the same bits. K is beyond the NT kernel's reach, so the packed kernel serves all
+/// columns past an edge repeated) and whichever orientation a row-major `dst` makes (the whole
+/// problem transposed, or few rows computed along the rows), every entry has the same bits. K is beyond the NT kernel's reach, so the packed kernel serves all
 /// layouts; sizes cover partial vectors and tiles, several `KC` blocks, `MC` blocks and a
 /// column-major `lhs` too far spread to be read in place.
 fn gemm_layouts_agree<T: Real>() {
     let s = seed();
-    let shapes =
-        [(67, 13, 300), (5, 29, 600), (130, 7, 257), (16, 66, 520), (200, 5, 130), (260, 3, 520)];
+    let shapes = [
+        (67, 13, 300),
+        (5, 29, 600),
+        (130, 7, 257),
+        (16, 66, 520),
+        (200, 5, 130),
+        (260, 3, 520),
+        // Few rows (a row-major `dst` with `8 m <= n` runs along its rows) and just not.
+        (9, 72, 530),
+        (10, 79, 300),
+        (5, 66, 270),
+    ];
     for (case, &(m, n, k)) in shapes.iter().enumerate() {
         let case = case as u64;
         let (alpha, beta) =
@@ -535,6 +545,83 @@ fn gemm_is_layout_independent() {
     at_lower_levels(|| {
         gemm_layouts_agree::<f64>();
         gemm_layouts_agree::<f32>();
+    });
+}
+
+/// The few-rows path of a row-major `dst` (`8 m <= n` and `rhs` contiguous along K, or for
+/// at most 64 rows of `f32` row-major: vectors along the rows of a column-major copy in scratch, `rhs` broadcast
+/// in place) gives the bits
+/// of a column-major `dst`, also as a sub-block of a wider matrix, with `beta` 0 (NaN in `dst`)
+/// and 1, partial tiles and several `KC` blocks; a shape just outside the rule too. It also
+/// matches the scalar twin without writing outside the view (`lhs` packed or read in place).
+fn gemm_few_rows<T: Real>() {
+    let s = seed();
+    let shapes = [(1, 8, 140), (9, 72, 530), (10, 79, 300), (33, 264, 1030), (64, 520, 200)];
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        assert_eq!(few_rows(m, n), case != 2, "{m}x{n}");
+        let case = case as u64;
+        let lhs = Mat::<T>::new(Layout::RowMajor, m, k, 1, s, 3 * case);
+        let rhs = Mat::<T>::new(Layout::Transposed, k, n, 0, s, 3 * case + 1);
+        let rhs_rm = Mat::<T>::new(Layout::RowMajor, k, n, 0, s, 3 * case + 1);
+        let mut scratch = vec![T::from_f64(f64::NAN); gemm_scratch(m, n, k)];
+        let rhs_views = [rhs.view_as(Layout::Transposed), rhs_rm.view()];
+        for (r, beta) in rhs_views.into_iter().flat_map(|r| [(r, 0.0), (r, 1.0)]) {
+            let l = lhs.view();
+            let (alpha, beta) = (T::from_f64(-0.75), T::from_f64(beta));
+            let mut want = Mat::<T>::new(Layout::ColMajor, m, n, 0, s, 3 * case + 2);
+            let init = Mat { buf: want.buf.clone(), ..want };
+            gemm(want.view_mut(), alpha, l, r, beta, &mut scratch).unwrap();
+            let rs = n + 5;
+            let mut buf = vec![T::from_f64(SENTINEL); m * rs];
+            for i in 0..m {
+                for j in 0..n {
+                    buf[1 + i * rs + j] =
+                        if beta == T::ZERO { T::from_f64(f64::NAN) } else { init.at(i, j) };
+                }
+            }
+            let orig = buf.clone();
+            let dst = MatMut::strided(&mut buf[1..], m, n, rs, 1);
+            gemm(dst, alpha, l, r, beta, &mut scratch).unwrap();
+            for (x, (&y, &o)) in buf.iter().zip(&orig).enumerate() {
+                let (i, j) = ((x.max(1) - 1) / rs, (x.max(1) - 1) % rs);
+                let what = format!("gemm<{}> {m}x{n}x{k} beta {beta} ({i}, {j})", T::NAME);
+                if x == 0 || j >= n {
+                    assert_eq!(bits(y), bits(o), "{what}: wrote outside view");
+                } else {
+                    assert_eq!(bits(y), bits(want.at(i, j)), "{what}");
+                }
+            }
+        }
+        gemm_case::<T>(
+            m,
+            n,
+            k,
+            [Layout::RowMajor, Layout::Transposed, Layout::RowMajor],
+            0.5,
+            1.0,
+            false,
+            case,
+        );
+        gemm_case::<T>(
+            m,
+            n,
+            k,
+            [Layout::ColMajor, Layout::ColMajor, Layout::RowMajor],
+            0.5,
+            0.0,
+            true,
+            case,
+        );
+    }
+}
+
+#[test]
+fn gemm_few_rows_path() {
+    gemm_few_rows::<f64>();
+    gemm_few_rows::<f32>();
+    at_lower_levels(|| {
+        gemm_few_rows::<f64>();
+        gemm_few_rows::<f32>();
     });
 }
 

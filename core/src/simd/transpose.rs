@@ -1,6 +1,7 @@
 //! In-register transposes of `lanes x lanes` blocks for the transposing pack of the GEMM
-//! (`out[p * w + r] = src(r, p)` with rows of `src` contiguous along `p`). Pure data movement:
-//! the packed panels, and so every GEMM result, are the same bits as the scalar pack.
+//! (`out[p * w + r] = src(r, p)` with rows of `src` contiguous along `p`) and its column-major
+//! copy of a row-major output. Pure data movement: every GEMM result is the same bits as with
+//! the scalar copies.
 
 use super::elem::Elem;
 use pulp::Simd;
@@ -9,6 +10,39 @@ use pulp::Simd;
 #[inline(always)]
 pub(crate) fn available<T: Elem, S: Simd>() -> bool {
     cfg!(target_arch = "x86_64") && core::mem::size_of::<T::V<S>>() == 64
+}
+
+/// `dst[p * ds + r] = src[r * rs + p]` for `r < rows`, `p < cols`: `lanes x lanes` blocks in
+/// registers where [`available`], the rest (and every block elsewhere) element by element in
+/// blocks of 8 x 8.
+///
+/// # Panics
+/// If an element lies outside its slice.
+#[inline(always)]
+pub(crate) fn copy<T: Elem, S: Simd>(
+    s: S,
+    src: &[T],
+    rs: usize,
+    dst: &mut [T],
+    ds: usize,
+    (rows, cols): (usize, usize),
+) {
+    let b = if available::<T, S>() { T::lanes::<S>() } else { 8 };
+    for rb in (0..rows).step_by(b) {
+        let rh = b.min(rows - rb);
+        for pb in (0..cols).step_by(b) {
+            let pn = b.min(cols - pb);
+            let (src, dst) = (&src[rb * rs + pb..], &mut dst[pb * ds + rb..]);
+            if rh == b && pn == b && block(s, src, rs, dst, ds) {
+                continue;
+            }
+            for p in 0..pn {
+                for (r, x) in dst[p * ds..p * ds + rh].iter_mut().enumerate() {
+                    *x = src[r * rs + p];
+                }
+            }
+        }
+    }
 }
 
 /// Transposes the `lanes x lanes` block of `src` (row `r` at `src[r * rs..]`) into `dst`
