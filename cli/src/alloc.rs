@@ -17,6 +17,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Huge page size (x86-64 and aarch64 with 4 KiB base pages), and the size from which a buffer
 /// is placed on huge pages: a smaller one cannot contain a whole huge page.
@@ -24,6 +25,18 @@ pub const HUGE: usize = 2 << 20;
 
 /// Alignment of the raw block from `System`; the stored pointer sits 8 bytes before the buffer.
 const RAW_ALIGN: usize = 16;
+
+/// Whether large buffers are advised at all ([`set_huge_pages`]).
+static ADVISE: AtomicBool = AtomicBool::new(true);
+
+/// Turns the huge-page advice for large buffers allocated from now on on or off (on by
+/// default). One-shot commands (`ntk kernel`, `ntk bench`, `ntk forward`) turn it off: their
+/// buffers are used a few times, and first touching a huge page makes the kernel find and
+/// zero 2 MiB at once (the first W1 call on 2 threads took up to 2.5x the median with it,
+/// 1.3-1.5x without). Training loops reuse theirs thousands of times and keep it.
+pub fn set_huge_pages(on: bool) {
+    ADVISE.store(on, Ordering::Relaxed);
+}
 
 thread_local! {
     /// Whether this thread is inside [`small_pages`].
@@ -76,7 +89,7 @@ unsafe fn place(raw: *mut u8, size: usize) -> *mut u8 {
     let buf = unsafe { raw.add(offset) };
     // SAFETY: buf - 8 is 8-aligned (buf is 2 MiB aligned) and inside the block (offset >= 16).
     unsafe { buf.cast::<*mut u8>().sub(1).write(raw) };
-    if !SMALL_PAGES.try_with(Cell::get).unwrap_or(false) {
+    if ADVISE.load(Ordering::Relaxed) && !SMALL_PAGES.try_with(Cell::get).unwrap_or(false) {
         advise(buf, size);
     }
     buf
