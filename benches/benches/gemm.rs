@@ -24,10 +24,6 @@ use ntk_core::simd::{self, MatMut, MatRef, Part};
 use ntk_core::Real;
 use std::hint::black_box;
 
-/// Large buffers on transparent huge pages, as in the `ntk` binary.
-#[global_allocator]
-static ALLOC: ntk_cli::alloc::HugePages = ntk_cli::alloc::HugePages;
-
 fn random<T: Real>(len: usize, stream: u64) -> Vec<T> {
     let mut v = vec![T::ZERO; len];
     ntk_core::rng::fill_normal(&mut v, 42, stream, 0);

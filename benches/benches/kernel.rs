@@ -11,10 +11,6 @@ use ntk_core::Activation;
 use std::hint::black_box;
 use std::time::Instant;
 
-/// Large buffers on transparent huge pages, as in the `ntk` binary.
-#[global_allocator]
-static ALLOC: ntk_cli::alloc::HugePages = ntk_cli::alloc::HugePages;
-
 const SIZES: [usize; 2] = [1000, 4000];
 const D: usize = 64;
 const DEPTH: usize = 10;

@@ -32,10 +32,6 @@ use ntk_core::spec::param_count;
 use ntk_core::train::{train_step, train_step_scratch, Model, Optimizer};
 use ntk_core::{Activation, Parameterization, Real, Spec};
 
-/// Large buffers on transparent huge pages, as in the `ntk` binary.
-#[global_allocator]
-static ALLOC: ntk_cli::alloc::HugePages = ntk_cli::alloc::HugePages;
-
 const D: usize = 64;
 const WIDTH: usize = 256;
 const DEPTH: usize = 20;

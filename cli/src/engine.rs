@@ -58,11 +58,9 @@ pub fn bands(n: usize, symmetric: bool) -> Vec<(usize, usize)> {
 pub(crate) struct PerThread<T>(Vec<Mutex<Vec<T>>>);
 
 impl<T: Real> PerThread<T> {
-    /// `len` elements for each thread of the current pool, on 4 KiB pages
-    /// ([`crate::alloc::small_pages`]: most uses touch only a prefix).
+    /// `len` elements for each thread of the current pool.
     pub(crate) fn new(len: usize) -> Self {
-        let buf = || crate::alloc::small_pages(|| Mutex::new(vec![T::ZERO; len]));
-        Self((0..rayon::current_num_threads()).map(|_| buf()).collect())
+        Self((0..rayon::current_num_threads()).map(|_| Mutex::new(vec![T::ZERO; len])).collect())
     }
 
     /// Threads of the pool it was made for.

@@ -1,7 +1,6 @@
 //! Library behind the `ntk` command: one module per command (`cmd`), plus file formats
 //! (`io`), figures (`plot`), the parallel NTK engine (`engine`) and shared flags (`args`).
 
-pub mod alloc;
 pub mod args;
 pub mod cmd;
 pub mod datasets;
@@ -68,9 +67,9 @@ pub enum Command {
 /// Whatever the command returns.
 pub fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Forward(a) => one_shot(|| cmd::forward::run(a)),
-        Command::Kernel(a) => one_shot(|| cmd::kernel::run(a)),
-        Command::Bench(a) => one_shot(|| cmd::bench::run(a)),
+        Command::Forward(a) => cmd::forward::run(a),
+        Command::Kernel(a) => cmd::kernel::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Dispersion(a) => cmd::dispersion::run(a),
         Command::Phase(a) => cmd::phase::run(a),
         Command::Merge(a) => cmd::merge::run(a),
@@ -82,15 +81,6 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Forgetting(a) => cmd::forgetting::run(a),
         Command::Theory(a) => cmd::theory::run(a),
     }
-}
-
-/// Runs a one-shot command with the huge-page advice off ([`alloc::set_huge_pages`]) and
-/// restores it (the library may run several commands in one process).
-fn one_shot(f: impl FnOnce() -> CliResult) -> CliResult {
-    alloc::set_huge_pages(false);
-    let r = f();
-    alloc::set_huge_pages(true);
-    r
 }
 
 /// Parses `args`, runs, prints `error: ...` on failure; exit code 2 for usage errors and 1 for

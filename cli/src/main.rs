@@ -1,10 +1,5 @@
 //! The `ntk` command (see `ntk --help`).
 
-/// Large buffers on transparent huge pages; with [`keep_freed_memory`] they stay in the heap
-/// when freed, so repeated calls reuse them, huge pages and all.
-#[global_allocator]
-static ALLOC: ntk_cli::alloc::HugePages = ntk_cli::alloc::HugePages;
-
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     ntk_cli::main_with_args(std::env::args_os())
