@@ -24,7 +24,7 @@
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ntk_benches::gemm_crate;
 use ntk_cli::args::{Precision, RunArgs};
-use ntk_cli::cmd::bench::{gemm_operand, gemm_square};
+use ntk_cli::cmd::bench::RooflineGemm;
 use ntk_cli::cmd::train::ParStep;
 use ntk_core::backward::Loss;
 use ntk_core::simd::MatRef;
@@ -37,7 +37,7 @@ const WIDTH: usize = 256;
 const DEPTH: usize = 20;
 const K: usize = 10;
 const N: usize = 128;
-const GEMM: usize = 2048;
+const GEMM: usize = ntk_cli::cmd::bench::GEMM_SIZE;
 
 fn matmul_flops(w: &[usize], n: usize) -> u64 {
     w.windows(2).map(|p| 2 * (n * p[0] * p[1]) as u64).sum()
@@ -162,12 +162,10 @@ fn step<T: Real>(c: &mut Criterion) {
             })
             .unwrap()
         });
-        let a = gemm_operand::<T>(GEMM);
-        let bm = a.clone();
-        let mut cm = vec![T::ZERO; GEMM * GEMM];
-        group.throughput(Throughput::Elements(2 * (GEMM * GEMM * GEMM) as u64));
+        let mut g = RooflineGemm::<T>::new(GEMM, threads);
+        group.throughput(Throughput::Elements(g.flops() as u64));
         group.bench_function(BenchmarkId::new("gemm_crate_2048", format!("{threads}t")), |b| {
-            b.iter(|| gemm_square(&a, &bm, &mut cm, GEMM, threads))
+            b.iter(|| g.run())
         });
     }
     group.finish();
@@ -182,11 +180,7 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
     let lin = Model::Linearized { params0: &p0 };
     let mut p = if what.ends_with("linearized") { vec![T::ZERO; p0.len()] } else { p0.clone() };
     let mut s = vec![T::ZERO; train_step_scratch(&w, true, N)];
-    let (a, mut cm) = if what == "gemm" {
-        (gemm_operand::<T>(GEMM), vec![T::ZERO; GEMM * GEMM])
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let mut g = (what == "gemm").then(|| RooflineGemm::<T>::new(GEMM, threads));
     let la: Vec<T> = (0..N * WIDTH).map(|i| T::from_f64(((i % 5) as f64 - 2.0) * 0.1)).collect();
     let mut lh = vec![T::ZERO; N * WIDTH];
     let mut ls = vec![T::ZERO; ntk_core::simd::gemm_scratch(N, WIDTH, WIDTH)];
@@ -229,8 +223,9 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
                         }
                     }
                     "gemm" => {
-                        gemm_square(&a, &a, &mut cm, GEMM, threads);
-                        2 * (GEMM * GEMM * GEMM) as u64
+                        let g = g.as_mut().expect("made for gemm");
+                        g.run();
+                        g.flops() as u64
                     }
                     "layer_core" => {
                         use ntk_core::simd::{gemm, MatMut};

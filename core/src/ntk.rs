@@ -13,7 +13,7 @@ use crate::forward::{
     activations, cache_len, cache_offset, check_finite, forward_layer, forward_layer_scratch,
 };
 use crate::real::Real;
-use crate::simd::{dot, gram_hadamard, gram_hadamard_scratch, MatMut, MatRef, Part};
+use crate::simd::{dot, gram_hadamard, gram_hadamard_scratch, max, MatMut, MatRef, Part};
 use crate::spec::{max_width, Spec};
 
 /// Which entries of the NTK to compute (neural-tangents' `trace_axes` / `diagonal_axes`).
@@ -56,14 +56,6 @@ pub const fn empirical_ntk_scratch(widths: &[usize], n1: usize, n2: Option<usize
     let b = signals_step_scratch(widths, nmax * k);
     let g = gram_hadamard_scratch(nmax * k, nmax * k, m, k * m);
     s + max(max(f, b), g)
-}
-
-const fn max(a: usize, b: usize) -> usize {
-    if a > b {
-        a
-    } else {
-        b
-    }
 }
 
 /// Whether the signals `S_j` sit at the low end of the free part of a pool (else at its top);

@@ -310,16 +310,6 @@ impl<T: Real> RooflineGemm<T> {
     }
 }
 
-/// GFLOP/s of a square GEMM of size `m` through the `gemm` crate with `threads` threads.
-pub fn gemm_rate<T: Real>(m: usize, threads: usize, min_time: f64) -> CliResult<f64> {
-    let mut g = RooflineGemm::<T>::new(m, threads);
-    let (_, med, _) = time_it(min_time, || {
-        g.run();
-        Ok(())
-    })?;
-    Ok(g.flops() / med / 1e9)
-}
-
 /// Times `f` interleaved with the roofline GEMM `g`, so that both see the same machine (its
 /// speed drifts by tens of percent over minutes on shared hosts): after a first call of `f`
 /// and one warm-up GEMM, rounds of one GEMM and then as many calls of `f` as take about as

@@ -28,7 +28,8 @@ use super::elem::{Elem, MAX_LANES};
 use super::nt;
 use super::transpose;
 use super::{
-    MatMut, MatRef, Part, MC, MC_GRAM, MV_NARROW, MV_WIDE, NC, NC_GRAM, NR_NARROW, NR_WIDE,
+    round_up, MatMut, MatRef, Part, MC, MC_GRAM, MV_NARROW, MV_WIDE, NC, NC_GRAM, NR_NARROW,
+    NR_WIDE,
 };
 use pulp::{Simd, WithSimd};
 
@@ -57,11 +58,6 @@ fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
         },
         _ => pulp::Arch::new().dispatch(op),
     }
-}
-
-#[inline(always)]
-const fn round_up(x: usize, g: usize) -> usize {
-    x.div_ceil(g) * g
 }
 
 #[inline(always)]

@@ -242,7 +242,7 @@ const fn min(a: usize, b: usize) -> usize {
     }
 }
 
-const fn max(a: usize, b: usize) -> usize {
+pub(crate) const fn max(a: usize, b: usize) -> usize {
     if a > b {
         a
     } else {
@@ -250,7 +250,7 @@ const fn max(a: usize, b: usize) -> usize {
     }
 }
 
-const fn round_up(x: usize, g: usize) -> usize {
+pub(crate) const fn round_up(x: usize, g: usize) -> usize {
     x.div_ceil(g) * g
 }
 
