@@ -16,6 +16,10 @@
 //! transposed back at the end (and in first when `beta != 0`), so only the small `lhs` is
 //! packed and `rhs` (a layer's weights) is read in place.
 //!
+//! [`gram_hadamard`] with operands contiguous along K and a destination contiguous along its rows
+//! (every layer term of the NTK) runs the outer-product tiles of [`super::gram_rows`] instead,
+//! with the same bits; the packed kernel here serves every other layout.
+//!
 //! Determinism: every output entry is the same FMA chain `acc = fma(x_p, y_p, acc)` over the
 //! inner index `p` in increasing order (for [`gemm`] restarted at every `KC` boundary, fixed per
 //! type; for [`gram_hadamard`] one unbroken chain per Gram matrix), then combined with the
@@ -25,6 +29,7 @@
 //! depend on where it sits, on the operands' layouts or on how the caller tiles the output.
 
 use super::elem::{Elem, MAX_LANES};
+use super::gram_rows;
 use super::nt;
 use super::transpose;
 use super::{
@@ -118,13 +123,13 @@ fn pack<T: Elem, S: Simd>(
 /// at `a[p * a_step..]` and the `NR` scalars `b[p * b_step + b_off[j]]`. Packed panels have
 /// `a_step = MV * lanes`, `b_step = NR`, `b_off[j] = j`; unpacked operands their own strides.
 #[derive(Clone, Copy)]
-struct Panels<'a, T, const NR: usize> {
-    a: &'a [T],
-    a_step: usize,
-    b: &'a [T],
-    b_step: usize,
-    b_off: [usize; NR],
-    kc: usize,
+pub(super) struct Panels<'a, T, const NR: usize> {
+    pub a: &'a [T],
+    pub a_step: usize,
+    pub b: &'a [T],
+    pub b_step: usize,
+    pub b_off: [usize; NR],
+    pub kc: usize,
 }
 
 impl<'a, T, const NR: usize> Panels<'a, T, NR> {
@@ -138,7 +143,7 @@ impl<'a, T, const NR: usize> Panels<'a, T, NR> {
 /// `acc + sum_p a_p b_p^T` over the operands `x`: one accumulator vector per (column, row
 /// vector), one FMA chain per entry.
 #[inline(always)]
-fn accumulate<T: Elem, S: Simd, const MV: usize, const NR: usize>(
+pub(super) fn accumulate<T: Elem, S: Simd, const MV: usize, const NR: usize>(
     s: S,
     mut acc: [[T::V<S>; MV]; NR],
     x: &Panels<'_, T, NR>,
@@ -722,12 +727,14 @@ pub(crate) fn gram_hadamard<
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }
-    let nt_k = nt::pays_gram::<T>(a1.cols) && nt::pays_gram::<T>(d1.cols);
-    if a1.cs == 1 && a2.cs == 1 && d1.cs == 1 && d2.cs == 1 && nt_k {
-        // Every operand contiguous along K: dot-product tiles, no packing.
+    let rows_k = a1.cs == 1 && a2.cs == 1 && d1.cs == 1 && d2.cs == 1;
+    if rows_k && dst.cs == 1 {
+        // Every operand contiguous along K, `dst` along its rows (every NTK layer term):
+        // outer-product tiles over K-major panels of `a2`, `d2`.
         let rows = |x: MatRef<'a, T>| nt::Rows { data: x.data, rows: x.rows, rs: x.rs };
-        let op = nt::GramNt {
-            dst: nt::Out { data: dst.data, rs: dst.rs, cs: dst.cs },
+        let op = gram_rows::GramRows {
+            dst: dst.data,
+            rs: dst.rs,
             a1: rows(a1),
             a2: rows(a2),
             d1: rows(d1),
@@ -737,6 +744,7 @@ pub(crate) fn gram_hadamard<
             c,
             shift,
             upper: part == Part::Upper,
+            scratch,
         };
         return dispatch(op);
     }

@@ -23,6 +23,7 @@ macro_rules! register_tiles {
 }
 
 mod elem;
+mod gram_rows;
 mod kernel;
 mod nt;
 pub mod scalar;
@@ -305,14 +306,20 @@ const fn gram_hadamard_scratch_oriented(m: usize, n: usize, ka: usize, kd: usize
     (mb + nb) * (ka + kd) + 2 * mb * nb
 }
 
-/// Scratch elements [`gram_hadamard`] needs (`f32` or `f64`): packed blocks of at most 192
-/// rows of `a1`, `d1` and 504 rows of `a2`, `d2` (all of `ka + kd`), plus the two partial
-/// Gram tiles of one such block, for either orientation.
+/// Scratch elements [`gram_hadamard`] needs (`f32` or `f64`), enough for either kernel: the
+/// packed one (blocks of at most 192 rows of `a1`, `d1` and 504 rows of `a2`, `d2`, all of
+/// `ka + kd`, plus two partial Gram tiles of such a block, either orientation) and the one for
+/// row-major operands (a K-major panel of at most 192 KiB and two partial tiles of at most 512
+/// rows; the pages of the larger part it never touches).
 pub const fn gram_hadamard_scratch(m: usize, n: usize, ka: usize, kd: usize) -> usize {
     if m == 0 || n == 0 {
         return 0;
     }
-    max(gram_hadamard_scratch_oriented(m, n, ka, kd), gram_hadamard_scratch_oriented(n, m, ka, kd))
+    let packed = max(
+        gram_hadamard_scratch_oriented(m, n, ka, kd),
+        gram_hadamard_scratch_oriented(n, m, ka, kd),
+    );
+    max(packed, gram_rows::scratch(m, ka, kd))
 }
 
 /// `dst = beta * dst + alpha * lhs * rhs` (`dst` m x n, `lhs` m x k, `rhs` k x n).

@@ -1,44 +1,21 @@
-//! "NT" kernels: both operands of every product are contiguous along the inner dimension
-//! (`lhs` rows and `rhs` columns for [`gemm_nt`], the rows of `a1`, `a2`, `d1`, `d2` for
-//! [`gram_nt`]). No packing: an `MR x NR` micro-tile keeps one vector accumulator per output
-//! entry, loads `MR + NR` vectors straight from the row-major operands per step along K, and
-//! reduces each accumulator horizontally at the end.
+//! The "NT" GEMM kernel: both operands contiguous along the inner dimension (`lhs` rows and
+//! `rhs` columns, the first layers' forward products). No packing: an `MR x NR` micro-tile keeps
+//! one vector accumulator per output entry, loads `MR + NR` vectors straight from the row-major
+//! operands per step along K, and reduces each accumulator horizontally at the end.
 //!
 //! Determinism: an entry is always `reduce_sum(acc)` of the same vector FMA chain over its
 //! whole inner dimension (lane `t` accumulates `p = t, t + lanes, ...` in increasing order, the
 //! tail as one zero-padded vector), then combined with the destination by the same scalar
-//! expression (elementwise vector operations round exactly as it does). [`gram_nt`] may run a
-//! chain in several register passes, parking the accumulators in memory in between, which
-//! leaves it unchanged; edge tiles run the same full-size code with clamped (repeated) rows
-//! whose results are dropped, so an entry depends only on K (and the instruction set), never
-//! on its position, the caller's blocking or [`Part`](super::Part).
+//! expression; edge tiles run the same full-size code with clamped (repeated) rows whose
+//! results are dropped, so an entry depends only on K (and the instruction set), never on its
+//! position or the caller's blocking.
 
 use super::elem::Elem;
 use core::ops::{Add, Mul};
 use pulp::{Simd, WithSimd};
 
-#[cfg(test)]
-#[path = "nt_tests.rs"]
-mod tests;
-
-/// Bytes of the `rhs` (or `a2` + `d2`) row block kept in L2 while the `lhs` tiles sweep it.
+/// Bytes of the `rhs` row block kept in L2 while the `lhs` tiles sweep it.
 const L2_BLOCK_BYTES: usize = 512 * 1024;
-
-/// Most columns per block of [`gram_nt`] (a multiple of every `NR`; bounds a stack row).
-const GRAM_NB: usize = 60;
-
-/// Most columns per block of [`gram_nt`] when its inner dimension takes several register
-/// passes (bounds the parked accumulators: `MR x 24` vectors, 12 KiB with AVX-512).
-const GRAM_NB_PASSES: usize = 24;
-
-/// Bytes of each row per register pass of [`gram_nt`].
-const GRAM_KC_BYTES: usize = 4096;
-
-/// Vectors of each row per register pass of [`gram_nt`] (`GRAM_KC_BYTES`).
-#[inline(always)]
-fn gram_kcv<T: Elem, S: Simd>() -> usize {
-    (GRAM_KC_BYTES / core::mem::size_of::<T::V<S>>()).max(1)
-}
 
 /// Longest rows (bytes) for which [`gemm_nt`] serves a product. The forward product
 /// `A W^T` (K = fan-in) is the NT case; measured with one thread (`ntk bench` phases, DESIGN §9
@@ -47,22 +24,11 @@ fn gram_kcv<T: Elem, S: Simd>() -> usize {
 /// `f32`, 55 -> 74 `f64`); the NT tiles keep the first layers (K = d = 32, 64).
 const GEMM_NT_MAX_ROW_BYTES: usize = 512;
 
-/// Longest rows (bytes) for which [`gram_nt`] serves a Gram term. Measured the same way, NT
-/// wins at every K of the workloads (packed Gram: W4 `f32` 113 -> 61 GFLOP/s, W1 143 -> 104).
-/// Longer rows fall back to packing (the A tile no longer fits L2 comfortably).
-const GRAM_NT_MAX_ROW_BYTES: usize = 16384;
-
 /// Whether [`gemm_nt`] serves an inner dimension `k` of `T`. The choice depends on K only,
 /// so it never splits an output between the two paths.
 #[inline(always)]
 pub(crate) fn pays_gemm<T>(k: usize) -> bool {
     k * core::mem::size_of::<T>() <= GEMM_NT_MAX_ROW_BYTES
-}
-
-/// Whether [`gram_nt`] serves an inner dimension `k` of `T` (depends on K only).
-#[inline(always)]
-pub(crate) fn pays_gram<T>(k: usize) -> bool {
-    k * core::mem::size_of::<T>() <= GRAM_NT_MAX_ROW_BYTES
 }
 
 /// Micro-tile with 32 vector registers: 4 x 6 accumulators (+ 4 + 1 operand registers).
@@ -71,12 +37,6 @@ const NR_WIDE: usize = 6;
 /// Micro-tile with 16 vector registers: 3 x 4 accumulators.
 const MR_NARROW: usize = 3;
 const NR_NARROW: usize = 4;
-/// Gram micro-tiles: `GRAM_MR x 3` accumulators (+ 3 + 1 operand registers), 8 rows with 32
-/// vector registers, 4 with 16; a last row tile of at most half that many rows runs at half
-/// height.
-const GRAM_NR: usize = 3;
-const GRAM_MR_WIDE: usize = 8;
-const GRAM_MR_NARROW: usize = 4;
 
 /// Rows of the block of `rhs` rows (each `k` elements) swept by one pass of the `lhs` tiles:
 /// a whole number of `nr`-tiles, at least one.
@@ -331,281 +291,6 @@ fn gemm_nt_run<
                         *d = if beta == zero { alpha * x } else { beta * *d + alpha * x };
                     }
                 }
-            }
-        }
-        jb = je;
-    }
-}
-
-/// `dst += (c a1 a2^T + shift) .* (d1 d2^T)` over rows; with `upper`, tiles holding no entry
-/// with `j >= i` are skipped.
-pub(crate) struct GramNt<'a, T> {
-    pub dst: Out<'a, T>,
-    pub a1: Rows<'a, T>,
-    pub a2: Rows<'a, T>,
-    pub d1: Rows<'a, T>,
-    pub d2: Rows<'a, T>,
-    pub ka: usize,
-    pub kd: usize,
-    pub c: T,
-    pub shift: T,
-    pub upper: bool,
-}
-
-impl<T: Elem + Add<Output = T> + Mul<Output = T>> WithSimd for GramNt<'_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        const W: usize = GRAM_MR_WIDE;
-        const N: usize = GRAM_MR_NARROW;
-        if S::REGISTER_COUNT >= 32 {
-            gram_nt_run::<T, S, W, { W / 2 }, GRAM_NR>(s, self)
-        } else {
-            gram_nt_run::<T, S, N, { N / 2 }, GRAM_NR>(s, self)
-        }
-    }
-}
-
-/// Prefetches the cache line at `p` into L1 (a hint: never faults, whatever the address).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch<V>(p: *const V) {
-    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    // SAFETY: SSE is part of the x86-64 baseline; a prefetch never dereferences its address.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
-}
-
-/// Vectors ahead of the current step at which [`gram_nt`] prefetches the rows of `b`.
-#[cfg(target_arch = "x86_64")]
-const GRAM_PF: usize = 4;
-
-/// `acc[i][j] += a_i[p] b_j[p]` for every vector `p` of the (equally long) slices, `p`
-/// increasing; per step the `NR` vectors of `b` are loaded once and each `a_i` once.
-// Constant-bound index loops keep the accumulators in registers (no address is taken).
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-fn fma_steps<T: Elem, S: Simd, const MR: usize, const NR: usize>(
-    s: S,
-    acc: &mut [[T::V<S>; NR]; MR],
-    a: [&[T::V<S>]; MR],
-    b: [&[T::V<S>]; NR],
-) {
-    let n = a[0].len();
-    let a = a.map(|x| &x[..n]);
-    let b = b.map(|x| &x[..n]);
-    for p in 0..n {
-        let y: [T::V<S>; NR] = core::array::from_fn(|j| b[j][p]);
-        #[cfg(target_arch = "x86_64")]
-        for bj in b {
-            prefetch(bj.as_ptr().wrapping_add(p + GRAM_PF));
-        }
-        for i in 0..MR {
-            let x = a[i][p];
-            for j in 0..NR {
-                acc[i][j] = T::mul_add(s, x, y[j], acc[i][j]);
-            }
-        }
-    }
-}
-
-/// `out[i][j - jb] = a_i . b_j` (the rows of `b`, `k` long) for the `NR`-tiles `j0 = j_lo,
-/// j_lo + NR, ..` below `je`. The FMA chain of a tile runs in register passes of at most
-/// `kcv` vectors (the `MR` chunks of `a` stay in L1 while the tiles sweep `b`); between
-/// passes the accumulators of tile `t` are parked in `park[t]`, so the chain of every entry
-/// is the same whatever `kcv`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn gram_dots<T: Elem, S: Simd, const MR: usize, const NR: usize>(
-    s: S,
-    a: [&[T]; MR],
-    b: Rows<'_, T>,
-    k: usize,
-    (jb, j_lo, je): (usize, usize, usize),
-    park: &mut [[[T::V<S>; NR]; MR]; GRAM_NB_PASSES / GRAM_NR],
-    out: &mut [[T; GRAM_NB]; MR],
-) {
-    let l = T::lanes::<S>();
-    let nv = k / l;
-    let kcv = gram_kcv::<T, S>();
-    let zero = T::splat(s, T::default());
-    let av: [&[T::V<S>]; MR] = core::array::from_fn(|i| &T::as_simd::<S>(a[i]).0[..nv]);
-    let mut p0 = 0;
-    loop {
-        let p1 = nv.min(p0 + kcv);
-        let last = p1 == nv;
-        for (t, j0) in (j_lo..je).step_by(NR).enumerate() {
-            let rb: [&[T]; NR] = core::array::from_fn(|j| b.get(j0 + j, k));
-            let bv: [&[T::V<S>]; NR] = core::array::from_fn(|j| &T::as_simd::<S>(rb[j]).0[p0..p1]);
-            let mut acc = if p0 == 0 { [[zero; NR]; MR] } else { park[t] };
-            fma_steps::<T, S, MR, NR>(s, &mut acc, av.map(|x| &x[p0..p1]), bv);
-            if !last {
-                park[t] = acc;
-                continue;
-            }
-            if k > nv * l {
-                let x: [T::V<S>; MR] =
-                    core::array::from_fn(|i| T::partial_load(s, &a[i][nv * l..]));
-                let y: [T::V<S>; NR] =
-                    core::array::from_fn(|j| T::partial_load(s, &rb[j][nv * l..]));
-                for (ai, xi) in acc.iter_mut().zip(x) {
-                    for (aij, yj) in ai.iter_mut().zip(y) {
-                        *aij = T::mul_add(s, xi, yj, *aij);
-                    }
-                }
-            }
-            let mut r = [[T::default(); NR]; MR];
-            reduce_tile::<T, S, MR, NR>(s, acc, &mut r);
-            // Whole tiles: the block width is a multiple of NR (entries past `je` are unused).
-            for (o, ri) in out.iter_mut().zip(&r) {
-                o[j0 - jb..j0 - jb + NR].copy_from_slice(ri);
-            }
-        }
-        if last {
-            break;
-        }
-        p0 = p1;
-    }
-}
-
-/// `d = d + (c ga + shift) gd` elementwise, rounded as that scalar expression (no FMA).
-#[inline(always)]
-fn hadamard_row<T: Elem, S: Simd>(s: S, d: &mut [T], ga: &[T], gd: &[T], c: T, shift: T) {
-    // Opaque per call, so that the splats are not hoisted into registers the tiles need.
-    let (c, shift) = core::hint::black_box((c, shift));
-    let (vc, vs) = (T::splat(s, c), T::splat(s, shift));
-    let f = |d, x, y| T::add(s, d, T::mul(s, T::add(s, T::mul(s, vc, x), vs), y));
-    let (dv, dt) = T::as_mut_simd::<S>(d);
-    let (xv, xt) = T::as_simd::<S>(ga);
-    let (yv, yt) = T::as_simd::<S>(gd);
-    for ((d, &x), &y) in dv.iter_mut().zip(xv).zip(yv) {
-        *d = f(*d, x, y);
-    }
-    if !dt.is_empty() {
-        let r = f(T::partial_load(s, dt), T::partial_load(s, xt), T::partial_load(s, yt));
-        T::partial_store(s, dt, r);
-    }
-}
-
-/// `out[j] = x y[j]` with the bits of the one-element dot chain: `fma(x, y, 0)` in lane 0
-/// plus the zero lanes (`+ 0`, turning `-0` into `+0`) when vectors have several lanes.
-#[inline(always)]
-fn outer_row<T: Elem, S: Simd>(s: S, x: T, y: &[T], out: &mut [T]) {
-    let (vx, zero) = (T::splat(s, x), T::splat(s, T::default()));
-    let lanes = T::lanes::<S>();
-    let f = |y| {
-        let r = T::mul_add(s, vx, y, zero);
-        if lanes > 1 {
-            T::add(s, r, zero)
-        } else {
-            r
-        }
-    };
-    let (ov, ot) = T::as_mut_simd::<S>(out);
-    let (yv, yt) = T::as_simd::<S>(y);
-    for (o, &y) in ov.iter_mut().zip(yv) {
-        *o = f(y);
-    }
-    if !ot.is_empty() {
-        T::partial_store(s, ot, f(T::partial_load(s, yt)));
-    }
-}
-
-/// Stack buffers of one row-tile height `R`: parked accumulators and the two Gram rows.
-struct RowBufs<T: Elem, S: Simd, const R: usize, const NR: usize> {
-    park: [[[T::V<S>; NR]; R]; GRAM_NB_PASSES / GRAM_NR],
-    ga: [[T; GRAM_NB]; R],
-    gd: [[T; GRAM_NB]; R],
-}
-
-impl<T: Elem, S: Simd, const R: usize, const NR: usize> RowBufs<T, S, R, NR> {
-    #[inline(always)]
-    fn new(s: S) -> Self {
-        let zero = T::splat(s, T::default());
-        let park = [[[zero; NR]; R]; GRAM_NB_PASSES / GRAM_NR];
-        Self { park, ga: [[T::default(); GRAM_NB]; R], gd: [[T::default(); GRAM_NB]; R] }
-    }
-}
-
-/// Rows `i0..i0 + R` (clamped) of [`gram_nt`] over the columns `jb..je` of one block.
-#[inline(always)]
-fn gram_rows<
-    T: Elem + Add<Output = T> + Mul<Output = T>,
-    S: Simd,
-    const R: usize,
-    const NR: usize,
->(
-    s: S,
-    op: &mut GramNt<'_, T>,
-    i0: usize,
-    (jb, je): (usize, usize),
-    bufs: &mut RowBufs<T, S, R, NR>,
-) {
-    let GramNt { ref mut dst, a1, a2, d1, d2, ka, kd, c, shift, upper } = *op;
-    let RowBufs { park, ga, gd } = bufs;
-    // With `upper`, the leading tiles holding no entry with j >= i are skipped.
-    let j_lo = if upper { jb + i0.saturating_sub(jb) / NR * NR } else { jb };
-    let cols = (jb, j_lo, je);
-    if ka > 0 {
-        let ra: [&[T]; R] = core::array::from_fn(|i| a1.get(i0 + i, ka));
-        gram_dots::<T, S, R, NR>(s, ra, a2, ka, cols, park, ga);
-    }
-    if kd == 1 && d2.rs == 1 {
-        // One signal per input (scalar output): the outer product, row by row.
-        for (i, g) in gd.iter_mut().enumerate() {
-            let x = d1.get(i0 + i, 1)[0];
-            outer_row(s, x, &d2.data[j_lo..je], &mut g[j_lo - jb..je - jb]);
-        }
-    } else if kd > 0 {
-        let rd: [&[T]; R] = core::array::from_fn(|i| d1.get(i0 + i, kd));
-        gram_dots::<T, S, R, NR>(s, rd, d2, kd, cols, park, gd);
-    }
-    for i in 0..R.min(a1.rows - i0) {
-        let (ga, gd) = (&ga[i][j_lo - jb..je - jb], &gd[i][j_lo - jb..je - jb]);
-        let base = (i0 + i) * dst.rs + j_lo * dst.cs;
-        if dst.cs == 1 {
-            hadamard_row(s, &mut dst.data[base..base + (je - j_lo)], ga, gd, c, shift);
-        } else {
-            for (j, (&x, &y)) in ga.iter().zip(gd).enumerate() {
-                let d = &mut dst.data[base + j * dst.cs];
-                *d = *d + (c * x + shift) * y;
-            }
-        }
-    }
-}
-
-/// [`GramNt`] in row tiles of `MR` rows, the last one of `MH` rows when that covers it.
-#[inline(always)]
-fn gram_nt_run<
-    T: Elem + Add<Output = T> + Mul<Output = T>,
-    S: Simd,
-    const MR: usize,
-    const MH: usize,
-    const NR: usize,
->(
-    s: S,
-    mut op: GramNt<'_, T>,
-) {
-    let (m, n, ka, kd) = (op.a1.rows, op.a2.rows, op.ka, op.kd);
-    let l = T::lanes::<S>();
-    let kcv = gram_kcv::<T, S>();
-    let passes = |k: usize| k / l > kcv;
-    // Column blocks (a2 and d2 rows, in L2); fewer columns when passes park accumulators.
-    let nb_max = if passes(ka) || passes(kd) { GRAM_NB_PASSES } else { GRAM_NB };
-    let nb = block_rows::<T>(ka + kd, NR).min(nb_max / NR * NR);
-    let mut full = RowBufs::<T, S, MR, NR>::new(s);
-    let mut half = RowBufs::<T, S, MH, NR>::new(s);
-    let mut jb = 0;
-    while jb < n {
-        let je = n.min(jb + nb);
-        for i0 in (0..m).step_by(MR) {
-            if op.upper && je <= i0 {
-                continue;
-            }
-            if m - i0 <= MH {
-                gram_rows::<T, S, MH, NR>(s, &mut op, i0, (jb, je), &mut half);
-            } else {
-                gram_rows::<T, S, MR, NR>(s, &mut op, i0, (jb, je), &mut full);
             }
         }
         jb = je;

@@ -754,8 +754,9 @@ fn gemm_k_zero_scales_or_clears() {
     assert_eq!(dst, [3.0, 6.0]);
 }
 
-/// The "NT" paths (both operands contiguous along K: row-major `lhs`, `rhs` a row-major
-/// matrix seen through `.t()`; row-major `a1`, `a2`, `d1`, `d2`) against the scalar twins,
+/// The paths for operands contiguous along K (the NT GEMM: row-major `lhs`, `rhs` a row-major
+/// matrix seen through `.t()`; the row Gram: row-major `a1`, `a2`, `d1`, `d2`) against the
+/// scalar twins,
 /// odd sizes and K tails, every destination layout, misaligned slices, NaN destinations.
 fn nt_vs_scalar<T: Real>() {
     let sz = sizes();
@@ -794,6 +795,9 @@ fn nt_vs_scalar<T: Real>() {
     let ls = [Layout::RowMajor, Layout::RowMajor, Layout::ColMajor];
     gram_case::<T>(61, 300, 700, 33, ls, 0.25, 1.0, Part::Full, 7902);
     gram_case::<T>(130, 130, 509, 1, ls, 0.25, 1.0, Part::Upper, 7903);
+    let ls = [Layout::RowMajor, Layout::RowMajor, Layout::RowMajor];
+    gram_case::<T>(20, 90, 1300, 2200, ls, 0.25, 1.0, Part::Full, 7905);
+    gram_case::<T>(515, 515, 5, 3, ls, -0.5, 1.0, Part::Upper, 7906);
 }
 
 #[test]
@@ -806,9 +810,9 @@ fn nt_paths_match_scalar() {
     });
 }
 
-/// NT paths: an entry has the same bits whatever block of the output it is computed in (row
-/// blocks of `lhs` as the CLI's forward pass splits it, column blocks, other destination
-/// layouts), and for the Gram whatever the band, `Part` and destination layout.
+/// The NT GEMM path: an entry has the same bits whatever block of the output it is computed in
+/// (row blocks of `lhs` as the CLI's forward pass splits it, column blocks, other destination
+/// layouts).
 fn nt_deterministic<T: Real>() {
     let s = seed();
     let (m, n, k) = (61, 103, 509);
@@ -840,21 +844,29 @@ fn nt_deterministic<T: Real>() {
             }
         }
     }
-    // Gram: bands of rows against all later columns, Upper vs Full, other layouts.
-    let (ka, kd) = (77, 300);
+}
+
+/// The Gram kernels: an entry has the same bits whatever the band of rows against all later
+/// columns, `Part`, and destination layout (row-major: the outer-product path over K-major
+/// panels; column-major or strided: the packed path), for `m` inputs with rows of `ka`, `kd`.
+fn gram_layouts_agree<T: Real>(m: usize, ka: usize, kd: usize) {
+    let s = seed();
     let a = Mat::<T>::new(Layout::RowMajor, m, ka, 0, s, 43);
     let d = Mat::<T>::new(Layout::RowMajor, m, kd, 1, s, 44);
     let (c, shift) = (T::from_f64(0.3), T::from_f64(1.0));
     let run =
         |layout, part, rows, cols| gram_block(&a, &d, (c, shift), layout, part, rows, cols, 45);
     let full = run(Layout::RowMajor, Part::Full, (0, m), (0, m));
+    let (h, q) = (m / 2, m / 4);
     for (layout, part, (i0, rows), (j0, cols)) in [
         (Layout::RowMajor, Part::Upper, (0, m), (0, m)),
         (Layout::ColMajor, Part::Upper, (0, m), (0, m)),
+        (Layout::ColMajor, Part::Full, (0, m), (0, m)),
         (Layout::Strided, Part::Full, (0, m), (0, m)),
-        (Layout::RowMajor, Part::Full, (17, 11), (17, m - 17)),
-        (Layout::RowMajor, Part::Upper, (30, 13), (30, 13)),
-        (Layout::ColMajor, Part::Full, (5, 50), (40, 9)),
+        (Layout::RowMajor, Part::Full, (q, h - q), (q, m - q)),
+        (Layout::RowMajor, Part::Upper, (h, m - h), (h, m - h)),
+        (Layout::RowMajor, Part::Upper, (q + 3, 13.min(m - q - 3)), (q + 3, m - q - 3)),
+        (Layout::ColMajor, Part::Full, (5, h), (q, 9)),
     ] {
         let got = run(layout, part, (i0, rows), (j0, cols));
         for i in 0..rows {
@@ -863,13 +875,32 @@ fn nt_deterministic<T: Real>() {
                     assert_eq!(
                         bits(got.at(i, j)),
                         bits(full.at(i0 + i, j0 + j)),
-                        "gram nt<{}> {layout:?} {part:?} ({i0}, {j0}) entry ({i}, {j})",
+                        "gram<{}> m {m} ka {ka} kd {kd} {layout:?} {part:?} ({i0}, {j0}) \
+                         entry ({i}, {j})",
                         T::NAME
                     );
                 }
             }
         }
     }
+}
+
+/// One chunk of K; K in several panel chunks (over 1024 elements with AVX-512, 2048 with
+/// AVX2) with an empty A; several row blocks (over 512 rows) with one signal per input.
+fn gram_paths_agree<T: Real>() {
+    gram_layouts_agree::<T>(61, 77, 300);
+    gram_layouts_agree::<T>(37, 0, 2100);
+    gram_layouts_agree::<T>(530, 3, 1);
+}
+
+#[test]
+fn gram_paths_are_tile_and_layout_independent() {
+    gram_paths_agree::<f64>();
+    gram_paths_agree::<f32>();
+    at_lower_levels(|| {
+        gram_paths_agree::<f64>();
+        gram_paths_agree::<f32>();
+    });
 }
 
 #[test]
