@@ -106,8 +106,7 @@ fn tile<T: Elem, S: Simd, const MR: usize, const MV: usize>(
     if !first {
         for (r, row) in acc.iter_mut().enumerate().take(h) {
             for (v, a) in row.iter_mut().enumerate() {
-                let o = r * nb + v * l;
-                *a = T::partial_load(s, &park[o..o + l]);
+                *a = load::<T, S>(s, &park[r * nb + v * l..], l);
             }
         }
     }
@@ -115,8 +114,7 @@ fn tile<T: Elem, S: Simd, const MR: usize, const MV: usize>(
     let Some(f) = finish else {
         for (r, row) in acc.iter().enumerate().take(h) {
             for (v, &a) in row.iter().enumerate() {
-                let o = r * nb + v * l;
-                T::partial_store(s, &mut park[o..o + l], a);
+                store::<T, S>(s, &mut park[r * nb + v * l..], l, a);
             }
         }
         return;
@@ -130,11 +128,31 @@ fn tile<T: Elem, S: Simd, const MR: usize, const MV: usize>(
             }
             let hv = l.min(f.w - col);
             let (o, g) = (r * f.rs + col, r * nb + col);
-            let ga = T::partial_load(s, &f.ga[g..g + hv]);
-            let old = T::partial_load(s, &f.dst[o..o + hv]);
+            let ga = load::<T, S>(s, &f.ga[g..], hv);
+            let old = load::<T, S>(s, &f.dst[o..], hv);
             let new = T::mul_add(s, T::mul_add(s, vc, ga, vs), gd, old);
-            T::partial_store(s, &mut f.dst[o..o + hv], new);
+            store::<T, S>(s, &mut f.dst[o..], hv, new);
         }
+    }
+}
+
+/// The first `h <= lanes` elements of `x` as a vector, zero-padded (a plain load when whole).
+#[inline(always)]
+fn load<T: Elem, S: Simd>(s: S, x: &[T], h: usize) -> T::V<S> {
+    if h == T::lanes::<S>() {
+        T::as_simd::<S>(&x[..h]).0[0]
+    } else {
+        T::partial_load(s, &x[..h])
+    }
+}
+
+/// Stores the first `h <= lanes` lanes of `v` to `x` (a plain store when whole).
+#[inline(always)]
+fn store<T: Elem, S: Simd>(s: S, x: &mut [T], h: usize, v: T::V<S>) {
+    if h == T::lanes::<S>() {
+        T::as_mut_simd::<S>(&mut x[..h]).0[0] = v;
+    } else {
+        T::partial_store(s, &mut x[..h], v)
     }
 }
 
