@@ -17,6 +17,7 @@ use ntk_core::{Real, Spec};
 use rayon::prelude::*;
 
 use crate::error::CliResult;
+use crate::recycle;
 use crate::team::{with_pool_team, Team};
 
 /// Inputs per forward / backward work item: one item per thread, so each thread packs a
@@ -57,12 +58,12 @@ pub fn bands(n: usize, symmetric: bool) -> Vec<(usize, usize)> {
 
 /// One scratch buffer per rayon thread of the current pool, allocated once (a work item uses
 /// its thread's; pages a kernel never touches are never mapped in).
-pub(crate) struct PerThread<T>(Vec<Mutex<Vec<T>>>);
+pub(crate) struct PerThread<T: Real>(Vec<Mutex<Vec<T>>>);
 
 impl<T: Real> PerThread<T> {
     /// `len` elements for each thread of the current pool.
     pub(crate) fn new(len: usize) -> Self {
-        Self((0..rayon::current_num_threads()).map(|_| Mutex::new(vec![T::ZERO; len])).collect())
+        Self((0..rayon::current_num_threads()).map(|_| Mutex::new(recycle::take(len))).collect())
     }
 
     /// Threads of the pool it was made for.
@@ -76,6 +77,14 @@ impl<T: Real> PerThread<T> {
         let i = crate::team::current_index().or_else(rayon::current_thread_index).unwrap_or(0)
             % self.0.len();
         f(&mut self.0[i].lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<T: Real> Drop for PerThread<T> {
+    fn drop(&mut self) {
+        for m in self.0.drain(..) {
+            recycle::give(m.into_inner().unwrap_or_else(|e| e.into_inner()));
+        }
     }
 }
 
@@ -144,7 +153,7 @@ pub fn par_forward<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T], n: usize) ->
 /// One input set during the parallel NTK: its inputs and its pool
 /// ([`ntk_core::ntk::pool_len`]: the forward cache, then room for one layer of signals, which
 /// backprop writes over the pre-activations it has passed).
-struct Set<'x, T> {
+struct Set<'x, T: Real> {
     x: &'x [T],
     n: usize,
     pool: Vec<T>,
@@ -154,7 +163,7 @@ impl<'x, T: Real> Set<'x, T> {
     /// An empty pool for `x`.
     fn alloc(spec: &Spec<'_>, x: &'x [T]) -> Self {
         let n = x.len() / spec.input_dim();
-        Self { x, n, pool: vec![T::ZERO; pool_len(spec.widths, n)] }
+        Self { x, n, pool: recycle::take(pool_len(spec.widths, n)) }
     }
 
     /// Runs the forward pass into the pool and sets the readout signals.
@@ -212,6 +221,12 @@ impl<'x, T: Real> Set<'x, T> {
             gs.with(|gs| signals_step(spec, params, i, dst, src, h, k, gs))
         })?;
         Ok(())
+    }
+}
+
+impl<T: Real> Drop for Set<'_, T> {
+    fn drop(&mut self) {
+        recycle::give(std::mem::take(&mut self.pool));
     }
 }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod io;
 pub mod linear_model;
 pub mod plot;
+pub mod recycle;
 pub mod runinfo;
 pub mod studyc;
 pub mod sweep;
@@ -66,6 +67,10 @@ pub enum Command {
 /// # Errors
 /// Whatever the command returns.
 pub fn run(cli: Cli) -> CliResult {
+    // Commands that compute many kernels keep the engine's buffers between calls; one-shot
+    // ones free them, so that writing the result reuses that memory.
+    let one_shot = matches!(cli.command, Command::Forward(_) | Command::Kernel(_));
+    let _keep = (!one_shot).then(recycle::Keep::new);
     match cli.command {
         Command::Forward(a) => cmd::forward::run(a),
         Command::Kernel(a) => cmd::kernel::run(a),

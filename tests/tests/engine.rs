@@ -52,6 +52,45 @@ fn nested_engine_calls_share_the_pool() {
     }
 }
 
+/// Calls of different shapes, modes and precisions while buffers are kept between calls
+/// ([`ntk_cli::recycle`]: a recycled buffer holds its last values, NaN in debug builds) give
+/// the core's bits: no call reads what it did not write.
+#[test]
+fn recycled_buffers_change_no_bits() {
+    let _keep = ntk_cli::recycle::Keep::new();
+    let seed = test_seed();
+    for (round, &(widths, n, mode)) in [
+        (&[4usize, 30, 30, 2][..], 21, OutputMode::Full),
+        (&[4, 64, 64, 64, 1][..], 40, OutputMode::Trace),
+        (&[4, 16, 3][..], 9, OutputMode::Diagonal),
+        (&[4, 64, 64, 64, 1][..], 33, OutputMode::Trace),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let spec = Spec::new(widths, Activation::Tanh, 1.5, 0.2, true, Parameterization::Standard)
+            .unwrap();
+        let mut p = vec![0.0; spec.param_count()];
+        spec.init(&mut p, seed + round as u64).unwrap();
+        let x = random_inputs(n, 4, seed + 10 + round as u64).concat();
+        let k = widths[widths.len() - 1];
+        let mut want = vec![0.0; mode.len(n, n, k)];
+        let mut s = vec![0.0; empirical_ntk_scratch(widths, n, None)];
+        empirical_ntk(&spec, &p, &mut want, &x, None, mode, &mut s).unwrap();
+        for threads in [1, 2] {
+            let got = in_pool(threads, || par_empirical_ntk(&spec, &p, &x, None, mode).unwrap());
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "round {round}, threads {threads}"
+            );
+            // The same call in f32 uses (and leaves) buffers of the other type.
+            let (p32, x32): (Vec<f32>, Vec<f32>) =
+                (p.iter().map(|&v| v as f32).collect(), x.iter().map(|&v| v as f32).collect());
+            in_pool(threads, || par_empirical_ntk(&spec, &p32, &x32, None, mode).unwrap());
+        }
+    }
+}
+
 #[test]
 fn parallel_engine_is_bit_identical_to_core() {
     let seed = test_seed();

@@ -651,7 +651,7 @@ pub fn train_run<T: Real>(
 /// kept.
 ///
 /// Buffers are allocated once (for batches of up to `batch` samples) and reused by every step.
-pub struct ParStep<T> {
+pub struct ParStep<T: Real> {
     rb: usize,
     /// Pre-activations h^l of every layer (the layout of the core's forward cache).
     cache: Vec<T>,
