@@ -119,19 +119,24 @@ fn forward_into<T: Real>(
     let w = spec.widths;
     check_finite("x", x)?;
     let rb = row_block(n);
+    let layer = |i: usize, h: &mut [T], a: &[T]| {
+        let a = MatRef::row_major(a, a.len() / w[i], w[i]);
+        gs.with(|gs| forward_layer(spec, params, i, h, a, gs))
+    };
     for i in 0..spec.layers() {
         let (prev, act, h) = forward_views(pool, w, n, i);
-        let input: &[T] = if i == 0 {
-            x
+        let hs = h.chunks_mut(rb * w[i + 1]);
+        if i == 0 {
+            team.try_for_each(hs.zip(x.chunks(rb * w[0])), |(h, x)| layer(0, h, x))?;
         } else {
-            let blocks = act.chunks_mut(rb * w[i]).zip(prev.chunks(rb * w[i]));
-            team.for_each(blocks, |(a, p)| activations(spec, a, p));
-            act
-        };
-        team.try_for_each(h.chunks_mut(rb * w[i + 1]).zip(input.chunks(rb * w[i])), |(h, a)| {
-            let rows = a.len() / w[i];
-            gs.with(|gs| forward_layer(spec, params, i, h, MatRef::row_major(a, rows, w[i]), gs))
-        })?;
+            // A block's inputs phi(h) are computed by the thread that multiplies them, in the
+            // same work item: one phase per layer, and no block crosses cores in between.
+            let blocks = hs.zip(act.chunks_mut(rb * w[i]).zip(prev.chunks(rb * w[i])));
+            team.try_for_each(blocks, |(h, (a, p))| {
+                activations(spec, a, p);
+                layer(i, h, a)
+            })?;
+        }
     }
     Ok(())
 }
