@@ -5,8 +5,9 @@
 
 use std::sync::Mutex;
 
-use ntk_core::backward::{signals_init, signals_step};
-use ntk_core::forward::{activations, cache_len, check_finite, forward_layer};
+use ntk_core::backward::{signals_init, signals_product, signals_step};
+use ntk_core::error::{Error, Pass};
+use ntk_core::forward::{activations, cache_len, check_finite, forward_layer, forward_layer_cols};
 use ntk_core::ntk::{
     accumulate_rows, finish, forward_views, layer_inputs, pool_len, signals, signals_offset,
     step_views, OutputMode,
@@ -88,20 +89,76 @@ impl<T: Real> Drop for PerThread<T> {
     }
 }
 
-/// GEMM scratch of a forward layer `i` and of backprop through it on blocks of `rows` inputs
-/// with `k` signal rows each (the exact shapes, not the widest layer's).
-fn gemm_scratch_len(widths: &[usize], rows: usize, k: usize) -> usize {
+/// GEMM scratch of a forward layer `i` and of backprop through it for `n` inputs with `k`
+/// signal rows each, in row blocks or column bands ([`col_bands`]; the exact shapes, not the
+/// widest layer's).
+fn gemm_scratch_len(widths: &[usize], n: usize, k: usize) -> usize {
+    let rows = row_block(n);
+    // A product with `width` outputs of `m` rows (`m / n` per input) and inner dimension `kk`.
+    let product = |m: usize, width: usize, kk: usize| match col_bands(n, width) {
+        Some(b) => gemm_scratch(m, b[0].1, kk),
+        None => gemm_scratch(rows * (m / n.max(1)), width, kk),
+    };
     (0..widths.len() - 1)
         .map(|i| {
             let (n_in, n_out) = (widths[i], widths[i + 1]);
-            gemm_scratch(rows, n_out, n_in).max(if i > 0 {
-                gemm_scratch(rows * k, n_in, n_out)
-            } else {
-                0
-            })
+            let back = if i > 0 { product(n * k, n_in, n_out) } else { 0 };
+            product(n, n_out, n_in).max(back)
         })
         .max()
         .unwrap_or(0)
+}
+
+/// Column bands `(j0, cols)`, one per thread, of a layer product with `width` outputs for `n`
+/// inputs, when it is split by columns instead of row blocks: with several threads and few
+/// rows per thread against a wide layer (`8 rows <= width`, as W4's 64 rows per thread
+/// against width 2048), so that each thread reads its share of the weights instead of all of
+/// them. Bands are multiples of 16 columns (whole cache lines of `f32`).
+fn col_bands(n: usize, width: usize) -> Option<Vec<(usize, usize)>> {
+    let t = rayon::current_num_threads();
+    if t < 2 || 8 * row_block(n) > width {
+        return None;
+    }
+    let c = width.div_ceil(t).next_multiple_of(16);
+    Some((0..width).step_by(c).map(|j| (j, c.min(width - j))).collect())
+}
+
+/// `dst` (`rows x width`, row-major) by column bands: `f(j0, block)` fills the `rows x cols`
+/// row-major block of each band (bands in parallel), then the blocks are copied into `dst` in
+/// row blocks of `rb` rows (in parallel) and `g(r0, block of dst)` finishes each.
+#[allow(clippy::too_many_arguments)]
+fn by_columns<T: Real, E: Send>(
+    team: &Team,
+    bands: &[(usize, usize)],
+    (rows, width, rb): (usize, usize, usize),
+    dst: &mut [T],
+    f: impl Fn(usize, &mut [T]) -> Result<(), E> + Sync,
+    g: impl Fn(usize, &mut [T]) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let mut tmp = recycle::take::<T>(rows * width);
+    let mut rest = tmp.as_mut_slice();
+    let mut parts = Vec::with_capacity(bands.len());
+    for &(j0, c) in bands {
+        let (part, r) = std::mem::take(&mut rest).split_at_mut(rows * c);
+        parts.push((j0, part));
+        rest = r;
+    }
+    team.try_for_each(parts, |(j0, part)| f(j0, part))?;
+    let tmp_ref = &tmp;
+    team.try_for_each(dst.chunks_mut(rb * width).enumerate(), |(b, d)| {
+        let r0 = b * rb;
+        let mut off = 0;
+        for &(j0, c) in bands {
+            let part = &tmp_ref[off + r0 * c..];
+            for (drow, prow) in d.chunks_exact_mut(width).zip(part.chunks_exact(c)) {
+                drow[j0..j0 + c].copy_from_slice(prow);
+            }
+            off += rows * c;
+        }
+        g(r0, d)
+    })?;
+    recycle::give(tmp);
+    Ok(())
 }
 
 /// Forward pass of `n` inputs into `pool` ([`ntk_core::ntk::pool_len`], or the cache plus
@@ -125,6 +182,21 @@ fn forward_into<T: Real>(
     };
     for i in 0..spec.layers() {
         let (prev, act, h) = forward_views(pool, w, n, i);
+        if let Some(bands) = col_bands(n, w[i + 1]) {
+            // Every band needs every input: the inputs first, then the bands.
+            let a: &[T] = if i == 0 {
+                x
+            } else {
+                let blocks = act.chunks_mut(rb * w[i]).zip(prev.chunks(rb * w[i]));
+                team.for_each(blocks, |(a, p)| activations(spec, a, p));
+                act
+            };
+            let a = MatRef::row_major(a, n, w[i]);
+            let f =
+                |j0, h: &mut [T]| gs.with(|gs| forward_layer_cols(spec, params, i, j0, h, a, gs));
+            by_columns(team, &bands, (n, w[i + 1], rb), h, f, |_, _| Ok(()))?;
+            continue;
+        }
         let hs = h.chunks_mut(rb * w[i + 1]);
         if i == 0 {
             team.try_for_each(hs.zip(x.chunks(rb * w[0])), |(h, x)| layer(0, h, x))?;
@@ -149,7 +221,7 @@ fn forward_into<T: Real>(
 pub fn par_forward<T: Real>(spec: &Spec<'_>, params: &[T], x: &[T], n: usize) -> CliResult<Vec<T>> {
     let w = spec.widths;
     let mut cache = vec![T::ZERO; cache_len(w, n) + n * max_width(w)];
-    let gs = PerThread::new(gemm_scratch_len(w, row_block(n), 1));
+    let gs = PerThread::new(gemm_scratch_len(w, n, 1));
     with_pool_team(|team| forward_into(team, spec, params, x, n, &mut cache, &gs))?;
     cache.truncate(cache_len(w, n));
     Ok(cache)
@@ -217,6 +289,18 @@ impl<'x, T: Real> Set<'x, T> {
         let (w, n, k) = (spec.widths, self.n, spec.output_dim());
         let (dst, src, h_prev) = step_views(&mut self.pool, w, n, i);
         let rb = row_block(n);
+        if let Some(bands) = col_bands(n, w[i]) {
+            let f =
+                |j0, d: &mut [T]| gs.with(|gs| signals_product(spec, params, i, j0, d, src, gs));
+            let g = |r0: usize, d: &mut [T]| {
+                let h = &h_prev[r0 / k * w[i]..][..d.len() / k];
+                match spec.activation.mul_dphi_rows(d, h, w[i], k) {
+                    true => Ok(()),
+                    false => Err(Error::NonFinite { layer: i, pass: Pass::Backward }),
+                }
+            };
+            return Ok(by_columns(team, &bands, (n * k, w[i], rb * k), dst, f, g)?);
+        }
         let rows = rb * k;
         let blocks = dst
             .chunks_mut(rows * w[i])
@@ -311,7 +395,8 @@ fn ntk_in_team<T: Real>(
     let mut s1 = Set::alloc(spec, x1);
     let mut s2 = x2.map(|x2| Set::alloc(spec, x2));
     let gram = gram_hadamard_scratch(bd * k, n2 * k, m, k * m);
-    let gs = PerThread::new(gemm_scratch_len(spec.widths, row_block(n1.max(n2)), k).max(gram));
+    let gemm = gemm_scratch_len(spec.widths, n1, k).max(gemm_scratch_len(spec.widths, n2, k));
+    let gs = PerThread::new(gemm.max(gram));
     s1.forward(team, spec, params, &gs)?;
     if let Some(s2) = s2.as_mut() {
         s2.forward(team, spec, params, &gs)?;

@@ -56,20 +56,50 @@ pub fn signals_step<T: Real>(
     let rows = src.len() / n_out;
     assert!(src.len() == rows * n_out && dst.len() == rows * n_in, "signals_step: shapes");
     assert!(rows_per_input > 0 && h_prev.len() * rows_per_input == rows * n_in, "signals_step: h");
-    let (w, _) = spec.layer(params, i);
-    let cw = T::from_f64(spec.weight_multiplier(i));
-    gemm(
-        MatMut::row_major(dst, rows, n_in),
-        cw,
-        MatRef::row_major(src, rows, n_out),
-        MatRef::row_major(w, n_out, n_in),
-        T::ZERO,
-        scratch,
-    )?;
+    signals_product(spec, params, i, 0, dst, src, scratch)?;
     if !spec.activation.mul_dphi_rows(dst, h_prev, n_in, rows_per_input) {
         return Err(Error::NonFinite { layer: i, pass: Pass::Backward });
     }
     Ok(())
+}
+
+/// The product of [`signals_step`] before `.* phi'`, columns `j0..j0 + c` only:
+/// `dst = c_w src W_i[:, j0..j0 + c]` (rows x c, row-major), with the bits of the whole
+/// product's columns (so threads can split a wide layer's inputs: each reads only its columns
+/// of `W_i`).
+///
+/// # Errors
+/// [`Error::ShortBuffer`] on short scratch.
+///
+/// # Panics
+/// If shapes disagree or the columns exceed n_i.
+#[track_caller]
+pub fn signals_product<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    i: usize,
+    j0: usize,
+    dst: &mut [T],
+    src: &[T],
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
+    let rows = src.len() / n_out;
+    let c = dst.len().checked_div(rows).unwrap_or(0);
+    assert!(
+        src.len() == rows * n_out && dst.len() == rows * c && j0 + c <= n_in,
+        "signals_product: shapes"
+    );
+    let (w, _) = spec.layer(params, i);
+    let cw = T::from_f64(spec.weight_multiplier(i));
+    gemm(
+        MatMut::row_major(dst, rows, c),
+        cw,
+        MatRef::row_major(src, rows, n_out),
+        MatRef::strided(&w[j0..], n_out, c, n_in, 1),
+        T::ZERO,
+        scratch,
+    )
 }
 
 /// A training loss on the outputs f (n x k).

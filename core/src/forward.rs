@@ -55,18 +55,42 @@ pub fn forward_layer<T: Real>(
     a: MatRef<'_, T>,
     scratch: &mut [T],
 ) -> Result<(), Error> {
+    forward_layer_cols(spec, params, i, 0, h, a, scratch)
+}
+
+/// Columns `j0..j0 + c` of [`forward_layer`] (outputs `j0..j0 + c` of layer `i`) into `h`
+/// (rows x c, row-major), with the bits of the whole layer's (so threads can split a wide
+/// layer's outputs: each reads only its rows of `W_i`).
+///
+/// # Errors
+/// As [`forward_layer`].
+///
+/// # Panics
+/// If the shapes disagree with the spec or the columns exceed n_{i+1}.
+#[track_caller]
+pub fn forward_layer_cols<T: Real>(
+    spec: &Spec<'_>,
+    params: &[T],
+    i: usize,
+    j0: usize,
+    h: &mut [T],
+    a: MatRef<'_, T>,
+    scratch: &mut [T],
+) -> Result<(), Error> {
     let (n_in, n_out) = (spec.widths[i], spec.widths[i + 1]);
-    assert!(a.cols == n_in && h.len() == a.rows * n_out, "forward_layer: shapes");
+    let c = h.len().checked_div(a.rows).unwrap_or(0);
+    assert!(a.cols == n_in && h.len() == a.rows * c && j0 + c <= n_out, "forward_layer: shapes");
     let (w, b) = spec.layer(params, i);
+    let (w, b) = (&w[j0 * n_in..(j0 + c) * n_in], if spec.bias { &b[j0..j0 + c] } else { b });
     let beta = if spec.bias {
         // Every row is c_b b: the first one computed, the others copies of it.
         let cb = T::from_f64(spec.bias_multiplier());
         if a.rows > 0 {
-            let (first, rest) = h.split_at_mut(n_out);
+            let (first, rest) = h.split_at_mut(c);
             for (o, &bj) in first.iter_mut().zip(b) {
                 *o = cb * bj;
             }
-            for row in rest.chunks_exact_mut(n_out) {
+            for row in rest.chunks_exact_mut(c) {
                 row.copy_from_slice(first);
             }
         }
@@ -75,8 +99,8 @@ pub fn forward_layer<T: Real>(
         T::ZERO
     };
     let cw = T::from_f64(spec.weight_multiplier(i));
-    let wt = MatRef::row_major(w, n_out, n_in).t();
-    gemm(MatMut::row_major(h, a.rows, n_out), cw, a, wt, beta, scratch)?;
+    let wt = MatRef::row_major(w, c, n_in).t();
+    gemm(MatMut::row_major(h, a.rows, c), cw, a, wt, beta, scratch)?;
     if !all_finite(h) {
         return Err(Error::NonFinite { layer: i + 1, pass: Pass::Forward });
     }

@@ -93,13 +93,24 @@ fn recycled_buffers_change_no_bits() {
 
 #[test]
 fn parallel_engine_is_bit_identical_to_core() {
+    engine_matches_core(&[6, 40, 33, 3], 70, 37);
+}
+
+/// Few inputs against wide layers: with several threads the layer products are split by
+/// column bands (each thread reads its share of the weights), same bits.
+#[test]
+fn wide_layers_split_by_columns_keep_the_bits() {
+    engine_matches_core(&[6, 300, 260, 3], 20, 13);
+}
+
+/// The engine against the core's NTK, bit for bit, with 1, 2 and 3 threads: both activations,
+/// every output mode, x2 = x1 and cross kernels.
+fn engine_matches_core(widths: &[usize], n1: usize, n2: usize) {
     let seed = test_seed();
-    let widths = [6usize, 40, 33, 3];
-    let (n1, n2) = (70, 37);
     let x1 = random_inputs(n1, 6, seed).concat();
     let x2 = random_inputs(n2, 6, seed + 1).concat();
     for act in [Activation::Relu, Activation::Tanh] {
-        let spec = Spec::new(&widths, act, 1.8, 0.2, true, Parameterization::Standard).unwrap();
+        let spec = Spec::new(widths, act, 1.8, 0.2, true, Parameterization::Standard).unwrap();
         let mut p = vec![0.0f64; spec.param_count()];
         spec.init(&mut p, seed).unwrap();
         for mode in
@@ -112,7 +123,7 @@ fn parallel_engine_is_bit_identical_to_core() {
                 let x2o = if cross { Some(&x2[..]) } else { None };
                 let m2 = if cross { n2 } else { n1 };
                 let mut want = vec![0.0; mode.len(n1, m2, 3)];
-                let mut s = vec![0.0; empirical_ntk_scratch(&widths, n1, x2o.map(|_| m2))];
+                let mut s = vec![0.0; empirical_ntk_scratch(widths, n1, x2o.map(|_| m2))];
                 empirical_ntk(&spec, &p, &mut want, &x1, x2o, mode, &mut s).unwrap();
                 for threads in [1, 2, 3] {
                     let got =
