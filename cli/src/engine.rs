@@ -57,8 +57,9 @@ pub fn bands(n: usize, symmetric: bool) -> Vec<(usize, usize)> {
     cuts.windows(2).map(|w| (w[0], w[1] - w[0])).collect()
 }
 
-/// One scratch buffer per rayon thread of the current pool, allocated once (a work item uses
-/// its thread's; pages a kernel never touches are never mapped in).
+/// One scratch buffer per rayon thread of the current pool, taken from [`recycle`] once per
+/// call (a work item uses its thread's; in a fresh buffer, pages a kernel never touches are
+/// never mapped in) and given back when dropped.
 pub(crate) struct PerThread<T: Real>(Vec<Mutex<Vec<T>>>);
 
 impl<T: Real> PerThread<T> {

@@ -55,6 +55,7 @@ pub fn forward_layer<T: Real>(
     a: MatRef<'_, T>,
     scratch: &mut [T],
 ) -> Result<(), Error> {
+    assert!(h.len() == a.rows * spec.widths[i + 1], "forward_layer: shapes");
     forward_layer_cols(spec, params, i, 0, h, a, scratch)
 }
 

@@ -64,6 +64,8 @@ fn recycled_buffers_change_no_bits() {
         (&[4, 64, 64, 64, 1][..], 40, OutputMode::Trace),
         (&[4, 16, 3][..], 9, OutputMode::Diagonal),
         (&[4, 64, 64, 64, 1][..], 33, OutputMode::Trace),
+        // Wide layers against few inputs: column bands with 2 threads.
+        (&[4, 300, 260, 3][..], 20, OutputMode::Trace),
     ]
     .iter()
     .enumerate()
@@ -74,15 +76,24 @@ fn recycled_buffers_change_no_bits() {
         spec.init(&mut p, seed + round as u64).unwrap();
         let x = random_inputs(n, 4, seed + 10 + round as u64).concat();
         let k = widths[widths.len() - 1];
-        let mut want = vec![0.0; mode.len(n, n, k)];
-        let mut s = vec![0.0; empirical_ntk_scratch(widths, n, None)];
-        empirical_ntk(&spec, &p, &mut want, &x, None, mode, &mut s).unwrap();
+        // A cross kernel against a third of the inputs (but in diagonal mode), then the
+        // symmetric one.
+        let x2 = (mode != OutputMode::Diagonal).then_some(&x[..n / 3 * 4]);
+        for x2o in [x2, None] {
+            let n2 = x2o.map_or(n, |x2| x2.len() / 4);
+            let mut want = vec![0.0; mode.len(n, n2, k)];
+            let mut s = vec![0.0; empirical_ntk_scratch(widths, n, x2o.map(|_| n2))];
+            empirical_ntk(&spec, &p, &mut want, &x, x2o, mode, &mut s).unwrap();
+            for threads in [1, 2] {
+                let got = in_pool(threads, || par_empirical_ntk(&spec, &p, &x, x2o, mode).unwrap());
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "round {round}, cross {}, threads {threads}",
+                    x2o.is_some()
+                );
+            }
+        }
         for threads in [1, 2] {
-            let got = in_pool(threads, || par_empirical_ntk(&spec, &p, &x, None, mode).unwrap());
-            assert!(
-                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "round {round}, threads {threads}"
-            );
             // The same call in f32 uses (and leaves) buffers of the other type.
             let (p32, x32): (Vec<f32>, Vec<f32>) =
                 (p.iter().map(|&v| v as f32).collect(), x.iter().map(|&v| v as f32).collect());

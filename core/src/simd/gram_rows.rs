@@ -174,6 +174,9 @@ fn run<T: Elem, S: Simd, const MR: usize>(s: S, op: GramRows<'_, T>) {
             let je = n.min(jb + nb);
             // Rows of the block with an entry to compute (with `upper`, those above `je`).
             let rows = if upper { mc.min(je.saturating_sub(ic)) } else { mc };
+            if rows == 0 {
+                continue;
+            }
             for (is_d, x1, x2, k) in [(false, a1, a2, ka), (true, d1, d2, kd)] {
                 let mut p0 = 0;
                 loop {
