@@ -94,17 +94,17 @@ impl<T: Real> Drop for PerThread<T> {
 /// signal rows each, in row blocks or column bands ([`col_bands`]; the exact shapes, not the
 /// widest layer's).
 fn gemm_scratch_len(widths: &[usize], n: usize, k: usize) -> usize {
-    let rows = row_block(n);
-    // A product with `width` outputs of `m` rows (`m / n` per input) and inner dimension `kk`.
-    let product = |m: usize, width: usize, kk: usize| match col_bands(n, width) {
-        Some(b) => gemm_scratch(m, b[0].1, kk),
-        None => gemm_scratch(rows * (m / n.max(1)), width, kk),
+    // A product with `width` outputs, `r` rows per input and inner dimension `kk`: all rows
+    // against one column band, or one row block against all columns.
+    let product = |r: usize, width: usize, kk: usize| match col_bands(n, width) {
+        Some(b) => gemm_scratch(n * r, b[0].1, kk),
+        None => gemm_scratch(row_block(n) * r, width, kk),
     };
     (0..widths.len() - 1)
         .map(|i| {
             let (n_in, n_out) = (widths[i], widths[i + 1]);
-            let back = if i > 0 { product(n * k, n_in, n_out) } else { 0 };
-            product(n, n_out, n_in).max(back)
+            let back = if i > 0 { product(k, n_in, n_out) } else { 0 };
+            product(1, n_out, n_in).max(back)
         })
         .max()
         .unwrap_or(0)
@@ -127,7 +127,6 @@ fn col_bands(n: usize, width: usize) -> Option<Vec<(usize, usize)>> {
 /// `dst` (`rows x width`, row-major) by column bands: `f(j0, block)` fills the `rows x cols`
 /// row-major block of each band (bands in parallel), then the blocks are copied into `dst` in
 /// row blocks of `rb` rows (in parallel) and `g(r0, block of dst)` finishes each.
-#[allow(clippy::too_many_arguments)]
 fn by_columns<T: Real, E: Send>(
     team: &Team,
     bands: &[(usize, usize)],

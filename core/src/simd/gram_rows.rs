@@ -17,9 +17,8 @@
 //! its factors), whatever the tile, block, chunk or row band an entry falls in.
 
 use super::elem::{Elem, MAX_LANES};
-use super::kernel::{accumulate, Panels};
-use super::nt::Rows;
-use super::transpose;
+use super::kernel::{accumulate, pack, Panels};
+use super::MatRef;
 use pulp::{Simd, WithSimd};
 
 /// Bytes of the K-major panel of one column block (kept in L2 while the row tiles sweep it).
@@ -51,12 +50,10 @@ pub(crate) const fn scratch(m: usize, ka: usize, kd: usize) -> usize {
 pub(crate) struct GramRows<'a, T> {
     pub dst: &'a mut [T],
     pub rs: usize,
-    pub a1: Rows<'a, T>,
-    pub a2: Rows<'a, T>,
-    pub d1: Rows<'a, T>,
-    pub d2: Rows<'a, T>,
-    pub ka: usize,
-    pub kd: usize,
+    pub a1: MatRef<'a, T>,
+    pub a2: MatRef<'a, T>,
+    pub d1: MatRef<'a, T>,
+    pub d2: MatRef<'a, T>,
     pub c: T,
     pub shift: T,
     pub upper: bool,
@@ -160,8 +157,8 @@ fn store<T: Elem, S: Simd>(s: S, x: &mut [T], h: usize, v: T::V<S>) {
 /// every tile (parked), then the D-Gram finishing into `dst`.
 #[inline(always)]
 fn run<T: Elem, S: Simd, const MR: usize>(s: S, op: GramRows<'_, T>) {
-    let GramRows { dst, rs, a1, a2, d1, d2, ka, kd, c, shift, upper, scratch } = op;
-    let (m, n) = (a1.rows, a2.rows);
+    let GramRows { dst, rs, a1, a2, d1, d2, c, shift, upper, scratch } = op;
+    let (m, n, ka, kd) = (a1.rows, a2.rows, a1.cols, d1.cols);
     let l = T::lanes::<S>();
     let nb = NV * l;
     let kc_max = (PANEL_BYTES / core::mem::size_of::<T>() / nb).max(1);
@@ -182,7 +179,10 @@ fn run<T: Elem, S: Simd, const MR: usize>(s: S, op: GramRows<'_, T>) {
                 loop {
                     let kc = kc_max.min(k - p0);
                     let last = p0 + kc == k;
-                    pack_panel(s, panel, x2, (jb, je - jb), (p0, kc), nb);
+                    if kc > 0 {
+                        // panel[p * nb + j] = x2[jb + j, p0 + p], zero past the block.
+                        pack(s, panel, x2, jb, je - jb, p0, kc, nb, nb);
+                    }
                     for i0 in (0..rows).step_by(MR) {
                         let (i, h) = (ic + i0, MR.min(rows - i0));
                         // First column: the block's, or the vector holding entry (i, i).
@@ -222,27 +222,6 @@ fn run<T: Elem, S: Simd, const MR: usize>(s: S, op: GramRows<'_, T>) {
                     }
                 }
             }
-        }
-    }
-}
-
-/// `panel[p * nb + j] = x[j0 + j, p0 + p]` for `j < w`, zero for `w <= j < nb`, `p < kc`.
-#[inline(always)]
-fn pack_panel<T: Elem, S: Simd>(
-    s: S,
-    panel: &mut [T],
-    x: Rows<'_, T>,
-    (j0, w): (usize, usize),
-    (p0, kc): (usize, usize),
-    nb: usize,
-) {
-    if kc == 0 {
-        return;
-    }
-    transpose::copy(s, &x.data[j0 * x.rs + p0..], x.rs, panel, nb, (w, kc));
-    if w < nb {
-        for chunk in panel[..kc * nb].chunks_exact_mut(nb) {
-            chunk[w..].fill(T::default());
         }
     }
 }

@@ -75,7 +75,7 @@ fn transpose_mut<T>(m: MatMut<'_, T>) -> MatMut<'_, T> {
 /// p0 + p)` with its height `h` padded with zeros to `w = round_up(h, granule)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pack<T: Elem, S: Simd>(
+pub(super) fn pack<T: Elem, S: Simd>(
     s: S,
     out: &mut [T],
     src: MatRef<'_, T>,
@@ -727,20 +727,16 @@ pub(crate) fn gram_hadamard<
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }
-    let rows_k = a1.cs == 1 && a2.cs == 1 && d1.cs == 1 && d2.cs == 1;
-    if rows_k && dst.cs == 1 {
+    if a1.cs == 1 && a2.cs == 1 && d1.cs == 1 && d2.cs == 1 && dst.cs == 1 {
         // Every operand contiguous along K, `dst` along its rows (every NTK layer term):
         // outer-product tiles over K-major panels of `a2`, `d2`.
-        let rows = |x: MatRef<'a, T>| nt::Rows { data: x.data, rows: x.rows, rs: x.rs };
         let op = gram_rows::GramRows {
             dst: dst.data,
             rs: dst.rs,
-            a1: rows(a1),
-            a2: rows(a2),
-            d1: rows(d1),
-            d2: rows(d2),
-            ka: a1.cols,
-            kd: d1.cols,
+            a1,
+            a2,
+            d1,
+            d2,
             c,
             shift,
             upper: part == Part::Upper,
