@@ -113,35 +113,44 @@ fn log_domain_kernel_of_huge_inputs() {
 
 /// fuzz `kernel` (crash-fdcbb33b): the infinite-width erf NNGP of four parallel inputs (d = 1,
 /// norms ~2e10, sigma_w2 = sigma_b2 = 274, standard parameterization, depth 10) was not PSD
-/// (K_13 = 0.945 K_11 while K_01, K_03 = K_11 (1 - 3e-6)). Not a coding error: the first
-/// layer's correlations are 1 - 1e-21, rounded to within an ulp of 1, and arcsin near 1 turns
-/// that rounding into a sqrt(eps) error; the chaotic phase (chi_1 ~ 7 here) then amplifies it
-/// by chi_1 per layer, as it does any perturbation. Pinned: after one layer every entry is
-/// within 2 sqrt(eps) of the diagonal (relative), and the deviation then grows by at most a
-/// factor 1.3 sigma_w2 per layer (the allowance the fuzz target now uses).
+/// (K_13 = 0.945 K_11 while K_01, K_03 = K_11 (1 - 3e-6)): the first layer's correlations are
+/// 1 - 1e-21, were rounded to within an ulp of 1, and arcsin near 1 turned that rounding into
+/// a sqrt(eps) error (5e-9 relative after one layer), which the chaotic phase (chi_1 ~ 7.4
+/// here) amplified to 5.5 % by depth 10. The first layer now takes g sin theta from the inputs
+/// (for d = 1, q1 q2 - s^2 = sigma_w2 sigma_b2 (x - y)^2 exactly). Pinned: the layer-1 entry
+/// against Williams' closed form at that exact covariance (1e-12), then growth by at most
+/// 1.3 sigma_w2 per layer, to 6.7e-4 (not 5.5 %) at depth 10.
 #[test]
 fn erf_kernel_of_parallel_inputs_in_the_chaotic_phase() {
     use ntk_core::kernel::{kernel, kernel_scratch, Mlp};
     let x = [25681532088.94219, 14164520949.898443, 24942408296.165047, 18946966214.790417];
     let (sw, n) = (274.2120393318874, 4);
-    let dev = |depth: usize| {
+    let nngp = |depth: usize| {
         let mlp = Mlp::new(Activation::Erf, depth, sw, sw).with_bias(true).standard(&[255]);
         let mut k = vec![0.0; n * n];
         let mut s = vec![0.0; kernel_scratch(n, 0, depth)];
         kernel(Some(&mut k), None, &x, None, 1, &mlp, &mut s).unwrap();
-        (0..n * n).map(|e| (k[e] - k[0]).abs() / k[0]).fold(0.0, f64::max)
+        k
     };
-    let eps = f64::EPSILON.sqrt();
-    let first = dev(1);
-    assert!(first <= 2.0 * eps, "layer 1: {first:e}");
-    let mut prev = first;
+    let dev = |k: &[f64]| (0..n * n).map(|e| (k[e] - k[0]).abs() / k[0]).fold(0.0, f64::max);
+    // Layer 1 at the exact covariance: E[erf erf] = (2 / pi) atan2(2 s, D),
+    // D^2 = (1 + 2 q1)(1 + 2 q2) - 4 s^2 = 1 + 2 (q1 + q2) + 4 sigma_w2 sigma_b2 (x - y)^2.
+    let k1 = nngp(1);
+    for (i, j) in [(0, 1), (0, 2), (1, 3)] {
+        let (q1, q2, s) = (sw * x[i] * x[i] + sw, sw * x[j] * x[j] + sw, sw * x[i] * x[j] + sw);
+        let dd = (1.0 + 2.0 * (q1 + q2) + 4.0 * sw * sw * (x[i] - x[j]).powi(2)).sqrt();
+        let want = sw * (2.0 / std::f64::consts::PI) * (2.0 * s).atan2(dd) + sw;
+        let got = k1[i * n + j];
+        assert!((got - want).abs() <= 1e-12 * want, "({i}, {j}): {got:e} vs {want:e}");
+    }
+    let mut prev = dev(&k1);
+    assert!(prev < 1e-10, "layer 1: {prev:e}");
     for depth in 2..=10 {
-        let d = dev(depth);
-        assert!(d <= 1.3 * sw * prev.max(eps), "depth {depth}: {d:e} after {prev:e}");
+        let d = dev(&nngp(depth));
+        assert!(d <= 1.3 * sw * prev, "depth {depth}: {d:e} after {prev:e}");
         prev = d;
     }
-    // The amplification is real: by depth 10 the kernel has visibly decorrelated.
-    assert!(prev > 1e-2, "depth 10: {prev:e}");
+    assert!(prev < 1e-3, "depth 10: {prev:e}");
 }
 
 /// fuzz `kernel` (crash-ed081a8c, CI's 20 s run on 2026-11-22): the log-domain kernel

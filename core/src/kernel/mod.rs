@@ -31,7 +31,12 @@
 //! and pi - theta = atan2(sqrt((1 - c)(1 + c)), -c), so neither end cancels; a pair with c = 1
 //! (the diagonal) gets theta = 0 exactly. neural-tangents' ReLU diagonal carries ~1e-8 round-off
 //! (arctan2 of the square root of a difference of nearly equal numbers); ours is exact. A zero
-//! variance uses the convention theta = pi / 2 (c = 0), as neural-tangents.
+//! variance uses the convention theta = pi / 2 (c = 0), as neural-tangents. Where the first
+//! layer's sin^2 theta < 2^-10 (nearly parallel or antiparallel inputs), sin theta is taken
+//! from g sin theta = sqrt(q1 q2 - s^2) computed from the inputs without cancellation
+//! (`first_gn`): the rounding of c would leave it only sqrt(eps), which the smooth
+//! activations' kernels multiply by sqrt(q) (huge inputs) and the chaotic phase by chi_1 per
+//! layer.
 //!
 //! Speed: the closed forms of the ReLU family and erf are evaluated over SIMD lanes (pulp;
 //! Cephes-style atan2 and asin, within 1 ulp of libm) with only correctly rounded operations and
@@ -144,6 +149,46 @@ impl Geometry {
         let c = if g > 0.0 { (s / g).clamp(-1.0, 1.0) } else { 0.0 };
         Self { q1, q2, s, g, c, sn: libm::sqrt((1.0 - c) * (1.0 + c)) }
     }
+
+    /// With sin theta = gn / g (at most 1) where `gn` = g sin theta is known without
+    /// cancellation ([`first_gn`]) and g > 0; as [`vector::exact_sn`], bit for bit.
+    #[inline(always)]
+    pub(crate) fn with_gn(mut self, gn: Option<f64>) -> Self {
+        self.sn = vector::exact_sn(pulp::Scalar, self.g, self.sn, gn);
+        self
+    }
+
+    /// Whether sin theta is small enough that the rounding of c costs it accuracy (its
+    /// relative error is about eps / sin^2 theta): then the first layer takes [`first_gn`].
+    #[inline(always)]
+    fn near_parallel(&self) -> bool {
+        self.sn * self.sn < NEAR_PARALLEL
+    }
+}
+
+/// sin^2 theta below which the first layer recomputes g sin theta from the inputs
+/// ([`first_gn`]); above it the rounding of c leaves sin theta within ~1e-13 relative.
+const NEAR_PARALLEL: f64 = 1.0 / 1024.0;
+
+/// g sin theta = sqrt(q1 q2 - s^2) of the first layer's covariance of the inputs (x, y),
+/// without forming the difference: with a = sigma_w^2 / d and b = sigma_b^2,
+/// q1 q2 - s^2 = a^2 (|x| |y| sin phi)^2 + a b |x - y|^2, where phi is the angle between the
+/// inputs and sin phi = |u - v| |u + v| / 2 for the unit vectors u = x / |x|, v = y / |y|
+/// (two chords, neither cancels). Exact up to a few roundings where c = s / g is within an
+/// ulp of +-1 (nearly parallel or antiparallel inputs), where sqrt((1 - c)(1 + c)) keeps only
+/// sqrt(eps) of it.
+fn first_gn(x: &[f64], y: &[f64], a: f64, b: f64) -> f64 {
+    let norm = |v: &[f64]| libm::sqrt(v.iter().map(|e| e * e).sum::<f64>());
+    let (nx, ny) = (norm(x), norm(y));
+    let (mut minus, mut plus, mut diff) = (0.0, 0.0, 0.0);
+    for (&xi, &yi) in x.iter().zip(y) {
+        let (u, v) = (if nx > 0.0 { xi / nx } else { 0.0 }, if ny > 0.0 { yi / ny } else { 0.0 });
+        minus += (u - v) * (u - v);
+        plus += (u + v) * (u + v);
+        diff += (xi - yi) * (xi - yi);
+    }
+    let cross = a * (nx * ny) * (libm::sqrt(minus) * libm::sqrt(plus) * 0.5);
+    libm::hypot(cross, libm::sqrt(a * b) * libm::sqrt(diff))
 }
 
 /// One variance q of a diagonal chain with the per-input factors the closed forms use (the
@@ -186,14 +231,15 @@ fn pair_moments(
     v1: &Var,
     v2: &Var,
     s: f64,
+    gn: Option<f64>,
     quad: &Quadrature,
 ) -> Result<Moments, Error> {
     let done =
         |(phiphi, dphidphi): (f64, f64)| Ok(Moments { phiphi, dphidphi, err: 0.0, nodes: 0 });
     if let Some(f) = vector::Family::of(act) {
-        return done(f.scalar(v1, v2, s));
+        return done(f.scalar(v1, v2, s, gn));
     }
-    let p = &Geometry::new(v1.q, v2.q, s, v1.sq, v2.sq);
+    let p = &Geometry::new(v1.q, v2.q, s, v1.sq, v2.sq).with_gn(gn);
     match act {
         Activation::Gelu => done(closed::gelu(p)),
         _ => {
@@ -259,7 +305,7 @@ pub fn moments(
     check_covariance(q1, q2, s)?;
     check_activation(act)?;
     quad.check()?;
-    pair_moments(act, &Var::new(q1), &Var::new(q2), s, quad)
+    pair_moments(act, &Var::new(q1), &Var::new(q2), s, None, quad)
 }
 
 /// E[phi(u)^2] and E[phi'(u)^2] for u ~ N(0, q): [`moments`] at q1 = q2 = s = q (bit for bit).
@@ -439,6 +485,14 @@ impl Prepared<'_> {
         (s, if self.standard { ip + self.beta } else { s })
     }
 
+    /// [`first_gn`] of the pair (x, y) whose first-layer covariance has s and the chains'
+    /// variances `vx`, `vy`, when it is nearly (anti)parallel; `None` otherwise.
+    #[inline(always)]
+    fn first_gn(&self, x: &[f64], y: &[f64], vx: &Var, vy: &Var, s: f64) -> Option<f64> {
+        let p = Geometry::new(vx.q, vy.q, s, vx.sq, vy.sq);
+        p.near_parallel().then(|| first_gn(x, y, self.sw / x.len() as f64, self.sb))
+    }
+
     /// One layer: (Sigma^{l+1}, Theta^{l+1}) from the moments at layer l.
     #[inline(always)]
     fn step(&self, l: usize, m: &Moments, theta: f64) -> (f64, f64) {
@@ -471,7 +525,7 @@ impl Prepared<'_> {
             if l == self.depth {
                 break;
             }
-            let m = pair_moments(self.act, &v, &v, q, &self.quad)?;
+            let m = pair_moments(self.act, &v, &v, q, None, &self.quad)?;
             info.add(&m);
             (q, t) = self.step(l + 1, &m, t);
         }
@@ -494,7 +548,8 @@ impl Prepared<'_> {
                 return Err(Error::NonFinite { layer: l + 1, pass: Pass::Kernel });
             }
             let (vx, vy) = (Var::stored(cx, l), Var::stored(cy, l));
-            let m = pair_moments(self.act, &vx, &vy, s, &self.quad)?;
+            let gn = if l == 0 { self.first_gn(x, y, &vx, &vy, s) } else { None };
+            let m = pair_moments(self.act, &vx, &vy, s, gn, &self.quad)?;
             info.add(&m);
             (s, t) = self.step(l + 1, &m, t);
         }
@@ -620,6 +675,9 @@ struct ChunkBufs {
     q2: [f64; CHUNK],
     /// The family's per-input value ([`vector::Family::aux`]) of the columns.
     a2: [f64; CHUNK],
+    /// The first layer's g sin theta of each pair ([`Prepared::first_gn`]), -1 where it is
+    /// not needed (reset after the first layer).
+    gn: [[f64; CHUNK]; TILE],
 }
 
 impl pulp::WithSimd for VectorRows<'_, '_> {
@@ -637,7 +695,8 @@ impl VectorRows<'_, '_> {
         let (d, n2) = (self.d, self.n2);
         let mut info = KernelInfo::default();
         let z = [0.0; CHUNK];
-        let mut b = ChunkBufs { s: [z; TILE], t: [z; TILE], q2: z, a2: z };
+        let mut b =
+            ChunkBufs { s: [z; TILE], t: [z; TILE], q2: z, a2: z, gn: [[-1.0; CHUNK]; TILE] };
         for r0 in (0..self.n).step_by(TILE) {
             let rows = (self.n - r0).min(TILE);
             let i0 = self.row0 + r0;
@@ -716,6 +775,38 @@ impl VectorRows<'_, '_> {
                 (b.s[p][k], b.t[p][k]) = pr.first(v, d);
             }
         }
+        // Pairs the first layer may find nearly (anti)parallel: |s| >= (1 - 2^-9) sqrt(q1 q2)
+        // over lanes (a superset of sin^2 theta < NEAR_PARALLEL), then the exact test and
+        // g sin theta from the inputs per pair ([`Prepared::first_gn`], as the scalar path).
+        let mut near = [false; TILE];
+        let cols0 = &c2[jb * per..(jb + m) * per];
+        for (a2, col) in b.a2.iter_mut().zip(cols0.chunks_exact(per)) {
+            *a2 = col[1];
+        }
+        let last = b.a2[m - 1];
+        b.a2[m..mp].fill(last);
+        let (sq2v, _) = S::as_simd_f64s(&b.a2[..mp]);
+        let wide = simd.splat_f64s(1.0 - 1.0 / 512.0);
+        for p in 0..rows {
+            let vx = Var::stored(&self.c1_all[(i0 + p) * per..], 0);
+            let sq1 = simd.splat_f64s(vx.sq);
+            let (sv, _) = S::as_simd_f64s(&b.s[p][..mp]);
+            for v in v0[p]..mp / lanes {
+                let lim = simd.mul_f64s(wide, simd.mul_f64s(sq1, sq2v[v]));
+                if !vector::any(simd, simd.greater_than_or_equal_f64s(simd.abs_f64s(sv[v]), lim)) {
+                    continue;
+                }
+                for k in (v * lanes).max(lo[p])..((v + 1) * lanes).min(m) {
+                    let j = jb + k;
+                    let vy = Var::stored(&c2[j * per..], 0);
+                    let y = &self.x2[j * d..(j + 1) * d];
+                    if let Some(g) = pr.first_gn(xs[p], y, &vx, &vy, b.s[p][k]) {
+                        b.gn[p][k] = g;
+                        near[p] = true;
+                    }
+                }
+            }
+        }
         // Tail lanes repeat the last column (finite when it is; never written).
         for (s, t) in b.s[..rows].iter_mut().zip(&mut b.t[..rows]) {
             let (sl, tl) = (s[m - 1], t[m - 1]);
@@ -751,6 +842,8 @@ impl VectorRows<'_, '_> {
             let (av, _) = S::as_simd_f64s(&b.a2[..mp]);
             let tile = b.s[..rows].iter_mut().zip(&mut b.t[..rows]).zip(&v0[..rows]);
             for (p, ((s, t), &v0)) in tile.enumerate() {
+                let (gnv, _) = S::as_simd_f64s(&b.gn[p][..mp]);
+                let gn = |v: usize| (l == 0 && near[p]).then(|| gnv[v]);
                 let ci = &self.c1_all[(i0 + p) * per..(i0 + p + 1) * per];
                 let v1 = Var::stored(ci, l);
                 let (q1, a1) = (splat(v1.q), splat(self.fam.aux(&v1)));
@@ -762,8 +855,8 @@ impl VectorRows<'_, '_> {
                 while v < nv {
                     let two = v + 1 < nv;
                     let w = if two { v + 1 } else { v };
-                    let (ff0, dd0) = self.fam.moments(simd, q1, qv[v], sv[v], a1, av[v]);
-                    let (ff1, dd1) = self.fam.moments(simd, q1, qv[w], sv[w], a1, av[w]);
+                    let (ff0, dd0) = self.fam.moments(simd, q1, qv[v], sv[v], a1, av[v], gn(v));
+                    let (ff1, dd1) = self.fam.moments(simd, q1, qv[w], sv[w], a1, av[w], gn(w));
                     let (s0, t0) = step(simd, pr, sw, sb, beta, width, ff0, dd0, tv[v]);
                     let (s1, t1) = step(simd, pr, sw, sb, beta, width, ff1, dd1, tv[w]);
                     acc = nonfinite_acc(simd, acc, s0, t0);
@@ -777,6 +870,11 @@ impl VectorRows<'_, '_> {
             }
             if vector::any(simd, simd.not_m64s(simd.equal_f64s(acc, acc))) {
                 return Err(Error::NonFinite { layer: l + 2, pass: Pass::Kernel });
+            }
+            if l == 0 {
+                for (gn, _) in b.gn.iter_mut().zip(&near).filter(|(_, &n)| n) {
+                    gn.fill(-1.0);
+                }
             }
         }
         Ok(())

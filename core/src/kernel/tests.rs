@@ -317,6 +317,8 @@ fn inputs(n: usize, d: usize, seed: u64) -> Vec<f64> {
     for k in 0..d {
         x[2 * d + k] = -3.0 * row0[k];
         x[3 * d + k] = 0.0;
+        // Nearly parallel to row 0 (sin phi ~ 1e-9): the first layer's exact g sin theta.
+        x[4 * d + k] = 2.0 * row0[k] + if k == 0 { 1e-9 } else { 0.0 };
     }
     x
 }
@@ -732,7 +734,7 @@ fn vector_closed_forms_match_libm_forms() {
             (vector::Family::of(Activation::Erf).unwrap(), closed::erf(&p), (0.0, 0.0)),
         ];
         for (fam, (e0, e1), (scale0, scale1)) in checks {
-            let (v0, v1) = fam.scalar(&Var::new(q1), &Var::new(q2), s);
+            let (v0, v1) = fam.scalar(&Var::new(q1), &Var::new(q2), s, None);
             let r0 = libm::fabs(v0 - e0) / libm::fabs(e0).max(scale0).max(f64::MIN_POSITIVE);
             let r1 = libm::fabs(v1 - e1) / libm::fabs(e1).max(scale1).max(f64::MIN_POSITIVE);
             worst = worst.max(r0).max(r1);
@@ -857,7 +859,7 @@ fn factored_erf_matches_unfactored_form() {
     let covs = erf_covariances();
     for &(q1, q2, s) in &covs {
         let (v1, v2) = (Var::new(q1), Var::new(q2));
-        let (f, d) = fam.scalar(&v1, &v2, s);
+        let (f, d) = fam.scalar(&v1, &v2, s, None);
         let p = Geometry::new(q1, q2, s, v1.sq, v2.sq);
         let (hf, hd) = vector::erf_hypot(pulp::Scalar, q1, q2, s, p.g, p.sn);
         let (lf, ld) = closed::erf(&p);
@@ -893,8 +895,15 @@ impl pulp::WithSimd for ApplyMoments<'_> {
         let lanes = S::F64_LANES;
         for k in (0..self.q1.len() / lanes * lanes).step_by(lanes) {
             let v = |x: &[f64]| S::as_simd_f64s(&x[k..k + lanes]).0[0];
-            let (f, d) =
-                self.fam.moments(simd, v(self.q1), v(self.q2), v(self.s), v(self.a1), v(self.a2));
+            let (f, d) = self.fam.moments(
+                simd,
+                v(self.q1),
+                v(self.q2),
+                v(self.s),
+                v(self.a1),
+                v(self.a2),
+                None,
+            );
             let (mut fo, mut d_o) = (vec![0.0; lanes], vec![0.0; lanes]);
             S::as_mut_simd_f64s(&mut fo).0[0] = f;
             S::as_mut_simd_f64s(&mut d_o).0[0] = d;
@@ -929,7 +938,7 @@ fn mixed_lanes_match_the_scalar_twin_bitwise() {
         });
         // Every lane count divides 8: the first n - n % 8 entries went through vectors.
         for k in 0..n - n % 8 {
-            let (f, d) = fam.scalar(&Var::new(q1[k]), &Var::new(q2[k]), s[k]);
+            let (f, d) = fam.scalar(&Var::new(q1[k]), &Var::new(q2[k]), s[k], None);
             assert_eq!(
                 (out[k].0.to_bits(), out[k].1.to_bits()),
                 (f.to_bits(), d.to_bits()),
@@ -939,5 +948,96 @@ fn mixed_lanes_match_the_scalar_twin_bitwise() {
                 s[k]
             );
         }
+    }
+}
+
+/// The first layer's g sin theta from the inputs against exact values: x = (A, 0), y = (C, E)
+/// give |x|^2 |y|^2 - <x, y>^2 = A^2 E^2 and |x - y|^2 = (A - C)^2 + E^2 exactly, so
+/// q1 q2 - s^2 = a^2 A^2 E^2 + a b ((A - C)^2 + E^2) for a = sigma_w^2 / d, b = sigma_b^2.
+/// Forming q1 q2 - s^2 from the rounded s instead loses everything here.
+#[test]
+fn first_layer_sin_theta_has_no_cancellation() {
+    let (sw, sb) = (1.7, 0.3);
+    let a = sw / 2.0;
+    for (big, c_ratio, e) in [
+        (1e15f64, -1.0f64, 1.0f64),
+        (1e15, 1.0, 1.0),
+        (1e30, -0.5, 3.0),
+        (3.0, 1.0, 1e-9),
+        (1.0, -1.0, 0.0),
+    ] {
+        let (x, y) = ([big, 0.0], [c_ratio * big, e]);
+        let exact = a * a * (big * big) * (e * e) + a * sb * ((big - y[0]) * (big - y[0]) + e * e);
+        let gn = first_gn(&x, &y, a, sb);
+        let rel = (gn - libm::sqrt(exact)).abs() / libm::sqrt(exact).max(f64::MIN_POSITIVE);
+        assert!(
+            rel < 16.0 * f64::EPSILON,
+            "{x:?} {y:?}: {gn:e} vs {:e} ({rel:e})",
+            libm::sqrt(exact)
+        );
+        // The difference of the rounded products: zero or far off at these inputs.
+        let (q1, q2) = (a * (big * big) + sb, a * (y[0] * y[0] + e * e) + sb);
+        let s = a * (x[0] * y[0]) + sb;
+        let naive = libm::sqrt((q1 * q2 - s * s).max(0.0));
+        if big >= 1e15 {
+            assert!((naive - gn).abs() > 1e-3 * gn, "the naive form is accurate here: {naive:e}");
+        }
+    }
+    // Away from parallel both forms agree.
+    let (x, y) = ([0.3, -1.2, 2.0], [1.1, 0.4, -0.7]);
+    let a = sw / 3.0;
+    let (q1, q2, s) =
+        (a * (0.09 + 1.44 + 4.0) + sb, a * (1.21 + 0.16 + 0.49) + sb, a * (0.33 - 0.48 - 1.4) + sb);
+    let gn = first_gn(&x, &y, a, sb);
+    assert!((gn - libm::sqrt(q1 * q2 - s * s)).abs() < 1e-13 * gn);
+}
+
+/// One hidden layer on nearly antiparallel inputs of norm 1e15 (d = 2): K = sigma_w^2
+/// E[phi(u) phi(v)] + sigma_b^2 and Theta = K + sigma_w^2 E[phi' phi'] Sigma^1 against the
+/// closed forms evaluated at the exact covariance (erf: Williams' form with
+/// (1 + 2 q1)(1 + 2 q2) - 4 s^2 = 1 + 2 (q1 + q2) + 4 (q1 q2 - s^2); ReLU: the arc-cosine
+/// kernel at theta = atan2(sqrt(q1 q2 - s^2), s)). With sin theta from the rounded c, erf's
+/// E[phi' phi'] came out ~1e7 times too small (fuzz crash-e5bc8b2f).
+#[test]
+fn nearly_antiparallel_inputs_match_the_exact_covariance() {
+    let (sw, sb, big) = (1.4, 0.2, 1e15);
+    let x = [big, 0.0, -big, 1.0];
+    let a = sw / 2.0;
+    let (q1, q2, s) = (a * big * big + sb, a * (big * big + 1.0) + sb, -a * big * big + sb);
+    let gap = a * a * big * big + a * sb * (4.0 * big * big + 1.0);
+    let gn = libm::sqrt(gap);
+    let expect = |act: Activation| -> (f64, f64) {
+        match act {
+            Activation::Erf => {
+                let dd = libm::sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * gap);
+                ((2.0 / PI) * libm::atan2(2.0 * s, dd), (4.0 / PI) / dd)
+            }
+            _ => {
+                let theta = libm::atan2(gn, s);
+                ((gn + (PI - theta) * s) / (2.0 * PI), (PI - theta) / (2.0 * PI))
+            }
+        }
+    };
+    for act in [Activation::Erf, Activation::Relu] {
+        let mlp = Mlp::new(act, 1, sw, sb);
+        let (mut k, mut t) = ([0.0; 4], [0.0; 4]);
+        let mut scratch = vec![0.0; kernel_scratch(2, 0, 1)];
+        kernel(Some(&mut k), Some(&mut t), &x, None, 2, &mlp, &mut scratch).unwrap();
+        let (ff, dd) = expect(act);
+        let (k01, t01) = (sw * ff + sb, sw * ff + sb + sw * dd * s);
+        for (got, want, what) in [(k[1], k01, "K"), (t[1], t01, "Theta")] {
+            let scale = libm::sqrt(k[0] * k[3]).max(libm::sqrt(t[0] * t[3]));
+            assert!(
+                (got - want).abs() <= 1e-12 * scale.max(want.abs()),
+                "{act:?} {what}: {got:e} vs {want:e}"
+            );
+        }
+        // The scalar pair path gives the same bits as the vector rows.
+        let pr = mlp.prepare().unwrap();
+        let per = kernel_chain_len(1);
+        let mut info = KernelInfo::default();
+        let c = &scratch[..2 * per];
+        let (kp, tp) = pr.pair(&x[..2], &x[2..], &c[..per], &c[per..], &mut info).unwrap();
+        assert_eq!((kp.to_bits(), tp.to_bits()), (k[1].to_bits(), t[1].to_bits()), "{act:?}");
     }
 }

@@ -189,6 +189,23 @@ pub(crate) fn geometry<S: Simd>(
     (g, c, sn)
 }
 
+/// sin theta = min(gn / g, 1) in the lanes where `gn` = g sin theta is given (>= 0) and
+/// g > 0, `sn` elsewhere: the first layer's sin theta without the rounding of c
+/// ([`super::Geometry::with_gn`] is this through one lane).
+#[inline(always)]
+pub(crate) fn exact_sn<S: Simd>(simd: S, g: S::f64s, sn: S::f64s, gn: Option<S::f64s>) -> S::f64s {
+    let Some(gn) = gn else { return sn };
+    let zero = simd.splat_f64s(0.0);
+    let m =
+        simd.and_m64s(simd.greater_than_or_equal_f64s(gn, zero), simd.greater_than_f64s(g, zero));
+    if !any(simd, m) {
+        return sn;
+    }
+    let safe_g = simd.select_f64s(m, g, simd.splat_f64s(1.0));
+    let exact = simd.min_f64s(simd.div_f64s(gn, safe_g), simd.splat_f64s(1.0));
+    simd.select_f64s(m, exact, sn)
+}
+
 /// Constants of the piecewise linear a min(x, 0) + b max(x, 0).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slopes {
@@ -276,6 +293,7 @@ pub(crate) fn erf<S: Simd>(
     s: S::f64s,
     r1: S::f64s,
     r2: S::f64s,
+    gn: Option<S::f64s>,
 ) -> (S::f64s, S::f64s) {
     let splat = |v: f64| simd.splat_f64s(v);
     let one = splat(1.0);
@@ -296,6 +314,7 @@ pub(crate) fn erf<S: Simd>(
         // sqrt is correctly rounded: the chains' sqrt q, bit for bit.
         let (sq1, sq2) = (simd.sqrt_f64s(q1), simd.sqrt_f64s(q2));
         let (g, _, sn) = geometry(simd, q1, q2, s, sq1, sq2);
+        let sn = exact_sn(simd, g, sn, gn);
         let (f2, d2) = erf_hypot(simd, q1, q2, s, g, sn);
         ff = simd.select_f64s(slow, f2, ff);
         dd = simd.select_f64s(slow, d2, dd);
@@ -352,8 +371,9 @@ impl Family {
     }
 
     /// (E[phi phi], E[phi' phi']) of the covariance [[q1, s], [s, q2]], from each input's q and
-    /// [`Family::aux`] value.
+    /// [`Family::aux`] value, and where given g sin theta ([`exact_sn`]).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn moments<S: Simd>(
         self,
         simd: S,
@@ -362,19 +382,27 @@ impl Family {
         s: S::f64s,
         a1: S::f64s,
         a2: S::f64s,
+        gn: Option<S::f64s>,
     ) -> (S::f64s, S::f64s) {
         match self {
             Self::Linear(sl) => {
                 let (g, c, sn) = geometry(simd, q1, q2, s, a1, a2);
+                let sn = exact_sn(simd, g, sn, gn);
                 piecewise_linear(simd, sl, s, g, c, sn)
             }
-            Self::Erf => erf(simd, q1, q2, s, a1, a2),
+            Self::Erf => erf(simd, q1, q2, s, a1, a2, gn),
         }
     }
 
     /// One lane: [`Family::moments`] through [`pulp::Scalar`].
     #[inline(always)]
-    pub(crate) fn scalar(self, v1: &super::Var, v2: &super::Var, s: f64) -> (f64, f64) {
-        self.moments(pulp::Scalar, v1.q, v2.q, s, self.aux(v1), self.aux(v2))
+    pub(crate) fn scalar(
+        self,
+        v1: &super::Var,
+        v2: &super::Var,
+        s: f64,
+        gn: Option<f64>,
+    ) -> (f64, f64) {
+        self.moments(pulp::Scalar, v1.q, v2.q, s, self.aux(v1), self.aux(v2), gn)
     }
 }
