@@ -189,15 +189,19 @@ pub(crate) fn geometry<S: Simd>(
     (g, c, sn)
 }
 
-/// sin theta = min(gn / g, 1) in the lanes where `gn` = g sin theta is given (>= 0) and
-/// g > 0, `sn` elsewhere: the first layer's sin theta without the rounding of c
+/// sin theta = min(gn / g, 1) in the lanes where `gn` = g sin theta is given (finite, >= 0)
+/// and g > 0, `sn` elsewhere: the first layer's sin theta without the rounding of c
 /// ([`super::Geometry::with_gn`] is this through one lane).
 #[inline(always)]
 pub(crate) fn exact_sn<S: Simd>(simd: S, g: S::f64s, sn: S::f64s, gn: Option<S::f64s>) -> S::f64s {
     let Some(gn) = gn else { return sn };
     let zero = simd.splat_f64s(0.0);
-    let m =
-        simd.and_m64s(simd.greater_than_or_equal_f64s(gn, zero), simd.greater_than_f64s(g, zero));
+    // gn in [0, MAX] (not where |x - x'|^2 overflowed) and g > 0.
+    let finite = simd.less_than_or_equal_f64s(gn, simd.splat_f64s(f64::MAX));
+    let m = simd.and_m64s(
+        simd.and_m64s(simd.greater_than_or_equal_f64s(gn, zero), finite),
+        simd.greater_than_f64s(g, zero),
+    );
     if !any(simd, m) {
         return sn;
     }
