@@ -257,18 +257,19 @@ fn gemm_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
     let acc = accumulate::<T, S, MV, NR>(s, zero, x);
     let l = T::lanes::<S>();
     let va = T::splat(s, alpha);
-    // A bias's vectors `c b` per row vector or per column, computed once per tile.
-    let mut bias = [[T::splat(s, T::default()); MV]; NR];
+    // A bias's vectors `c b`, per row vector or per column, computed once per tile.
+    let zero = T::splat(s, T::default());
+    let (mut bias_r, mut bias_c) = ([zero; MV], [zero; NR]);
     if let Update::Bias(Bias { c, b, rows }) = update {
         let vc = T::splat(s, c);
-        for (j, col) in bias.iter_mut().enumerate().take(w) {
-            for (v, x) in col.iter_mut().enumerate().take(h.div_ceil(l)) {
+        if rows {
+            for (v, x) in bias_r.iter_mut().enumerate().take(h.div_ceil(l)) {
                 let r0 = v * l;
-                *x = if rows {
-                    T::mul(s, vc, T::partial_load(s, &b[i0 + r0..i0 + r0 + l.min(h - r0)]))
-                } else {
-                    T::mul(s, vc, T::splat(s, b[j0 + j]))
-                };
+                *x = T::mul(s, vc, T::partial_load(s, &b[i0 + r0..i0 + r0 + l.min(h - r0)]));
+            }
+        } else {
+            for (j, x) in bias_c.iter_mut().enumerate().take(w) {
+                *x = T::mul(s, vc, T::splat(s, b[j0 + j]));
             }
         }
     }
@@ -289,7 +290,9 @@ fn gemm_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
                     let old = load_col(s, dst, i0 + r0, j0 + j, hv);
                     T::mul_add(s, va, x, old)
                 }
-                Update::Bias(_) => T::add(s, bias[j][v], T::mul(s, va, x)),
+                Update::Bias(Bias { rows, .. }) => {
+                    T::add(s, if rows { bias_r[v] } else { bias_c[j] }, T::mul(s, va, x))
+                }
             };
             store_col(s, dst, i0 + r0, j0 + j, hv, out);
         }
