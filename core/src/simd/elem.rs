@@ -29,10 +29,9 @@ pub(crate) trait Elem: Copy + Default + PartialEq + 'static {
     fn as_simd<S: Simd>(x: &[Self]) -> (&[Self::V<S>], &[Self]);
     /// Splits `x` into whole mutable vectors (unaligned) and a tail.
     fn as_mut_simd<S: Simd>(x: &mut [Self]) -> (&mut [Self::V<S>], &mut [Self]);
-    /// Loads `x.len() <= lanes` elements, the other lanes zero (a plain load when whole: pulp's
-    /// masked access calls a function per mask, which makes a kernel spill its registers).
+    /// Loads `x.len() <= lanes` elements, the other lanes zero.
     fn partial_load<S: Simd>(s: S, x: &[Self]) -> Self::V<S>;
-    /// Stores the first `x.len() <= lanes` lanes of `v` (a plain store when whole).
+    /// Stores the first `x.len() <= lanes` lanes of `v`.
     fn partial_store<S: Simd>(s: S, x: &mut [Self], v: Self::V<S>);
     /// Sum of the lanes.
     fn reduce_sum<S: Simd>(s: S, v: Self::V<S>) -> Self;
@@ -74,17 +73,11 @@ macro_rules! impl_elem {
             }
             #[inline(always)]
             fn partial_load<S: Simd>(s: S, x: &[Self]) -> Self::V<S> {
-                match S::$as_simd(x) {
-                    ([v], []) => *v,
-                    _ => s.$pload(x),
-                }
+                s.$pload(x)
             }
             #[inline(always)]
             fn partial_store<S: Simd>(s: S, x: &mut [Self], v: Self::V<S>) {
-                match S::$as_mut_simd(x) {
-                    ([o], []) => *o = v,
-                    _ => s.$pstore(x, v),
-                }
+                s.$pstore(x, v)
             }
             #[inline(always)]
             fn reduce_sum<S: Simd>(s: S, v: Self::V<S>) -> Self {

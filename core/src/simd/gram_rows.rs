@@ -133,16 +133,24 @@ fn tile<T: Elem, S: Simd, const MR: usize, const MV: usize>(
     }
 }
 
-/// The first `h <= lanes` elements of `x` as a vector, zero-padded.
+/// The first `h <= lanes` elements of `x` as a vector, zero-padded (a plain load when whole).
 #[inline(always)]
 fn load<T: Elem, S: Simd>(s: S, x: &[T], h: usize) -> T::V<S> {
-    T::partial_load(s, &x[..h])
+    if h == T::lanes::<S>() {
+        T::as_simd::<S>(&x[..h]).0[0]
+    } else {
+        T::partial_load(s, &x[..h])
+    }
 }
 
-/// Stores the first `h <= lanes` lanes of `v` to `x`.
+/// Stores the first `h <= lanes` lanes of `v` to `x` (a plain store when whole).
 #[inline(always)]
 fn store<T: Elem, S: Simd>(s: S, x: &mut [T], h: usize, v: T::V<S>) {
-    T::partial_store(s, &mut x[..h], v)
+    if h == T::lanes::<S>() {
+        T::as_mut_simd::<S>(&mut x[..h]).0[0] = v;
+    } else {
+        T::partial_store(s, &mut x[..h], v)
+    }
 }
 
 /// Row blocks of `MCB` rows, column blocks of `NV * lanes` columns; per block the A-Gram of
