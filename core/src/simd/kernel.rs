@@ -258,8 +258,8 @@ fn gemm_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
     let l = T::lanes::<S>();
     let va = T::splat(s, alpha);
     // A bias's vectors `c b`, per row vector or per column, computed once per tile.
-    let zero = T::splat(s, T::default());
-    let (mut bias_r, mut bias_c) = ([zero; MV], [zero; NR]);
+    let z = T::splat(s, T::default());
+    let (mut bias_r, mut bias_c) = ([z; MV], [z; NR]);
     if let Update::Bias(Bias { c, b, rows }) = update {
         let vc = T::splat(s, c);
         if rows {
