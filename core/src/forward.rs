@@ -6,7 +6,7 @@
 
 use crate::error::{check_len, Error, Pass};
 use crate::real::Real;
-use crate::simd::{gemm, gemm_scratch, MatMut, MatRef};
+use crate::simd::{gemm, gemm_bias, gemm_scratch, MatMut, MatRef};
 use crate::spec::{max_width, units, Spec};
 
 /// Length of the forward cache for `n` inputs.
@@ -82,26 +82,16 @@ pub fn forward_layer_cols<T: Real>(
     let c = h.len().checked_div(a.rows).unwrap_or(0);
     assert!(a.cols == n_in && h.len() == a.rows * c && j0 + c <= n_out, "forward_layer: shapes");
     let (w, b) = spec.layer(params, i);
-    let (w, b) = (&w[j0 * n_in..(j0 + c) * n_in], if spec.bias { &b[j0..j0 + c] } else { b });
-    let beta = if spec.bias {
-        // Every row is c_b b: the first one computed, the others copies of it.
-        let cb = T::from_f64(spec.bias_multiplier());
-        if a.rows > 0 {
-            let (first, rest) = h.split_at_mut(c);
-            for (o, &bj) in first.iter_mut().zip(b) {
-                *o = cb * bj;
-            }
-            for row in rest.chunks_exact_mut(c) {
-                row.copy_from_slice(first);
-            }
-        }
-        T::ONE
-    } else {
-        T::ZERO
-    };
+    let w = &w[j0 * n_in..(j0 + c) * n_in];
     let cw = T::from_f64(spec.weight_multiplier(i));
-    let wt = MatRef::row_major(w, c, n_in).t();
-    gemm(MatMut::row_major(h, a.rows, c), cw, a, wt, beta, scratch)?;
+    let (wt, h_mat) = (MatRef::row_major(w, c, n_in).t(), MatMut::row_major(h, a.rows, c));
+    if spec.bias {
+        // The bias in the GEMM's store: no pass over `h` before it.
+        let cb = T::from_f64(spec.bias_multiplier());
+        gemm_bias(h_mat, cw, a, wt, (cb, &b[j0..j0 + c]), scratch)?;
+    } else {
+        gemm(h_mat, cw, a, wt, T::ZERO, scratch)?;
+    }
     if !all_finite(h) {
         return Err(Error::NonFinite { layer: i + 1, pass: Pass::Forward });
     }

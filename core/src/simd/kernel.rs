@@ -216,13 +216,25 @@ fn store_col<T: Elem, S: Simd>(
     }
 }
 
+/// A bias `c b_t` added to every entry of a [`gemm`] output, `t` its column (`dst` seen as
+/// in the call), or in the kernel's orientation its row (`rows`) or column.
+#[derive(Clone, Copy)]
+pub(crate) struct Bias<'a, T> {
+    pub c: T,
+    pub b: &'a [T],
+    pub rows: bool,
+}
+
 /// How a finished tile `acc` meets the destination.
 #[derive(Clone, Copy)]
-enum Update<T> {
+enum Update<'a, T> {
     /// `d = alpha * acc` (first K block, `beta == 0`: `d` is not read).
     Overwrite,
     /// `d = beta * d + alpha * acc` (first K block).
     Scale(T),
+    /// `d = c b + alpha * acc` (first K block; `d` is not read): the bits of `Scale(1)` on a
+    /// `d` holding `c b`, as `fma(1, x, y) = x + y`.
+    Bias(Bias<'a, T>),
     /// `d = d + alpha * acc` (later K blocks).
     Accumulate,
 }
@@ -239,12 +251,28 @@ fn gemm_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
     w: usize,
     x: &Panels<'_, T, NR>,
     alpha: T,
-    update: Update<T>,
+    update: Update<'_, T>,
 ) {
     let zero = [[T::splat(s, T::default()); MV]; NR];
     let acc = accumulate::<T, S, MV, NR>(s, zero, x);
     let l = T::lanes::<S>();
     let va = T::splat(s, alpha);
+    // A bias's vectors `c b`, per row vector or per column, computed once per tile.
+    let z = T::splat(s, T::default());
+    let (mut bias_r, mut bias_c) = ([z; MV], [z; NR]);
+    if let Update::Bias(Bias { c, b, rows }) = update {
+        let vc = T::splat(s, c);
+        if rows {
+            for (v, x) in bias_r.iter_mut().enumerate().take(h.div_ceil(l)) {
+                let r0 = v * l;
+                *x = T::mul(s, vc, T::partial_load(s, &b[i0 + r0..i0 + r0 + l.min(h - r0)]));
+            }
+        } else {
+            for (j, x) in bias_c.iter_mut().enumerate().take(w) {
+                *x = T::mul(s, vc, T::splat(s, b[j0 + j]));
+            }
+        }
+    }
     for (j, col) in acc.iter().enumerate().take(w) {
         for (v, &x) in col.iter().enumerate() {
             let r0 = v * l;
@@ -261,6 +289,9 @@ fn gemm_tile<T: Elem, S: Simd, const MV: usize, const NR: usize>(
                 Update::Accumulate => {
                     let old = load_col(s, dst, i0 + r0, j0 + j, hv);
                     T::mul_add(s, va, x, old)
+                }
+                Update::Bias(Bias { rows, .. }) => {
+                    T::add(s, if rows { bias_r[v] } else { bias_c[j] }, T::mul(s, va, x))
                 }
             };
             store_col(s, dst, i0 + r0, j0 + j, hv, out);
@@ -288,9 +319,11 @@ pub(crate) struct Gemm<'a, T> {
     lhs: MatRef<'a, T>,
     rhs: MatRef<'a, T>,
     beta: T,
+    /// Replaces `beta * dst` when set.
+    bias: Option<Bias<'a, T>>,
     scratch: &'a mut [T],
     /// A row-major destination that `dst` (column-major, in scratch) stands for: copied into
-    /// `dst` first when `beta != 0`, and `dst` copied back into it at the end.
+    /// `dst` first when `beta != 0` (and no bias), and `dst` copied back into it at the end.
     out: Option<MatMut<'a, T>>,
 }
 
@@ -320,7 +353,7 @@ fn gemm_panel<T: Elem, S: Simd, const MV: usize, const NRX: usize>(
     j0: usize,
     w: usize,
     (b, b_step, b_cs): (&[T], usize, usize),
-    (alpha, update): (T, Update<T>),
+    (alpha, update): (T, Update<'_, T>),
 ) {
     let l = T::lanes::<S>();
     let mr = MV * l;
@@ -350,10 +383,10 @@ const DIRECT_A_MAX_BYTES: usize = 512 * 1024;
 /// With `rhs` read in place the columns are one block (`NC` only bounds a packed `rhs`).
 #[inline(always)]
 fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'_, T>) {
-    let Gemm { mut dst, alpha, lhs, rhs, beta, scratch, out } = op;
+    let Gemm { mut dst, alpha, lhs, rhs, beta, bias, scratch, out } = op;
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
     if let Some(out) = &out {
-        if beta != T::default() {
+        if beta != T::default() && bias.is_none() {
             transpose::copy(s, out.data, out.rs, dst.data, dst.cs, (m, n));
         }
     }
@@ -374,6 +407,8 @@ fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'
             let kc = T::KC.min(k - pc);
             let update = if pc > 0 {
                 Update::Accumulate
+            } else if let Some(bias) = bias {
+                Update::Bias(bias)
             } else if beta == T::default() {
                 Update::Overwrite
             } else {
@@ -423,30 +458,41 @@ fn gemm_run<T: Elem, S: Simd, const MV: usize, const NR: usize>(s: S, op: Gemm<'
     }
 }
 
-/// Scalar part of [`gemm`] for `k == 0`: `dst = beta * dst` (zero when `beta == 0`).
-fn scale<T: Elem + core::ops::Mul<Output = T>>(dst: &mut MatMut<'_, T>, beta: T) {
+/// Scalar part of [`gemm`] for `k == 0`: `dst = beta * dst` (zero when `beta == 0`), or
+/// `c b_j` in column `j` with a bias `(c, b)`.
+fn scale<T: Elem + core::ops::Mul<Output = T>>(
+    dst: &mut MatMut<'_, T>,
+    beta: T,
+    bias: Option<(T, &[T])>,
+) {
     for i in 0..dst.rows {
         for j in 0..dst.cols {
             let x = dst.at_mut(i, j);
-            *x = if beta == T::default() { T::default() } else { beta * *x };
+            *x = match bias {
+                Some((c, b)) => c * b[j],
+                None if beta == T::default() => T::default(),
+                None => beta * *x,
+            };
         }
     }
 }
 
-/// See [`super::gemm`]; shapes and scratch length already checked.
+/// See [`super::gemm`] and, with `bias` (`(c, b)`, `b` one value per column), in place of
+/// `beta`, [`super::gemm_bias`]; shapes and scratch length already checked.
 pub(crate) fn gemm<'a, T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Output = T>>(
     mut dst: MatMut<'a, T>,
     alpha: T,
     lhs: MatRef<'a, T>,
     rhs: MatRef<'a, T>,
     beta: T,
+    bias: Option<(T, &'a [T])>,
     scratch: &'a mut [T],
 ) {
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }
     if lhs.cols == 0 {
-        scale(&mut dst, beta);
+        scale(&mut dst, beta, bias);
         return;
     }
     if lhs.cs == 1 && rhs.rs == 1 && nt::pays_gemm::<T>(lhs.cols) {
@@ -459,6 +505,7 @@ pub(crate) fn gemm<'a, T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Out
             rhs: nt::Rows { data: rhs.data, rows: rhs.cols, rs: rhs.cs },
             k,
             beta,
+            bias,
         };
         return dispatch(op);
     }
@@ -468,18 +515,21 @@ pub(crate) fn gemm<'a, T: Elem + core::ops::Add<Output = T> + core::ops::Mul<Out
     // FLOP/cycle), not where several row tiles read those rows again: `f64` 64 x 2048 x 2048
     // 20 -> 18, `f32` 256 x 2048 x 128 195 -> 128 GFLOP/s.
     let f32_rows = rhs.cs == 1 && core::mem::size_of::<T>() == 4 && dst.rows <= 64;
+    // The bias runs along the columns of `dst`: the kernel's rows when it computes `dst^T`.
+    let bias_as = |rows| bias.map(|(c, b)| Bias { c, b, rows });
     let op = if dst.cs == 1 && dst.rs != 1 && (rhs.rs == 1 || f32_rows) && super::few_rows(m, n) {
         // Row-major output with few rows: vectors along the rows of a column-major copy, `rhs`
         // broadcast in place, only the small `lhs` packed.
         let (tmp, scratch) = scratch.split_at_mut(m * n);
         let tmp = MatMut { data: tmp, rows: m, cols: n, rs: 1, cs: m };
-        Gemm { dst: tmp, alpha, lhs, rhs, beta, scratch, out: Some(dst) }
+        Gemm { dst: tmp, alpha, lhs, rhs, beta, bias: bias_as(false), scratch, out: Some(dst) }
     } else if dst.cs == 1 && dst.rs != 1 {
         // Row-major output: vectors along its rows by computing dst^T = rhs^T lhs^T.
         let (lhs, rhs) = (rhs.t(), lhs.t());
-        Gemm { dst: transpose_mut(dst), alpha, lhs, rhs, beta, scratch, out: None }
+        let dst = transpose_mut(dst);
+        Gemm { dst, alpha, lhs, rhs, beta, bias: bias_as(true), scratch, out: None }
     } else {
-        Gemm { dst, alpha, lhs, rhs, beta, scratch, out: None }
+        Gemm { dst, alpha, lhs, rhs, beta, bias: bias_as(false), scratch, out: None }
     };
     dispatch(op)
 }

@@ -180,13 +180,14 @@ pub enum Part {
 /// Per-type SIMD entry points, implemented for `f32` and `f64` (dispatched once through
 /// `pulp::Arch`). Use the generic wrappers [`gemm`], [`gram_hadamard`], [`dot`] instead.
 pub trait SimdReal: Sized + Copy {
-    /// See [`gemm`]; arguments already checked.
+    /// See [`gemm`] and, with `bias`, [`gemm_bias`]; arguments already checked.
     fn simd_gemm(
         dst: MatMut<'_, Self>,
         alpha: Self,
         lhs: MatRef<'_, Self>,
         rhs: MatRef<'_, Self>,
         beta: Self,
+        bias: Option<(Self, &[Self])>,
         scratch: &mut [Self],
     );
     /// See [`gram_hadamard`]; arguments already checked.
@@ -341,7 +342,34 @@ pub fn gemm<T: Real>(
 ) -> Result<(), Error> {
     assert!(dst.rows == lhs.rows && dst.cols == rhs.cols && lhs.cols == rhs.rows, "gemm: shapes");
     check_len("scratch", scratch, gemm_scratch(dst.rows, dst.cols, lhs.cols))?;
-    T::simd_gemm(dst, alpha, lhs, rhs, beta, scratch);
+    T::simd_gemm(dst, alpha, lhs, rhs, beta, None, scratch);
+    Ok(())
+}
+
+/// `dst = alpha * lhs * rhs + 1 (c b)^T` (`b` one value per column of `dst`): the bits of
+/// [`gemm`] with `beta = 1` on a `dst` whose every row is `c b` (`fma(1, x, y) = x + y`), without
+/// reading `dst` (a layer's `h = c_w a W^T + c_b 1 b^T` with no bias fill).
+///
+/// # Errors
+/// [`Error::ShortBuffer`] if `scratch` is shorter than [`gemm_scratch`].
+///
+/// # Panics
+/// If the shapes do not agree.
+#[track_caller]
+pub fn gemm_bias<T: Real>(
+    dst: MatMut<'_, T>,
+    alpha: T,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    (c, b): (T, &[T]),
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    assert!(
+        dst.rows == lhs.rows && dst.cols == rhs.cols && lhs.cols == rhs.rows && b.len() == dst.cols,
+        "gemm_bias: shapes"
+    );
+    check_len("scratch", scratch, gemm_scratch(dst.rows, dst.cols, lhs.cols))?;
+    T::simd_gemm(dst, alpha, lhs, rhs, T::ZERO, Some((c, b)), scratch);
     Ok(())
 }
 
@@ -402,9 +430,10 @@ macro_rules! impl_simd_real {
                 lhs: MatRef<'_, Self>,
                 rhs: MatRef<'_, Self>,
                 beta: Self,
+                bias: Option<(Self, &[Self])>,
                 scratch: &mut [Self],
             ) {
-                kernel::gemm(dst, alpha, lhs, rhs, beta, scratch)
+                kernel::gemm(dst, alpha, lhs, rhs, beta, bias, scratch)
             }
             fn simd_gram_hadamard(
                 dst: MatMut<'_, Self>,

@@ -242,7 +242,9 @@ pub(crate) struct Out<'a, T> {
     pub cs: usize,
 }
 
-/// `dst = beta * dst + alpha * lhs rhs^T` over rows of `lhs` (m x k) and of `rhs` (n x k).
+/// `dst = beta * dst + alpha * lhs rhs^T` over rows of `lhs` (m x k) and of `rhs` (n x k),
+/// or with a bias `(c, b)` `dst = c b_j + alpha * (lhs rhs^T)_{ij}` (the bits of `beta = 1`
+/// on a `dst` holding `c b_j`).
 pub(crate) struct GemmNt<'a, T> {
     pub dst: Out<'a, T>,
     pub alpha: T,
@@ -250,6 +252,7 @@ pub(crate) struct GemmNt<'a, T> {
     pub rhs: Rows<'a, T>,
     pub k: usize,
     pub beta: T,
+    pub bias: Option<(T, &'a [T])>,
 }
 
 register_tiles!(
@@ -270,7 +273,7 @@ fn gemm_nt_run<
     s: S,
     op: GemmNt<'_, T>,
 ) {
-    let GemmNt { dst, alpha, lhs, rhs, k, beta } = op;
+    let GemmNt { dst, alpha, lhs, rhs, k, beta, bias } = op;
     let (m, n) = (lhs.rows, rhs.rows);
     let zero = T::default();
     let nb = block_rows::<T>(k, NR);
@@ -288,7 +291,11 @@ fn gemm_nt_run<
                     let base = (i0 + i) * dst.rs + j0 * dst.cs;
                     for (j, &x) in ri.iter().enumerate().take(w) {
                         let d = &mut dst.data[base + j * dst.cs];
-                        *d = if beta == zero { alpha * x } else { beta * *d + alpha * x };
+                        *d = match bias {
+                            Some((c, b)) => c * b[j0 + j] + alpha * x,
+                            None if beta == zero => alpha * x,
+                            None => beta * *d + alpha * x,
+                        };
                     }
                 }
             }

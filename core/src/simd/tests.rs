@@ -548,6 +548,72 @@ fn gemm_is_layout_independent() {
     });
 }
 
+/// [`gemm_bias`] gives the bits of [`gemm`] with `beta = 1` on a `dst` whose rows are `c b`,
+/// and writes nothing outside the view (`dst` starts as NaN: it is never read), on every path:
+/// the NT tiles (small K, `lhs` rows and `rhs` columns contiguous), few rows of a row-major
+/// `dst`, the transposed problem (row-major `dst`), a column-major or strided `dst` as it stands,
+/// partial tiles, several `KC` blocks and K = 0.
+fn gemm_bias_vs_fill<T: Real>() {
+    let s = seed();
+    let shapes = [
+        (128, 256, 64),
+        (37, 29, 16),
+        (9, 72, 530),
+        (33, 264, 300),
+        (67, 13, 300),
+        (130, 7, 600),
+        (5, 66, 1030),
+        (6, 5, 0),
+    ];
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        let case = case as u64;
+        let b: Vec<T> = (0..n).map(|j| T::from_f64(rng::normal(s, 100 + case, j as u64))).collect();
+        let (alpha, c) = (T::from_f64(-0.75), T::from_f64(0.3));
+        for (la, lb, ld) in [
+            (Layout::RowMajor, Layout::Transposed, Layout::RowMajor),
+            (Layout::RowMajor, Layout::RowMajor, Layout::RowMajor),
+            (Layout::ColMajor, Layout::Transposed, Layout::ColMajor),
+            (Layout::Strided, Layout::StridedCol, Layout::Strided),
+            (Layout::Transposed, Layout::ColMajor, Layout::StridedCol),
+        ] {
+            let lhs = Mat::<T>::new(la, m, k, 1, s, 3 * case);
+            let rhs = Mat::<T>::new(lb, k, n, 0, s, 3 * case + 1);
+            let (l, r) = (lhs.view_as(la), rhs.view_as(lb));
+            let mut want = Mat::<T>::new(ld, m, n, 1, s, 3 * case + 2);
+            for i in 0..m {
+                for (j, &bj) in b.iter().enumerate() {
+                    want.buf[want.off + i * want.rs + j * want.cs] = c * bj;
+                }
+            }
+            let mut scratch = vec![T::from_f64(f64::NAN); gemm_scratch(m, n, k)];
+            gemm(want.view_mut(), alpha, l, r, T::ONE, &mut scratch).unwrap();
+            let mut got = Mat::<T>::new(ld, m, n, 1, s, 3 * case + 2);
+            got.fill(T::from_f64(f64::NAN));
+            let orig = got.buf.clone();
+            gemm_bias(got.view_mut(), alpha, l, r, (c, &b), &mut scratch).unwrap();
+            let what = format!("gemm_bias<{}> {m}x{n}x{k} {la:?} {lb:?} {ld:?}", T::NAME);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(bits(got.at(i, j)), bits(want.at(i, j)), "{what} ({i}, {j})");
+                }
+            }
+            for ((x, y), inside) in got.buf.iter().zip(&orig).zip(got.mask()) {
+                assert!(inside || bits(*x) == bits(*y), "{what}: wrote outside view");
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_bias_is_gemm_on_bias_rows() {
+    gemm_bias_vs_fill::<f64>();
+    gemm_bias_vs_fill::<f32>();
+    at_lower_levels(|| {
+        gemm_bias_vs_fill::<f64>();
+        gemm_bias_vs_fill::<f32>();
+    });
+}
+
 /// The few-rows path of a row-major `dst` (`8 m <= n` and `rhs` contiguous along K, or for
 /// at most 64 rows of `f32` row-major: vectors along the rows of a column-major copy in scratch, `rhs` broadcast
 /// in place) gives the bits
