@@ -171,24 +171,55 @@ impl Geometry {
 const NEAR_PARALLEL: f64 = 1.0 / 1024.0;
 
 /// g sin theta = sqrt(q1 q2 - s^2) of the first layer's covariance of the inputs (x, y),
-/// without forming the difference: with a = sigma_w^2 / d and b = sigma_b^2,
-/// q1 q2 - s^2 = a^2 (|x| |y| sin phi)^2 + a b |x - y|^2, where phi is the angle between the
-/// inputs and sin phi = |u - v| |u + v| / 2 for the unit vectors u = x / |x|, v = y / |y|
-/// (two chords, neither cancels). Exact up to a few roundings where c = s / g is within an
-/// ulp of +-1 (nearly parallel or antiparallel inputs), where sqrt((1 - c)(1 + c)) keeps only
-/// sqrt(eps) of it.
+/// without forming that difference: with a = sigma_w^2 / d and b = sigma_b^2,
+/// q1 q2 - s^2 = a^2 |x|^2 |r|^2 + a b |x - y|^2, where r = y - t x (t = <x, y> / |x|^2) is
+/// y's component orthogonal to x. Each component of r is one fused multiply-add (rounded once)
+/// and t is refined once from <x, r>, so |r| is right to a few ulp of itself down to
+/// ~eps^2 |y| (exactly parallel inputs such as y = -3 x give ~eps^2, where chords of unit
+/// vectors would give eps); the inputs are scaled by powers of two first, so no sum overflows
+/// or underflows, and the |x - y| term is skipped without biases. Used where c = s / g is close
+/// to +-1, where sqrt((1 - c)(1 + c)) keeps only sqrt(eps) of sin theta.
 fn first_gn(x: &[f64], y: &[f64], a: f64, b: f64) -> f64 {
-    let norm = |v: &[f64]| libm::sqrt(v.iter().map(|e| e * e).sum::<f64>());
-    let (nx, ny) = (norm(x), norm(y));
-    let (mut minus, mut plus, mut diff) = (0.0, 0.0, 0.0);
-    for (&xi, &yi) in x.iter().zip(y) {
-        let (u, v) = (if nx > 0.0 { xi / nx } else { 0.0 }, if ny > 0.0 { yi / ny } else { 0.0 });
-        minus += (u - v) * (u - v);
-        plus += (u + v) * (u + v);
-        diff += (xi - yi) * (xi - yi);
+    if x == y {
+        return 0.0;
     }
-    let cross = a * (nx * ny) * (libm::sqrt(minus) * libm::sqrt(plus) * 0.5);
-    libm::hypot(cross, libm::sqrt(a * b) * libm::sqrt(diff))
+    // The same bits for (x, y) and (y, x): the pair in a fixed order (of their bit patterns).
+    let (x, y) = if y.iter().map(|v| v.to_bits()).lt(x.iter().map(|v| v.to_bits())) {
+        (y, x)
+    } else {
+        (x, y)
+    };
+    // Powers of two (exact scalings) near the largest |x_i|, |y_i|.
+    let scale = |v: &[f64]| {
+        let m = v.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+        if m > 0.0 {
+            libm::scalbn(1.0, libm::ilogb(m))
+        } else {
+            1.0
+        }
+    };
+    let (sx, sy) = (scale(x), scale(y));
+    let pairs = || x.iter().zip(y).map(|(&xi, &yi)| (xi / sx, yi / sy));
+    let sa = libm::sqrt(a);
+    let nx2: f64 = pairs().map(|(u, _)| u * u).sum();
+    let cross = if nx2 > 0.0 {
+        let t = pairs().map(|(u, v)| u * v).sum::<f64>() / nx2;
+        let r = |(u, v): (f64, f64)| libm::fma(-t, u, v);
+        let t2 = pairs().map(|p| p.0 * r(p)).sum::<f64>() / nx2;
+        let rr: f64 = pairs().map(|p| libm::fma(-t2, p.0, r(p))).map(|e| e * e).sum();
+        // sqrt(a) |x| <= sqrt(q1) and sqrt(a) |r| <= sqrt(q2): neither factor overflows.
+        (sa * sx * libm::sqrt(nx2)) * (sa * sy * libm::sqrt(rr))
+    } else {
+        0.0
+    };
+    let bias = if b > 0.0 {
+        let m = sx.max(sy);
+        let dd: f64 = x.iter().zip(y).map(|(&xi, &yi)| (xi / m - yi / m) * (xi / m - yi / m)).sum();
+        (sa * m * libm::sqrt(dd)) * libm::sqrt(b)
+    } else {
+        0.0
+    };
+    libm::hypot(cross, bias)
 }
 
 /// One variance q of a diagonal chain with the per-input factors the closed forms use (the
@@ -764,8 +795,9 @@ impl VectorRows<'_, '_> {
         };
         let xs: [&[f64]; TILE] = core::array::from_fn(row);
         // Row p's first vector (none when it has no column in the chunk). Its lanes before lo[p]
-        // hold the pairs (i0 + p, jb + k <= i0 + p): real pairs, the mirror images of computed
-        // ones (the recursion is symmetric bit for bit), so finite when those are; never written.
+        // hold the pairs (i0 + p, jb + k <= i0 + p): real pairs (run without the first layer's
+        // exact sin theta, so not always the bits of their mirror images), bounded by the
+        // diagonal chains, so finite when those are; never written.
         debug_assert!(lo[0] == 0);
         let v0 = lo.map(|l| if l < m { l / lanes } else { mp / lanes });
         for k in 0..m {
@@ -807,7 +839,7 @@ impl VectorRows<'_, '_> {
                 }
             }
         }
-        // Tail lanes repeat the last column (finite when it is; never written).
+        // Tail lanes repeat the last column (finite when it is, as above; never written).
         for (s, t) in b.s[..rows].iter_mut().zip(&mut b.t[..rows]) {
             let (sl, tl) = (s[m - 1], t[m - 1]);
             s[m..mp].fill(sl);

@@ -1041,3 +1041,49 @@ fn nearly_antiparallel_inputs_match_the_exact_covariance() {
         assert_eq!((kp.to_bits(), tp.to_bits()), (k[1].to_bits(), t[1].to_bits()), "{act:?}");
     }
 }
+
+/// Pairs that broke earlier forms of the first layer's g sin theta (found in review), for erf
+/// with one hidden layer against Williams' closed form at the exact covariance: exactly
+/// parallel inputs whose unit vectors round (y = -3 x, d = 3: g sin theta = 0, the chord form
+/// gave eps |x| |y|), |x - y|^2 beyond f64 without biases, and sqrt(sigma_w2 sigma_b2) beyond
+/// f64 (d = 1). The exact g sin theta is computed here independently: 0, the 2 x 2 determinant
+/// by Kahan's fma algorithm, and sqrt(a) sqrt(b) |x - y| with x - y exact.
+#[test]
+fn first_layer_sin_theta_of_hard_pairs() {
+    let det = |x: [f64; 2], y: [f64; 2]| {
+        let w = x[1] * y[0];
+        let e = (-x[1]).mul_add(y[0], w);
+        x[0].mul_add(y[1], -w) + e
+    };
+    let p100 = libm::scalbn(1.0, 100);
+    let b1x = [7.0 * p100, 3.0 * p100, p100];
+    let b2x = [1e154, 3e153];
+    let b2y = [-1.0000001 * 1e154, -1.0000001 * 3e153];
+    // (x, y, sigma_w2, sigma_b2, exact g sin theta)
+    type Case = (Vec<f64>, Vec<f64>, f64, f64, f64);
+    let cases: [Case; 3] = [
+        (b1x.to_vec(), b1x.iter().map(|v| -3.0 * v).collect(), 1.0, 0.0, 0.0),
+        (b2x.to_vec(), b2y.to_vec(), 2e-200, 0.0, 1e-100 * det(b2x, b2y).abs() * 1e-100),
+        (vec![1.0], vec![1.0 + 1e-9], 1e155, 1e155, 1e155 * ((1.0 + 1e-9) - 1.0)),
+    ];
+    for (x, y, sw, sb, gn) in cases {
+        let d = x.len();
+        let a = sw / d as f64;
+        let dot = |u: &[f64], v: &[f64]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f64>();
+        let (q1, q2, s) = (a * dot(&x, &x) + sb, a * dot(&y, &y) + sb, a * dot(&x, &y) + sb);
+        let dd = libm::hypot(libm::sqrt(1.0 + 2.0 * (q1 + q2)), 2.0 * gn);
+        let (ff, dphi) = ((2.0 / PI) * libm::atan2(2.0 * s, dd), (4.0 / PI) / dd);
+        let (k_want, t_want) = (sw * ff + sb, sw * ff + sb + sw * dphi * s);
+        let xy: Vec<f64> = x.iter().chain(&y).copied().collect();
+        let mlp = Mlp::new(Activation::Erf, 1, sw, sb);
+        let (mut k, mut t) = ([0.0; 4], [0.0; 4]);
+        let mut scratch = vec![0.0; kernel_scratch(2, 0, 1)];
+        kernel(Some(&mut k), Some(&mut t), &xy, None, d, &mlp, &mut scratch).unwrap();
+        for (got, want, what) in [(k[1], k_want, "K"), (t[1], t_want, "Theta")] {
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs(),
+                "d = {d}, sw = {sw:e}: {what} {got:e} vs {want:e}"
+            );
+        }
+    }
+}
