@@ -340,9 +340,29 @@ pub fn gemm<T: Real>(
     beta: T,
     scratch: &mut [T],
 ) -> Result<(), Error> {
-    assert!(dst.rows == lhs.rows && dst.cols == rhs.cols && lhs.cols == rhs.rows, "gemm: shapes");
+    checked_gemm(dst, alpha, lhs, rhs, beta, None, scratch)
+}
+
+/// [`gemm`] or [`gemm_bias`] after the shape and scratch checks.
+#[track_caller]
+fn checked_gemm<T: Real>(
+    dst: MatMut<'_, T>,
+    alpha: T,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    beta: T,
+    bias: Option<(T, &[T])>,
+    scratch: &mut [T],
+) -> Result<(), Error> {
+    assert!(
+        dst.rows == lhs.rows
+            && dst.cols == rhs.cols
+            && lhs.cols == rhs.rows
+            && bias.is_none_or(|(_, b)| b.len() == dst.cols),
+        "gemm: shapes"
+    );
     check_len("scratch", scratch, gemm_scratch(dst.rows, dst.cols, lhs.cols))?;
-    T::simd_gemm(dst, alpha, lhs, rhs, beta, None, scratch);
+    T::simd_gemm(dst, alpha, lhs, rhs, beta, bias, scratch);
     Ok(())
 }
 
@@ -361,16 +381,10 @@ pub fn gemm_bias<T: Real>(
     alpha: T,
     lhs: MatRef<'_, T>,
     rhs: MatRef<'_, T>,
-    (c, b): (T, &[T]),
+    bias: (T, &[T]),
     scratch: &mut [T],
 ) -> Result<(), Error> {
-    assert!(
-        dst.rows == lhs.rows && dst.cols == rhs.cols && lhs.cols == rhs.rows && b.len() == dst.cols,
-        "gemm_bias: shapes"
-    );
-    check_len("scratch", scratch, gemm_scratch(dst.rows, dst.cols, lhs.cols))?;
-    T::simd_gemm(dst, alpha, lhs, rhs, T::ZERO, Some((c, b)), scratch);
-    Ok(())
+    checked_gemm(dst, alpha, lhs, rhs, T::ZERO, Some(bias), scratch)
 }
 
 /// `dst += (c * a1 a2^T + s) .* (d1 d2^T)`: one layer's term of the structured NTK
