@@ -290,6 +290,14 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
         flops as f64 / c0 / 1e9,
         c1 * 1e3
     );
+    if threads > 1 {
+        // Where the host placed the threads (see `ntk_cli::placement`).
+        let (handoff, own) = ntk_cli::placement::core_rewrite_gbs();
+        println!(
+            "  placement: core round trip {:.0} ns, hand-off rewrite {handoff:.0} GB/s (own {own:.0})",
+            ntk_cli::placement::core_round_trip_ns()
+        );
+    }
 }
 
 /// CPU time of this process (all threads), in seconds.

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod io;
 pub mod linear_model;
+pub mod placement;
 pub mod plot;
 pub mod recycle;
 pub mod runinfo;

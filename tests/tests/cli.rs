@@ -184,5 +184,9 @@ fn bench_writes_one_row_per_workload_and_precision() {
         assert!((f("x_roofline") - f("median_s") / roof).abs() < 1e-9 * f("x_roofline"));
         assert!((f("gflops") - f("flops") / f("median_s") / 1e9).abs() < 1e-6 * f("gflops"));
         assert_eq!(row["phases"].as_array().unwrap().len(), 4);
+        // The placement probes run only with several threads.
+        for k in ["core_round_trip_ns", "handoff_rewrite_gbs", "own_rewrite_gbs"] {
+            assert_eq!(f(k), 0.0, "{k}");
+        }
     }
 }
