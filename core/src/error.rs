@@ -15,6 +15,8 @@ pub enum Pass {
     Kernel,
     /// Training update.
     Train,
+    /// The training loss of the outputs (MSE or cross-entropy).
+    Loss,
 }
 
 impl fmt::Display for Pass {
@@ -25,6 +27,7 @@ impl fmt::Display for Pass {
             Pass::Ntk => "ntk",
             Pass::Kernel => "kernel",
             Pass::Train => "train",
+            Pass::Loss => "loss",
         })
     }
 }

@@ -125,7 +125,7 @@ impl Optimizer {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] for wrong lengths; [`Error::NonFinite`] (train pass) if a
-    /// parameter became NaN or infinite.
+    /// parameter (or an Adam moment) became NaN or infinite.
     pub fn update<T: Real>(
         &self,
         params: &mut [T],
@@ -221,7 +221,8 @@ impl<T: Real> pulp::WithSimd for Update<'_, T> {
                     *m = b1 * *m + c1 * g;
                     *v = b2 * *v + c2 * g * g;
                     *p -= step_size * *m / (v.sqrt() * inv_sqrt_bc2 + eps);
-                    bad |= !p.is_finite();
+                    // g^2 can overflow while p stays finite (the step then vanishes).
+                    bad |= !(p.is_finite() & m.is_finite() & v.is_finite());
                 }
             }
         }
@@ -332,12 +333,26 @@ pub fn loss_gradient<T: Real>(
     let (cache, rest) = rest.split_at_mut(cache_len(spec.widths, n));
     model_outputs(spec, model, params, x, n, cache, f, rest)?;
     let value = loss_and_gradient(loss, g, f, y, n);
+    check_loss(spec, value)?;
     let at = match model {
         Model::Network => params,
         Model::Linearized { params0 } => params0,
     };
     param_gradient(spec, at, x, n, cache, g, grad, rest)?;
     Ok(value)
+}
+
+/// The loss of a step must be finite: an overflowing loss (outputs far from the targets) is
+/// reported even where its gradient is still finite, before any parameter changes.
+///
+/// # Errors
+/// [`Error::NonFinite`] (the readout layer, [`Pass::Loss`]) if `value` is NaN or infinite.
+pub fn check_loss(spec: &Spec<'_>, value: f64) -> Result<(), Error> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFinite { layer: spec.layers(), pass: Pass::Loss })
+    }
 }
 
 /// Fills `perm` with the batch order of epoch `epoch`: a Fisher–Yates shuffle of
@@ -495,6 +510,73 @@ mod tests {
             Optimizer::gd(1e308).update(&mut q, &[-1e308], &mut [], 0),
             Err(Error::NonFinite { pass: Pass::Train, .. })
         ));
+    }
+
+    /// Adam's second moment overflowing (g^2 > f64::MAX) while the parameter stays finite (its
+    /// step then vanishes) is an error of the update, not a silently frozen parameter.
+    #[test]
+    fn adam_moment_overflow_is_an_error() {
+        let opt = Optimizer { method: Method::ADAM, learning_rate: 0.1, batch_size: 0, seed: 0 };
+        let mut p = [1.0f64, 1.0];
+        let mut s = [0.0f64; 4];
+        let r = opt.update(&mut p, &[0.5, 1e200], &mut s, 0);
+        assert!(matches!(r, Err(Error::NonFinite { pass: Pass::Train, .. })), "{r:?}");
+        assert!(p.iter().all(|v| v.is_finite()) && s[3].is_infinite(), "{p:?} {s:?}");
+        // A finite g^2 of the same order is fine.
+        let mut s = [0.0f64; 4];
+        assert!(opt.update(&mut p, &[0.5, 1e150], &mut s, 0).is_ok());
+    }
+
+    /// A loss that overflows while its gradient does not (outputs ~1e190 against targets of
+    /// order 1: squared error 1e380, gradient w.r.t. the weight 1e180) fails the step before
+    /// the update: parameters and state untouched.
+    #[test]
+    fn overflowing_loss_is_an_error_before_the_update() {
+        let widths = [1usize, 1];
+        let spec =
+            Spec::new(&widths, Activation::Relu, 1.0, 0.0, false, Parameterization::Standard)
+                .unwrap();
+        let (x, y) = ([1e-10f64, -1e-10], [0.5f64, -0.5]);
+        for opt in [Optimizer::gd(1e-3), Optimizer { method: Method::ADAM, ..Optimizer::gd(1e-3) }]
+        {
+            let mut p = [1e200f64];
+            let mut state = vec![0.0; opt.state_len(1)];
+            let mut s = vec![0.0; train_step_scratch(&widths, false, 2)];
+            let r = train_step(
+                &spec,
+                Model::Network,
+                &opt,
+                Loss::Mse,
+                &mut p,
+                &mut state,
+                &x,
+                &y,
+                2,
+                0,
+                &mut [],
+                &mut s,
+            );
+            assert!(matches!(r, Err(Error::NonFinite { layer: 1, pass: Pass::Loss })), "{r:?}");
+            assert_eq!(p, [1e200]);
+            assert!(state.iter().all(|&v| v == 0.0));
+            // The same network with outputs ~1e150 trains (loss 1e300, gradient finite).
+            let mut q = [1e160f64];
+            let r = train_step(
+                &spec,
+                Model::Network,
+                &opt,
+                Loss::Mse,
+                &mut q,
+                &mut state,
+                &x,
+                &y,
+                2,
+                0,
+                &mut [],
+                &mut s,
+            );
+            assert!(r.is_ok_and(|l| l.is_finite() && l > 1e299), "{opt:?}");
+        }
     }
 
     /// The update split into pieces with `update_slices` equals the whole update bit for bit

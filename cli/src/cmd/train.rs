@@ -847,6 +847,7 @@ impl<T: Real> ParStep<T> {
             y,
             n,
         );
+        ntk_core::train::check_loss(spec, value)?;
         self.backward(spec, at, x, n)?;
         Ok(value)
     }
@@ -1638,6 +1639,38 @@ mod tests {
                 assert!(matches!(r, Err(Error::NonFinite { pass: q, .. }) if q == pass), "{r:?}");
                 assert!(q.iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits()), "t{threads}");
             }
+        }
+    }
+
+    /// An overflowing loss (outputs ~1e190, gradient finite) fails the parallel step as it
+    /// fails the core's, before the update, for any thread count.
+    #[test]
+    fn overflowing_loss_fails_before_the_update() {
+        use ntk_core::{Activation, Error, Parameterization, Pass};
+        let widths = [1usize, 1];
+        let spec =
+            Spec::new(&widths, Activation::Relu, 1.0, 0.0, false, Parameterization::Standard)
+                .unwrap();
+        let (x, y) = ([1e-10f64, -1e-10], [0.5f64, -0.5]);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut p = [1e200f64];
+            let r = pool.install(|| {
+                ParStep::new(&spec, 2).step(
+                    &spec,
+                    Model::Network,
+                    &Optimizer::gd(1e-3),
+                    Loss::Mse,
+                    &mut p,
+                    &mut [],
+                    &x,
+                    &y,
+                    2,
+                    0,
+                )
+            });
+            assert!(matches!(r, Err(Error::NonFinite { layer: 1, pass: Pass::Loss })), "{r:?}");
+            assert_eq!(p, [1e200]);
         }
     }
 

@@ -210,7 +210,15 @@ impl Net {
                 t as u64,
                 &mut [],
                 &mut scratch,
-            )?;
+            );
+            let loss = match loss {
+                Err(e @ ntk_core::Error::NonFinite { .. }) => {
+                    return Err(CliError::Runtime(format!(
+                        "training diverged at step {t} ({e}); lower the learning rate"
+                    )))
+                }
+                r => r?,
+            };
             log(t, loss);
         }
         let loss = mse(&self.predict(x)?, y, n);
