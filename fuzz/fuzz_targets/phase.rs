@@ -50,10 +50,11 @@ fuzz_target!(|case: Case| -> Corpus {
         Err(v) => v,
     };
     // tanh and sigmoid take their two-dimensional expectations by quadrature, ~0.17 s per
-    // evaluation at q ~ 1e4 (over 1 s under AddressSanitizer); keep those calls to the range
-    // [0, 1e4] of the variances (mean_field: at most ~12 s a case here).
+    // evaluation at q ~ 1e4 (over 1 s under AddressSanitizer, where mean_field then takes
+    // ~12 s, close to the 20 s limit per input); keep those calls to variances and q up to
+    // 1e3 (~4 s). Session 7 ran the 1e4 range for 4 minutes, clean.
     let quadrature = matches!(act, Activation::Tanh | Activation::Sigmoid);
-    let two_d = !quadrature || (sw <= 1e4 && sb <= 1e4 && q <= 1e4);
+    let two_d = !quadrature || (sw <= 1e3 && sb <= 1e3 && q <= 1e3);
     if let Some(v) = ok(variance_map(act, sw, sb, q), "variance_map") {
         assert!(!v.is_nan() && v >= sb, "V({q}) = {v} with sigma_b2 {sb}");
     }
