@@ -539,42 +539,19 @@ mod tests {
         let (x, y) = ([1e-10f64, -1e-10], [0.5f64, -0.5]);
         for opt in [Optimizer::gd(1e-3), Optimizer { method: Method::ADAM, ..Optimizer::gd(1e-3) }]
         {
-            let mut p = [1e200f64];
             let mut state = vec![0.0; opt.state_len(1)];
             let mut s = vec![0.0; train_step_scratch(&widths, false, 2)];
-            let r = train_step(
-                &spec,
-                Model::Network,
-                &opt,
-                Loss::Mse,
-                &mut p,
-                &mut state,
-                &x,
-                &y,
-                2,
-                0,
-                &mut [],
-                &mut s,
-            );
+            let mut step = |p: &mut [f64], state: &mut [f64]| {
+                let m = Model::Network;
+                train_step(&spec, m, &opt, Loss::Mse, p, state, &x, &y, 2, 0, &mut [], &mut s)
+            };
+            let mut p = [1e200f64];
+            let r = step(&mut p, &mut state);
             assert!(matches!(r, Err(Error::NonFinite { layer: 1, pass: Pass::Loss })), "{r:?}");
             assert_eq!(p, [1e200]);
             assert!(state.iter().all(|&v| v == 0.0));
             // The same network with outputs ~1e150 trains (loss 1e300, gradient finite).
-            let mut q = [1e160f64];
-            let r = train_step(
-                &spec,
-                Model::Network,
-                &opt,
-                Loss::Mse,
-                &mut q,
-                &mut state,
-                &x,
-                &y,
-                2,
-                0,
-                &mut [],
-                &mut s,
-            );
+            let r = step(&mut [1e160f64], &mut state);
             assert!(r.is_ok_and(|l| l.is_finite() && l > 1e299), "{opt:?}");
         }
     }

@@ -41,18 +41,22 @@ fn allowed(e: &Error, n: usize) -> bool {
         || (n == 0 && matches!(e, Error::ShapeMismatch { what: "x", .. }))
 }
 
-/// Runs the case's steps from `(p, state)`; returns the losses (or the first error) with the
-/// final parameters and state.
-#[allow(clippy::too_many_arguments)]
-fn run<T: Real>(
-    spec: &Spec<'_>,
-    case: &Case,
-    opt: &Optimizer,
-    p0: &[T],
-    x: &[T],
-    y: &[T],
+/// One case's problem in precision `T`.
+struct Problem<'a, T> {
+    spec: &'a Spec<'a>,
+    case: &'a Case,
+    opt: Optimizer,
+    p0: Vec<T>,
+    x: Vec<T>,
+    y: Vec<T>,
     n: usize,
-) -> (Vec<Result<f64, Error>>, Vec<T>, Vec<T>) {
+}
+
+/// Runs the case's steps from `p0` (zero state); returns the losses (or the first error) with
+/// the final parameters and state.
+fn run<T: Real>(pr: &Problem<'_, T>) -> (Vec<Result<f64, Error>>, Vec<T>, Vec<T>) {
+    let Problem { spec, case, opt, p0, x, y, n } = pr;
+    let n = *n;
     let loss = if case.cross_entropy { Loss::CrossEntropy } else { Loss::Mse };
     let b = opt.batch_len(n);
     let mut scratch = vec![T::ZERO; train_step_scratch(spec.widths, spec.bias, b)];
@@ -110,17 +114,8 @@ fn run<T: Real>(
     (out, p, state)
 }
 
-fn check<T: Real>(
-    spec: &Spec<'_>,
-    case: &Case,
-    opt: &Optimizer,
-    p0: &[T],
-    x: &[T],
-    y: &[T],
-    n: usize,
-) {
-    let a = run(spec, case, opt, p0, x, y, n);
-    let b = run(spec, case, opt, p0, x, y, n);
+fn check<T: Real>(pr: Problem<'_, T>) {
+    let (a, b) = (run(&pr), run(&pr));
     let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
     let losses = |r: &[Result<f64, Error>]| {
         r.iter()
@@ -157,10 +152,12 @@ fuzz_target!(|case: Case| -> Corpus {
         seed: case.seed,
     };
     let p = case.net.params(&spec);
+    let (spec, case) = (&spec, &case);
     if case.f32 {
-        check(&spec, &case, &opt, &to_f32(&p), &to_f32(&x), &to_f32(&y), n);
+        let (p0, x, y) = (to_f32(&p), to_f32(&x), to_f32(&y));
+        check(Problem { spec, case, opt, p0, x, y, n });
     } else {
-        check(&spec, &case, &opt, &p, &x, &y, n);
+        check(Problem { spec, case, opt, p0: p, x, y, n });
     }
     Corpus::Keep
 });
