@@ -465,8 +465,9 @@ mod tests {
     use crate::activation::ALL;
 
     /// Aitken steps: a slow linear contraction (ratio 0.99, 3400 plain steps to 1e-15; the
-    /// plain iteration gives up after 64 and bisects) is solved in a dozen evaluations, and a map with a stable (0.25) and an unstable
-    /// (0.75) fixed point still gives the stable one from just below the unstable one.
+    /// plain iteration gives up after 64 and bisects) is solved in a dozen evaluations, and a
+    /// map with a stable (0.25) and an unstable (0.75) fixed point still gives the stable one
+    /// from just below the unstable one.
     #[test]
     fn fixed_point_accelerates_to_the_stable_point() {
         let mut calls = 0;
