@@ -292,11 +292,7 @@ fn fixed<T: Real>(what: &str, threads: usize, reps: usize) {
     );
     if threads > 1 {
         // Where the host placed the threads (see `ntk_cli::placement`).
-        let (handoff, own) = ntk_cli::placement::core_rewrite_gbs();
-        println!(
-            "  placement: core round trip {:.0} ns, hand-off rewrite {handoff:.0} GB/s (own {own:.0})",
-            ntk_cli::placement::core_round_trip_ns()
-        );
+        println!("  placement: {}", ntk_cli::placement::Placement::measure(threads));
     }
 }
 

@@ -49,39 +49,48 @@ impl Baton {
         }
         true
     }
+
+    /// `reps` hand-offs with a second thread: in hand-off `i` the caller passes the baton, the
+    /// second thread runs `theirs(i)` and passes it back, then the caller runs `mine(i)`.
+    /// Returns the seconds since the baton was made, at the caller's last hand-off, or `None`
+    /// if either side gave up.
+    fn relay(
+        &self,
+        reps: u64,
+        theirs: impl Fn(u64) + Sync,
+        mut mine: impl FnMut(u64),
+    ) -> Option<f64> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..reps {
+                    if !self.wait(2 * i + 1) {
+                        return;
+                    }
+                    theirs(i);
+                    self.pass(2 * i + 2);
+                }
+            });
+            for i in 0..reps {
+                self.pass(2 * i + 1);
+                if !self.wait(2 * i + 2) {
+                    return None;
+                }
+                mine(i);
+            }
+            Some(self.start.elapsed().as_secs_f64())
+        })
+    }
 }
 
 /// Nanoseconds for one round trip of a cache line between two threads (the shortest of three
 /// runs of 20,000 hand-offs through an atomic; 0 if they take over 50 ms).
 pub fn core_round_trip_ns() -> f64 {
     const TRIPS: u64 = 20_000;
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let b = Baton::new();
-        let secs = std::thread::scope(|s| {
-            s.spawn(|| {
-                for i in 0..TRIPS {
-                    if !b.wait(2 * i + 1) {
-                        return;
-                    }
-                    b.pass(2 * i + 2);
-                }
-            });
-            for i in 0..TRIPS {
-                b.pass(2 * i + 1);
-                if !b.wait(2 * i + 2) {
-                    return f64::INFINITY;
-                }
-            }
-            b.start.elapsed().as_secs_f64()
-        });
-        best = best.min(secs * 1e9 / TRIPS as f64);
-    }
-    if best.is_finite() {
-        best
-    } else {
-        0.0
-    }
+    (0..3)
+        .filter_map(|_| Baton::new().relay(TRIPS, |_| {}, |_| {}))
+        .map(|secs| secs * 1e9 / TRIPS as f64)
+        .reduce(f64::min)
+        .unwrap_or(0.0)
 }
 
 /// Bytes each overwrite probe writes (2 MiB: a layer's signals or a Gram band's operands).
@@ -102,27 +111,11 @@ pub fn core_rewrite_gbs() -> (f64, f64) {
         black_box(&*v);
         t.elapsed().as_secs_f64()
     };
-    let b = Baton::new();
-    let handed_off = std::thread::scope(|s| {
-        s.spawn(|| {
-            for i in 0..REPS {
-                if !b.wait(2 * i + 1) {
-                    return;
-                }
-                read(&lock());
-                b.pass(2 * i + 2);
-            }
-        });
-        let mut best = f64::INFINITY;
-        for i in 0..REPS {
-            b.pass(2 * i + 1);
-            if !b.wait(2 * i + 2) {
-                return f64::INFINITY;
-            }
-            best = best.min(overwrite(&mut lock(), i));
-        }
-        best
-    });
+    let mut handed_off = f64::INFINITY;
+    let mine = |i| handed_off = handed_off.min(overwrite(&mut lock(), i));
+    if Baton::new().relay(REPS, |_| _ = read(&lock()), mine).is_none() {
+        handed_off = f64::INFINITY;
+    }
     let mut own = f64::INFINITY;
     for i in 0..REPS {
         let mut v = lock();
@@ -131,6 +124,39 @@ pub fn core_rewrite_gbs() -> (f64, f64) {
     }
     let gbs = |s: f64| if s.is_finite() { REWRITE_BYTES as f64 / s / 1e9 } else { 0.0 };
     (gbs(handed_off), gbs(own))
+}
+
+/// Both probes, as `ntk bench` and the train bench report them with each two-thread run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Placement {
+    /// [`core_round_trip_ns`].
+    pub round_trip_ns: f64,
+    /// [`core_rewrite_gbs`]: overwriting what the other thread has just read.
+    pub handoff_rewrite_gbs: f64,
+    /// [`core_rewrite_gbs`]: overwriting what only the writer has read.
+    pub own_rewrite_gbs: f64,
+}
+
+impl Placement {
+    /// Both probes with `threads > 1`; all zero with one thread (nothing is handed off).
+    pub fn measure(threads: usize) -> Self {
+        if threads < 2 {
+            return Self::default();
+        }
+        let round_trip_ns = core_round_trip_ns();
+        let (handoff_rewrite_gbs, own_rewrite_gbs) = core_rewrite_gbs();
+        Self { round_trip_ns, handoff_rewrite_gbs, own_rewrite_gbs }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "core round trip {:.0} ns, hand-off rewrite {:.0} GB/s (own {:.0})",
+            self.round_trip_ns, self.handoff_rewrite_gbs, self.own_rewrite_gbs
+        )
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::args::Precision;
 use crate::engine::Phases;
 use crate::error::{CliError, CliResult};
-use crate::placement::{core_rewrite_gbs, core_round_trip_ns};
+use crate::placement::Placement;
 
 /// A standard workload (DESIGN §9): ReLU MLP, scalar output, x2 = x1.
 #[derive(Clone, Copy, Debug)]
@@ -191,11 +191,11 @@ pub struct BenchRow {
     pub roofline_ratio: f64,
     /// median_s divided by the roofline time (the issue's "x roofline").
     pub x_roofline: f64,
-    /// Core-to-core round trip (ns) measured before the row ([`core_round_trip_ns`]; 0 with
+    /// Core-to-core round trip (ns) measured before the row ([`Placement`]; 0 with
     /// one thread): where the host placed the virtual CPUs, which sets the 2-thread rates.
     pub core_round_trip_ns: f64,
     /// GB/s at which a thread overwrites 2 MiB another thread has just read, measured before
-    /// the row ([`core_rewrite_gbs`]; 0 with one thread): the cost of every hand-off.
+    /// the row ([`Placement`]; 0 with one thread): the cost of every hand-off.
     pub handoff_rewrite_gbs: f64,
     /// The same overwrite of bytes only the writing thread has read (0 with one thread).
     pub own_rewrite_gbs: f64,
@@ -439,26 +439,20 @@ pub fn run(a: BenchArgs) -> CliResult {
             let mut g64 = RooflineGemm::<f64>::new(GEMM_SIZE, threads);
             for &p in &a.precision {
                 for w in &chosen {
-                    let (rt, (handoff, own)) = match threads {
-                        1 => (0.0, (0.0, 0.0)),
-                        _ => (core_round_trip_ns(), core_rewrite_gbs()),
-                    };
+                    let pl = Placement::measure(threads);
                     let mut row = match p {
                         Precision::F32 => run_workload(w, threads, a.min_time, &mut g32)?,
                         Precision::F64 => run_workload(w, threads, a.min_time, &mut g64)?,
                     };
-                    (row.core_round_trip_ns, row.handoff_rewrite_gbs) = (rt, handoff);
-                    row.own_rewrite_gbs = own;
+                    row.core_round_trip_ns = pl.round_trip_ns;
+                    row.handoff_rewrite_gbs = pl.handoff_rewrite_gbs;
+                    row.own_rewrite_gbs = pl.own_rewrite_gbs;
                     println!(
                     "{:<3} {:<3} threads={} median={:>9.3} ms first={:>9.3} ms {:>7.1} GFLOP/s \
-                     gemm={:>6.1} GFLOP/s  {:.2}x roofline  core round trip {:.0} ns{}",
+                     gemm={:>6.1} GFLOP/s  {:.2}x roofline  {}",
                     row.workload, row.precision, row.threads, row.median_s * 1e3,
-                    row.first_s * 1e3, row.gflops, row.gemm_gflops, row.x_roofline, rt,
-                    if threads > 1 {
-                        format!(", hand-off rewrite {handoff:.0} GB/s (own {own:.0})")
-                    } else {
-                        String::new()
-                    }
+                    row.first_s * 1e3, row.gflops, row.gemm_gflops, row.x_roofline,
+                    if threads > 1 { pl.to_string() } else { "core round trip 0 ns".into() }
                 );
                     let ph: Vec<String> = row
                         .phases
