@@ -711,6 +711,18 @@ struct ChunkBufs {
     gn: [[f64; CHUNK]; TILE],
 }
 
+/// Fills `buf` with `f` of each column of a chunk (`cols`: `per` chain values per column,
+/// at least one column) and repeats the last value over the tail lanes up to `mp`.
+#[inline(always)]
+fn gather(buf: &mut [f64; CHUNK], cols: &[f64], per: usize, mp: usize, f: impl Fn(&[f64]) -> f64) {
+    let m = cols.len() / per;
+    for (x, col) in buf.iter_mut().zip(cols.chunks_exact(per)) {
+        *x = f(col);
+    }
+    let last = buf[m - 1];
+    buf[m..mp].fill(last);
+}
+
 impl pulp::WithSimd for VectorRows<'_, '_> {
     type Output = Result<KernelInfo, Error>;
 
@@ -811,12 +823,7 @@ impl VectorRows<'_, '_> {
         // over lanes (a superset of sin^2 theta < NEAR_PARALLEL), then the exact test and
         // g sin theta from the inputs per pair ([`Prepared::first_gn`], as the scalar path).
         let mut near = [false; TILE];
-        let cols0 = &c2[jb * per..(jb + m) * per];
-        for (a2, col) in b.a2.iter_mut().zip(cols0.chunks_exact(per)) {
-            *a2 = col[1];
-        }
-        let last = b.a2[m - 1];
-        b.a2[m..mp].fill(last);
+        gather(&mut b.a2, &c2[jb * per..(jb + m) * per], per, mp, |col| Var::stored(col, 0).sq);
         let (sq2v, _) = S::as_simd_f64s(&b.a2[..mp]);
         let wide = simd.splat_f64s(1.0 - 1.0 / 512.0);
         for p in 0..rows {
@@ -863,12 +870,8 @@ impl VectorRows<'_, '_> {
         for l in 0..pr.depth {
             let o = CHAIN_VALUES * l;
             let cols = &c2[jb * per..(jb + m) * per];
-            for ((q2, a2), col) in b.q2.iter_mut().zip(&mut b.a2).zip(cols.chunks_exact(per)) {
-                (*q2, *a2) = (col[o], col[o + aux]);
-            }
-            let (ql, al) = (b.q2[m - 1], b.a2[m - 1]);
-            b.q2[m..mp].fill(ql);
-            b.a2[m..mp].fill(al);
+            gather(&mut b.q2, cols, per, mp, |col| col[o]);
+            gather(&mut b.a2, cols, per, mp, |col| col[o + aux]);
             let width = splat(if pr.standard { pr.width(l + 1) } else { 0.0 });
             let (qv, _) = S::as_simd_f64s(&b.q2[..mp]);
             let (av, _) = S::as_simd_f64s(&b.a2[..mp]);
