@@ -98,7 +98,8 @@ pub fn variance_map(act: Activation, sigma_w2: f64, sigma_b2: f64, q: f64) -> Re
 /// Fixed point q* = V(q*) reached by iterating V from `q0`, to 1e-15 relative or 1e-30
 /// absolute (so a q* below ~1e-30, from sigma_b^2 that small, has only that absolute
 /// accuracy); `Ok(None)` when q grows without bound (e.g. ReLU with sigma_w^2 > 2, or
-/// sigma_w^2 = 2 and sigma_b^2 > 0).
+/// sigma_w^2 = 2 and sigma_b^2 > 0) or passes 1e150, which is taken as divergence (for
+/// every phi, so a closed-form q* that large, or infinite in f64, is `None` too).
 ///
 /// Piecewise-linear phi: V(q) = m q + sigma_b^2, m = sigma_w^2 (a^2 + b^2) / 2, so
 /// q* = sigma_b^2 / (1 - m) for m < 1 and every q is fixed (q* = q0) for m = 1, sigma_b^2 = 0.
@@ -120,7 +121,7 @@ pub fn q_star(
     if let Some((a, b)) = act.slopes() {
         let m = sigma_w2 * 0.5 * (a * a + b * b);
         return Ok(if m < 1.0 {
-            Some(sigma_b2 / (1.0 - m))
+            Some(sigma_b2 / (1.0 - m)).filter(|&q| q <= DIVERGED)
         } else if m == 1.0 && sigma_b2 == 0.0 {
             Some(q0)
         } else {
@@ -503,6 +504,12 @@ mod tests {
         assert_eq!(q_star(Activation::Relu, 1.5, 1.0, 1.0).unwrap(), Some(4.0));
         assert_eq!(q_star(Activation::Relu, 2.0, 0.5, 1.0).unwrap(), None);
         assert_eq!(q_star(Activation::Relu, 3.0, 0.0, 1.0).unwrap(), None);
+        // A q* past 1e150 is divergence whether closed-form or iterated (a closed-form q*
+        // of 2.67e307 / 0.023 was infinite: CI's fuzz find, crash-982135f0).
+        assert_eq!(q_star(Activation::Relu, 1.0, 0.9e150, 1.0).unwrap(), None);
+        assert_eq!(q_star(Activation::Relu, 1.0, 0.4e150, 1.0).unwrap(), Some(0.8e150));
+        assert_eq!(q_star(Activation::Linear, 0.977, 2.67e307, 1.0).unwrap(), None);
+        assert_eq!(q_star(Activation::Tanh, 1e151, 0.0, 1.0).unwrap(), None);
         // chi_1 = sigma_w^2 / 2 whatever q, even when q diverges.
         for sw in [0.5, 2.0, 3.5] {
             let m = mean_field(Activation::Relu, sw, 0.3).unwrap();
