@@ -555,6 +555,27 @@ mod tests {
         }
     }
 
+    /// Deep in the chaotic phase q* ~ sigma_w^2: V(q) = sigma_w^2 (1 - E[sech^2(sqrt(q) z)]) +
+    /// sigma_b^2 and chi_1 = sigma_w^2 E[sech^4] by the saturated rule, against their large-q
+    /// series (`kernel::tests::tanh_and_sigmoid_at_any_variance`) with k = 1 / sqrt(2 pi q):
+    /// q* = sw (1 - k (2 - pi^2 / 12 q)) + sb and chi_1 = sw k (4/3 - (pi^2 - 6) / 18 q), up to
+    /// relative terms O(q^-2).
+    #[test]
+    fn tanh_deep_in_the_chaotic_phase() {
+        use core::f64::consts::PI;
+        for sw in [1e6, 1e10, 1e100] {
+            let q = q_star(Activation::Tanh, sw, 0.5, 1.0).unwrap().unwrap();
+            let k = 1.0 / libm::sqrt(2.0 * PI * q);
+            let v = variance_map(Activation::Tanh, sw, 0.5, q).unwrap();
+            assert!(libm::fabs(v - q) <= 1e-14 * q, "sw {sw}: V(q*) {v} vs {q}");
+            let series = sw * (1.0 - k * (2.0 - PI * PI / (12.0 * q))) + 0.5;
+            assert!(libm::fabs(q - series) <= 1e-13 * q, "sw {sw}: q* {q} vs {series}");
+            let x = chi_1(Activation::Tanh, sw, q).unwrap();
+            let series = sw * k * (4.0 / 3.0 - (PI * PI - 6.0) / (18.0 * q));
+            assert!(libm::fabs(x - series) <= 1e-11 * x, "sw {sw}: chi_1 {x} vs {series}");
+        }
+    }
+
     #[test]
     fn tanh_edge_of_chaos() {
         // sigma_b^2 = 0: q* = 0 for sigma_w^2 <= 1, chi_1 = sigma_w^2 phi'(0)^2.

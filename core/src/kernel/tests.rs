@@ -172,6 +172,50 @@ fn tanh_at_large_variance() {
     assert!(m.nodes < 1000, "{}", m.nodes);
 }
 
+/// Past q ~ 1e6 the full grid for tanh would need more than `max_nodes` nodes (~sqrt(q)); the
+/// saturated rule has a fixed count at every q. Checked against the large-q expansion
+/// E[sech^2(r z)] = (2 - (pi^2/6) / (2 r^2) + (7 pi^4/120) / (8 r^4)) / (r sqrt(2 pi)) and
+/// E[sech^4(r z)] = (4/3 - ((pi^2 - 6)/9) / (2 r^2)) / (r sqrt(2 pi)) (moments of sech^2 and
+/// sech^4 times the Taylor series of the Gaussian density; next terms r^-7 and r^-5), to
+/// 1e-15 absolute and 1e-11 relative, for tanh and for sigmoid through
+/// sigma(x) = (1 + tanh(x / 2)) / 2; and against the reference at q up to 1e6.
+#[test]
+fn tanh_and_sigmoid_at_any_variance() {
+    let quad = Quadrature::default();
+    let series = |r: f64| {
+        let (r2, k) = (r * r, 1.0 / (r * libm::sqrt(2.0 * PI)));
+        let sech2 = k * (2.0 - PI * PI / 12.0 / r2 + 7.0 * PI.powi(4) / 960.0 / (r2 * r2));
+        let sech4 = k * (4.0 / 3.0 - (PI * PI - 6.0) / 18.0 / r2);
+        (1.0 - sech2, sech4)
+    };
+    for q in [1e6, 1e8, 1e10, 1e20, 1e50, 1e100, 1e200, 1e300] {
+        let r = libm::sqrt(q);
+        let m = moments(Activation::Tanh, q, q, q, &quad).unwrap();
+        let (f, d) = series(r);
+        assert!(libm::fabs(m.phiphi - f) <= 1e-15, "q {q}: E[tanh^2] {} vs {f}", m.phiphi);
+        assert!(libm::fabs(m.dphidphi - d) <= 1e-11 * d, "q {q}: {} vs {d}", m.dphidphi);
+        assert!(m.nodes < 1000 && m.err <= quad.max_error, "q {q}: {m:?}");
+        // c = -1: E[tanh(u) tanh(-u)] = -E[tanh^2], E[tanh'^2] unchanged.
+        let n = moments(Activation::Tanh, q, q, -q, &quad).unwrap();
+        assert_eq!((n.phiphi, n.dphidphi), (-m.phiphi, m.dphidphi), "q {q}");
+        let g = moments(Activation::Sigmoid, 4.0 * q, 4.0 * q, 4.0 * q, &quad).unwrap();
+        assert!(libm::fabs(g.phiphi - 0.25 * (1.0 + f)) <= 1e-15, "q {q}: {g:?}");
+        assert!(libm::fabs(g.dphidphi - d / 16.0) <= 1e-11 * d / 16.0, "q {q}: {g:?}");
+    }
+    for (q1, q2) in [(1e3, 1e3), (1e4, 1e4), (1e6, 1e6), (1e4, 3e5)] {
+        for c in [1.0, -1.0] {
+            let s = c * libm::sqrt(q1 * q2);
+            let m = moments(Activation::Tanh, q1, q2, s, &quad).unwrap();
+            let r = reference(Activation::Tanh, q1, q2, s);
+            assert!(libm::fabs(m.phiphi - r.0) <= 1e-12, "({q1}, {q2}, {c}): {m:?} vs {r:?}");
+            assert!(
+                libm::fabs(m.dphidphi - r.1) <= 1e-10 * r.1,
+                "({q1}, {q2}, {c}): {m:?} vs {r:?}"
+            );
+        }
+    }
+}
+
 /// Monte Carlo of 10^6 Gaussian pairs from `rng::normal`: within 5 standard errors.
 #[test]
 fn moments_match_monte_carlo() {
