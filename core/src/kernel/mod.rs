@@ -51,6 +51,7 @@
 
 mod closed;
 mod quad;
+mod saturated;
 #[cfg(test)]
 mod tests;
 mod vector;
@@ -63,15 +64,19 @@ use crate::spec::{Parameterization, Spec};
 ///
 /// The step is h = pi a / (ln(1 / tol) + 5), a = 0.8 min(d / sqrt(q), 2) with d the distance of
 /// phi's nearest complex singularity from the real axis (pi / 2 for tanh), over |z| <= Z,
-/// Z = sqrt(2 (ln(1 / tol) + 12)); so the rule of step 2 h already reaches `tol`.
+/// Z = sqrt(2 (ln(1 / tol) + 12)); so the rule of step 2 h already reaches `tol`. Where tanh
+/// saturates inside the disc (sqrt(q) Z > 40) or the grid would pass `max_nodes`, rules
+/// around its kinks take over (`saturated`, fixed cost at any q, also to `tol`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quadrature {
-    /// Target absolute error of the rule of step 2 h (default 1e-10).
+    /// Target absolute error (default 1e-10).
     pub tol: f64,
-    /// Largest number of nodes per half-axis and dimension (default 2048).
+    /// Largest number of trapezoid nodes per half-axis and dimension (default 2048).
     pub max_nodes: usize,
     /// A kernel evaluation fails with [`Error::NoConvergence`] when an error estimate exceeds
-    /// this (default 1e-6; reached only at very large variances, q > ~1e3 for tanh).
+    /// this (default 1e-6; with the default `tol`, only for pairs of very different
+    /// variances, e.g. one below ~25 and one above ~1e5 at c = +-1, or for a `tol` below
+    /// what the finest step of the saturated rules reaches).
     pub max_error: f64,
 }
 

@@ -8,10 +8,12 @@
 //! (every other node, evaluated for free) already meets the tolerance: |T_h - T_2h| is then an
 //! estimate of the error of T_2h, an upper bound for that of the returned T_h. The disc
 //! |z| <= Z is chosen so that the truncated mass is e^-12 tol; a bound on it (from the largest
-//! |phi| met) is added to the estimate.
+//! |phi| met) is added to the estimate. Where tanh saturates inside the disc (or the grid
+//! would pass `max_nodes`), [`super::saturated`] takes over at a cost independent of q.
 
 use core::f64::consts::PI;
 
+use super::saturated::{self, SATURATED};
 use super::{Geometry, Moments, Quadrature};
 use crate::activation::Activation;
 
@@ -97,7 +99,7 @@ pub(crate) fn line(act: Activation, r1: f64, r2: f64, quad: &Quadrature) -> Mome
     if act == Activation::Tanh {
         let rmin = libm::fmin(libm::fabs(r1), libm::fabs(r2));
         if rmin * radius(quad.tol) > SATURATED {
-            return saturated_tanh(r1, r2, span(SATURATED / rmin, step(strip, quad), quad));
+            return saturated::line(r1, r2, span(SATURATED / rmin, step(strip, quad), quad));
         }
     }
     let (h, n) = grid(strip, quad);
@@ -129,46 +131,6 @@ pub(crate) fn line(act: Activation, r1: f64, r2: f64, quad: &Quadrature) -> Mome
         dphidphi: d,
         err: libm::fmax(libm::fabs(f - f2) + t * mf, libm::fabs(d - d2) + t * md),
         nodes,
-    }
-}
-
-/// |r z| past which tanh(r z)^2 is 1 and tanh'(r z) is 0 to e^-2 SATURATED (4e-35).
-const SATURATED: f64 = 40.0;
-
-/// [`line`] for tanh when both scales saturate inside the disc (|r| Z > SATURATED): the
-/// integrands tanh(r1 z) tanh(r2 z) - s (s = sign(r1 r2), their limit as |z| grows) and
-/// tanh'(r1 z) tanh'(r2 z) fall below 4 e^-2x for |r_min z| > x, so the rule (step `h`, `n`
-/// nodes per side) runs over |z| <= SATURATED / r_min only, with E[s] = s exact. Same step as
-/// [`line`], so about 300 r_max / r_min nodes per side at tol 1e-10: bounded for r1 = r2 (a
-/// variance, a diagonal) at any q, where the full grid needs ~sqrt(q) nodes.
-fn saturated_tanh(r1: f64, r2: f64, (h, n): (f64, usize)) -> Moments {
-    let s = if (r1 < 0.0) == (r2 < 0.0) { 1.0 } else { -1.0 };
-    let (mut f, mut d, mut f2, mut d2) = (0.0, 0.0, 0.0, 0.0);
-    for k in 0..=n {
-        let z = k as f64 * h;
-        let w = if k == 0 { 1.0 } else { 2.0 } * libm::exp(-0.5 * z * z);
-        let (pu, du) = phi_dphi(Activation::Tanh, r1 * z);
-        let (pv, dv) = phi_dphi(Activation::Tanh, r2 * z);
-        // tanh(a) tanh(b) - s = -s (tanh'(a) + tanh'(b) + (tanh(a) - s tanh(b))^2) / 2
-        // (s^2 = 1, tanh' = 1 - tanh^2): no cancellation where both saturate.
-        let t = pu - s * pv;
-        let rf = -0.5 * s * (du + dv + t * t);
-        f += w * rf;
-        d += w * du * dv;
-        if k % 2 == 0 {
-            f2 += w * rf;
-            d2 += w * du * dv;
-        }
-    }
-    let norm = h / libm::sqrt(2.0 * PI);
-    let (f, d, f2, d2) = (f * norm, d * norm, 2.0 * f2 * norm, 2.0 * d2 * norm);
-    // Beyond zmax both integrands are below 4 e^-2 SATURATED.
-    let cut = 4.0 * libm::exp(-2.0 * SATURATED);
-    Moments {
-        phiphi: s + f,
-        dphidphi: d,
-        err: libm::fmax(libm::fabs(f - f2), libm::fabs(d - d2)) + cut,
-        nodes: n + 1,
     }
 }
 
@@ -204,6 +166,13 @@ pub(crate) fn pair(act: Activation, p: &Geometry, quad: &Quadrature) -> Moments 
     let (h1, n1) = grid(strip1, quad);
     let (h2, n2) = grid(strip2, quad);
     let z = radius(quad.tol);
+    if act == Activation::Tanh {
+        // Saturated inside the disc, or more nodes than allowed: ~sqrt(q) per dimension.
+        let capped = n1.max(n2) >= (quad.max_nodes & !1).max(2);
+        if libm::fmin(sq1, sq2) * z > SATURATED || capped {
+            return saturated::pair(p, quad);
+        }
+    }
     let zz = z * z * (1.0 + 1e-12);
     let even = is_odd(act);
     // Gaussian weights along z2 by recurrence: e_{j+1} = e_j r_j, r_{j+1} = r_j exp(-h2^2).

@@ -216,6 +216,42 @@ fn tanh_and_sigmoid_at_any_variance() {
     }
 }
 
+/// Correlated pairs at large variance (the `saturated` decomposition): against the reference
+/// (1e-10 of the Cauchy–Schwarz scale) up to q = 1e6, where the full grid would need ~1e3
+/// nodes per dimension and more than `max_nodes` beyond; and at q = 1e20..1e300 against the
+/// limits E[tanh u tanh v] -> (2 / pi) asin c (correction O(q^-1/2)) and
+/// E[tanh' u tanh' v] -> (int sech^2)^2 p(0, 0) = 4 / (2 pi sqrt(q1 q2) sin theta)
+/// (relative correction O(1 / q)).
+#[test]
+fn tanh_pairs_at_any_variance() {
+    let quad = Quadrature::default();
+    let cs = [-0.999, -0.5, 0.0, 0.3, 0.9, 0.999, 0.999_999];
+    for (q1, q2) in [(40.0, 40.0), (1e3, 1e3), (1e4, 1e4), (3e3, 1e5), (1e6, 1e6)] {
+        let (s0, s1) = scale(Activation::Tanh, q1, q2);
+        for c in cs {
+            let s = c * libm::sqrt(q1 * q2);
+            let m = moments(Activation::Tanh, q1, q2, s, &quad).unwrap();
+            let r = reference(Activation::Tanh, q1, q2, s);
+            let (e0, e1) = (libm::fabs(m.phiphi - r.0), libm::fabs(m.dphidphi - r.1));
+            assert!(e0 <= 1e-10 * s0 && e1 <= 1e-10 * s1, "({q1}, {q2}, {c}): {m:?} vs {r:?}");
+            assert!(m.err <= 1e-9 && m.nodes < 200_000, "({q1}, {q2}, {c}): {m:?}");
+            // Sigmoid through tanh at a quarter of the covariance.
+            let g = moments(Activation::Sigmoid, 4.0 * q1, 4.0 * q2, 4.0 * s, &quad).unwrap();
+            assert!(libm::fabs(g.phiphi - 0.25 * (1.0 + m.phiphi)) <= 1e-15, "{g:?} {m:?}");
+        }
+    }
+    for q in [1e20, 1e100, 1e300] {
+        for c in cs {
+            let m = moments(Activation::Tanh, q, q, c * q, &quad).unwrap();
+            let sn = libm::sqrt((1.0 - c) * (1.0 + c));
+            let f = 2.0 / PI * libm::asin(c);
+            let d = 4.0 / (2.0 * PI * q * sn);
+            assert!(libm::fabs(m.phiphi - f) <= 1e-9, "q {q} c {c}: {m:?} vs {f}");
+            assert!(libm::fabs(m.dphidphi - d) <= 1e-9 * d, "q {q} c {c}: {m:?} vs {d}");
+        }
+    }
+}
+
 /// Monte Carlo of 10^6 Gaussian pairs from `rng::normal`: within 5 standard errors.
 #[test]
 fn moments_match_monte_carlo() {
