@@ -31,7 +31,7 @@ const T_MAX: f64 = 3.3;
 const T_NEAR: f64 = 4.07;
 const T_FAR: f64 = 1.75;
 
-/// Finest tanh-sinh step tried.
+/// Finest step tried (exp-sinh and tanh-sinh).
 const H_MIN: f64 = 1.0 / 64.0;
 
 /// Conditional standard deviation below which v given u is taken as the point E[v | u]
@@ -58,16 +58,16 @@ pub(super) fn line(r1: f64, r2: f64, (h, n): (f64, usize)) -> Moments {
     for k in 0..=n {
         let z = k as f64 * h;
         let w = if k == 0 { 1.0 } else { 2.0 } * libm::exp(-0.5 * z * z);
-        let (g1, d1) = tail(r1 * z, s1);
-        let (g2, d2_) = tail(r2 * z, s2);
+        let (g1, t1) = tail(r1 * z, s1);
+        let (g2, t2) = tail(r2 * z, s2);
         // tanh(a) tanh(b) - s = -s (tanh'(a) + tanh'(b) + (g(a) - s g(b))^2) / 2.
         let t = g1 - s * g2;
-        let rf = -0.5 * s * (d1 + d2_ + t * t);
+        let rf = -0.5 * s * (t1 + t2 + t * t);
         f += w * rf;
-        d += w * d1 * d2_;
+        d += w * t1 * t2;
         if k % 2 == 0 {
             f2 += w * rf;
-            d2 += w * d1 * d2_;
+            d2 += w * t1 * t2;
         }
     }
     let norm = h / libm::sqrt(2.0 * PI);
