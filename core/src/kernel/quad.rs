@@ -168,8 +168,11 @@ pub(crate) fn pair(act: Activation, p: &Geometry, quad: &Quadrature) -> Moments 
     let z = radius(quad.tol);
     if act == Activation::Tanh {
         // Saturated inside the disc, or more nodes than allowed: ~sqrt(q) per dimension.
+        // Not for a standard deviation below saturated::MIN_SCALE, whose Gaussian is too
+        // narrow for the saturated rules' nodes (such pairs stay with the trapezoid rule).
         let capped = n1.max(n2) >= (quad.max_nodes & !1).max(2);
-        if libm::fmin(sq1, sq2) * z > SATURATED || capped {
+        let smin = libm::fmin(sq1, sq2);
+        if smin * z > SATURATED || (capped && smin >= saturated::MIN_SCALE) {
             return saturated::pair(p, quad);
         }
     }

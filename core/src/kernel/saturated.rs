@@ -31,6 +31,11 @@ const T_MAX: f64 = 3.3;
 const T_NEAR: f64 = 4.07;
 const T_FAR: f64 = 1.75;
 
+/// Smallest standard deviation of u or v the 2-D rule takes: the exp-sinh nodes reach down to
+/// offsets of 1e-20 from a kink, so a Gaussian of width `MIN_SCALE` at it loses at most
+/// ~1e-12 of its mass between the nodes (a narrower one would be missed, silently).
+pub(super) const MIN_SCALE: f64 = 1e-8;
+
 /// Finest step tried (exp-sinh and tanh-sinh).
 const H_MIN: f64 = 1.0 / 64.0;
 
