@@ -75,8 +75,9 @@ pub struct Quadrature {
     pub max_nodes: usize,
     /// A kernel evaluation fails with [`Error::NoConvergence`] when an error estimate exceeds
     /// this (default 1e-6; with the default `tol`, only for pairs of very different
-    /// variances, e.g. one below ~25 and one above ~1e5 at c = +-1, or for a `tol` below
-    /// what the finest step of the saturated rules reaches).
+    /// variances, e.g. one below ~25 and one above ~1e5 at c = +-1 or one below 1e-16 beside
+    /// one above ~1e5, or for a `tol` below what the finest step of the saturated rules
+    /// reaches).
     pub max_error: f64,
 }
 
