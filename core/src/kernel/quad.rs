@@ -77,11 +77,16 @@ fn step(strip: f64, quad: &Quadrature) -> f64 {
     PI * a / (libm::log(1.0 / quad.tol) + 5.0)
 }
 
+/// Most nodes per side: `max_nodes` rounded down to even, at least 2.
+fn cap(quad: &Quadrature) -> usize {
+    (quad.max_nodes & !1).max(2)
+}
+
 /// Step and nodes per side n (even, at most `max_nodes`, h n = z) covering [0, z] with steps
 /// of at most `h`.
 fn span(z: f64, h: f64, quad: &Quadrature) -> (f64, usize) {
     let n = libm::ceil(z / h);
-    let cap = (quad.max_nodes & !1).max(2);
+    let cap = cap(quad);
     let mut n = if n < cap as f64 { n as usize } else { cap };
     n += n & 1;
     (z / n as f64, n.max(2))
@@ -170,7 +175,7 @@ pub(crate) fn pair(act: Activation, p: &Geometry, quad: &Quadrature) -> Moments 
         // Saturated inside the disc, or more nodes than allowed: ~sqrt(q) per dimension.
         // Not for a standard deviation below saturated::MIN_SCALE, whose Gaussian is too
         // narrow for the saturated rules' nodes (such pairs stay with the trapezoid rule).
-        let capped = n1.max(n2) >= (quad.max_nodes & !1).max(2);
+        let capped = n1.max(n2) >= cap(quad);
         let smin = libm::fmin(sq1, sq2);
         if smin * z > SATURATED || (capped && smin >= saturated::MIN_SCALE) {
             return saturated::pair(p, quad);
