@@ -377,22 +377,24 @@ fn fixed_point_near(
         libm::fabs(a - b) <= 1e-15 * libm::fmax(libm::fabs(a), libm::fabs(b)) + abs_tol
     };
     let diverged = |y: f64| !y.is_finite() || y > DIVERGED;
+    // The answer once y = f(x) has diverged or is a fixed point.
+    let settled = |x: f64, y: f64| {
+        if diverged(y) {
+            Some(None)
+        } else {
+            close(x, y).then(|| Some(y.clamp(lo, hi)))
+        }
+    };
     let mut x = x0.clamp(lo, hi);
     let mut y = f(x)?;
     for _ in 0..64 {
-        if diverged(y) {
-            return Ok(None);
-        }
-        if close(x, y) {
-            return Ok(Some(y.clamp(lo, hi)));
+        if let Some(r) = settled(x, y) {
+            return Ok(r);
         }
         let x1 = y.clamp(lo, hi);
         let y1 = f(x1)?;
-        if diverged(y1) {
-            return Ok(None);
-        }
-        if close(x1, y1) {
-            return Ok(Some(y1.clamp(lo, hi)));
+        if let Some(r) = settled(x1, y1) {
+            return Ok(r);
         }
         // A monotone contraction x, x1, y1 with ratio r: Aitken's estimate of its limit,
         // x1 + (y1 - x1) / (1 - r) (exact for a linear map), at most 99 steps ahead, taken
