@@ -12,14 +12,20 @@
 # (copy it to fuzz/regressions/TARGET/ with the fix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+log="$scratch/log"
+# budget: libFuzzer's limits besides the time cap; corpora: where each target's corpus lives.
 if [ -n "${NTK_FUZZ_SEED:-}" ]; then
     secs="${1:-${NTK_FUZZ_SECONDS:-600}}"
     budget=(-runs="${NTK_FUZZ_RUNS:-10000}" -seed="$NTK_FUZZ_SEED")
-    what="${NTK_FUZZ_RUNS:-10000} inputs (seed $NTK_FUZZ_SEED, empty corpus)"
+    corpora="$scratch/corpus"
+    label="${NTK_FUZZ_RUNS:-10000} inputs (seed $NTK_FUZZ_SEED, empty corpus)"
 else
     secs="${1:-${NTK_FUZZ_SECONDS:-20}}"
     budget=()
-    what="${secs}s"
+    corpora="corpus"
+    label="${secs}s"
 fi
 shift || true
 if ! cargo +nightly --version >/dev/null 2>&1; then
@@ -37,9 +43,6 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 cargo +nightly fuzz build -O --target-dir "$target_dir"
-scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
-log="$scratch/log"
 # run TARGET WHAT CORPUS [LIBFUZZER ARGS..]: fails the script with the log's tail on a crash.
 run() {
     local t="$1" what="$2" corpus="$3"
@@ -60,13 +63,9 @@ for t in "${targets[@]}"; do
         cp "regressions/$t"/* "$scratch/past-$t/"
         run "$t" "on a past crash" "$scratch/past-$t" -runs=0
     fi
-    corpus="corpus/$t"
-    if [ -n "${NTK_FUZZ_SEED:-}" ]; then
-        corpus="$scratch/corpus-$t"
-    fi
-    mkdir -p "$corpus"
-    echo "fuzz: $t, $what"
-    run "$t" "" "$corpus" -max_total_time="$secs" -print_final_stats=1 "${budget[@]}"
+    mkdir -p "$corpora/$t"
+    echo "fuzz: $t, $label"
+    run "$t" "" "$corpora/$t" -max_total_time="$secs" -print_final_stats=1 "${budget[@]}"
     grep -E "stat::number_of_executed_units|Done [0-9]+ runs" "$log" | sed "s/^/fuzz: $t: /" || true
 done
 echo "fuzz: all targets passed"
