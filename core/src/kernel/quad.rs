@@ -106,6 +106,10 @@ pub(crate) fn line(act: Activation, r1: f64, r2: f64, quad: &Quadrature) -> Mome
         if rmin * radius(quad.tol) > SATURATED {
             return saturated::line(r1, r2, span(SATURATED / rmin, step(strip, quad), quad));
         }
+        if grid(strip, quad).1 >= cap(quad) {
+            // One scale saturates far inside the disc, the other not at all.
+            return saturated::line_mixed(r1, r2, quad);
+        }
     }
     let (h, n) = grid(strip, quad);
     let even = is_odd(act);
@@ -173,12 +177,15 @@ pub(crate) fn pair(act: Activation, p: &Geometry, quad: &Quadrature) -> Moments 
     let z = radius(quad.tol);
     if act == Activation::Tanh {
         // Saturated inside the disc, or more nodes than allowed: ~sqrt(q) per dimension.
-        // Not for a standard deviation below saturated::MIN_SCALE, whose Gaussian is too
-        // narrow for the saturated rules' nodes (such pairs stay with the trapezoid rule).
+        // Below saturated::MIN_SCALE the 2-D rule's decomposition does not fit: that pair is
+        // linear in the narrow variable (Stein's lemma).
         let capped = n1.max(n2) >= cap(quad);
         let smin = libm::fmin(sq1, sq2);
         if smin * z > SATURATED || (capped && smin >= saturated::MIN_SCALE) {
             return saturated::pair(p, quad);
+        }
+        if capped {
+            return saturated::narrow_pair(p.s, smin, libm::fmax(sq1, sq2), quad);
         }
     }
     let zz = z * z * (1.0 + 1e-12);

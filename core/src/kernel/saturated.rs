@@ -31,13 +31,19 @@ const T_MAX: f64 = 3.3;
 const T_NEAR: f64 = 4.07;
 const T_FAR: f64 = 1.75;
 
-/// Smallest standard deviation of u or v the 2-D rule takes: the exp-sinh nodes reach down to
-/// offsets of 1e-20 from a kink, so a Gaussian of width `MIN_SCALE` at it loses at most
-/// ~1e-12 of its mass between the nodes (a narrower one would be missed, silently).
-pub(super) const MIN_SCALE: f64 = 1e-8;
+/// Smallest standard deviation of u or v the 2-D rule takes. For a narrow u, tanh(u) ~ u is
+/// far from sign(u): the decomposition's O(1) parts cancel to a result ~ sd, and the rule's
+/// error estimate (beside a huge variance) grows from 1e-10 at sd ~ 1e-3 to 1e-9 at 3e-4
+/// and past `max_error` near 1e-6 (below 1e-10 the Gaussian even falls between the exp-sinh
+/// nodes, offsets down to 1e-20: E[tanh' tanh'] = 0, silently). [`narrow_pair`] takes
+/// those pairs, to a relative O(sd^2) <= 1e-7.
+pub(super) const MIN_SCALE: f64 = 3e-4;
 
 /// Finest step tried (exp-sinh and tanh-sinh).
 const H_MIN: f64 = 1.0 / 64.0;
+
+/// Relative agreement of two successive steps that [`line_mixed`] asks for besides `tol`.
+const REL: f64 = 1e-12;
 
 /// Conditional standard deviation below which v given u is taken as the point E[v | u]
 /// (relative error O(sd^2) of the smooth integrands).
@@ -77,6 +83,53 @@ pub(super) fn line(r1: f64, r2: f64, (h, n): (f64, usize)) -> Moments {
         err: libm::fmax(libm::fabs(t[0][0] - t[1][0]), libm::fabs(t[0][1] - t[1][1])) + cut(),
         nodes: n + 1,
     }
+}
+
+/// `line` of [`super::quad`] for tanh at two scales far apart: a = max |r| too large for the
+/// trapezoid's node cap, b = min |r| (any, 0 included) not saturating inside the disc. On
+/// z >= 0 tanh(a z) = 1 + g(a z), so with s = sign(r1 r2) and x = a z,
+/// E[tanh(r1 z) tanh(r2 z)] = s (2 int_0^inf tanh(b z) phi(z) dz + (2 / a) int_0^inf g(x)
+/// tanh(b x / a) phi(x / a) dx) and E[tanh'(r1 z) tanh'(r2 z)] = (2 / a) int_0^inf
+/// sech^2(x) sech^2(b x / a) phi(x / a) dx: three exp-sinh integrals, each smooth at its own scale, at steps 1/8, 1/16, ... (at most
+/// H_MIN) until two successive steps agree to `quad.tol` and to [`REL`] relative.
+pub(super) fn line_mixed(r1: f64, r2: f64, quad: &Quadrature) -> Moments {
+    let (a, b) =
+        (libm::fmax(libm::fabs(r1), libm::fabs(r2)), libm::fmin(libm::fabs(r1), libm::fabs(r2)));
+    let s = sign(r1) * sign(r2);
+    let mut h = 0.125;
+    loop {
+        let near = exp_sinh(0.0, 1.0, h, |z| [2.0 * libm::tanh(b * z) * normal(z, 1.0)]);
+        let wide = exp_sinh(0.0, 1.0, h, |x| {
+            let (g, d) = tail(x, 1.0);
+            let y = b * x / a;
+            let (w, dn) = (2.0 / a * normal(x / a, 1.0), 1.0 / libm::cosh(y));
+            [w * g * libm::tanh(y), w * d * dn * dn]
+        });
+        let f = [0, 1].map(|i| s * (near[i][0] + wide[i][0]));
+        let (ef, ed) = (libm::fabs(f[0] - f[1]), libm::fabs(wide[0][1] - wide[1][1]));
+        let err = libm::fmax(ef, ed) + cut();
+        // Relative agreement too: E[tanh tanh] is ~ b for tiny b, far below `tol`.
+        let settled = ef <= REL * libm::fabs(f[0]) && ed <= REL * wide[0][1];
+        if (err <= quad.tol && settled) || h <= H_MIN {
+            let nodes = 3 * ((libm::ceil(T_NEAR / h) + libm::ceil(T_FAR / h)) as usize + 1);
+            return Moments { phiphi: f[0], dphidphi: wide[0][1], err, nodes };
+        }
+        h *= 0.5;
+    }
+}
+
+/// `pair` of [`super::quad`] for tanh when one standard deviation, `narrow`, is below
+/// [`MIN_SCALE`] and the other, `wide`, needs more trapezoid nodes than allowed. With
+/// tanh(u) = u + O(u^3) and tanh'(u) = 1 + O(u^2), Stein's lemma E[u f(v)] = Cov(u, v) E[f'(v)]
+/// gives E[tanh u tanh v] = s E[tanh' v] and E[tanh' u tanh' v] = E[tanh' v], both to a
+/// relative O(narrow^2) (about -(1 - c^2) narrow^2 and -narrow^2, measured against the 2-D
+/// rule at narrow 1e-4..1e-2; the error estimate adds 3 narrow^2 of each);
+/// E[tanh' v] is [`line_mixed`]'s at b = 0.
+pub(super) fn narrow_pair(s: f64, narrow: f64, wide: f64, quad: &Quadrature) -> Moments {
+    let m = line_mixed(wide, 0.0, quad);
+    let phiphi = s * m.dphidphi;
+    let err = m.err + 3.0 * narrow * narrow * libm::fmax(libm::fabs(phiphi), m.dphidphi);
+    Moments { phiphi, err, ..m }
 }
 
 /// `pair` of [`super::quad`] for tanh when both scales saturate inside the disc and
@@ -225,10 +278,14 @@ fn g_g(su: f64, kappa: f64, sd: f64, h: f64) -> ([f64; 2], [f64; 2], usize) {
                     [gv * p, dv * p]
                 }
             };
+            // Only |v| <= SATURATED matters (g and sech^2 are below cut() beyond): with
+            // |m| past it, the piece between 0 and m stops there and the half-line beyond m
+            // is dropped (a tanh-sinh rule over [0, m] with |m| >> 1 has no node within
+            // SATURATED of 0: its smallest offsets are ~1e-18 of the interval).
             let pieces = [
-                exp_sinh(lo, -1.0, h, f(-1.0)),
-                tanh_sinh(lo, hi, h, f(sign(m))),
-                exp_sinh(hi, 1.0, h, f(1.0)),
+                if lo < -SATURATED { [[0.0; 2]; 2] } else { exp_sinh(lo, -1.0, h, f(-1.0)) },
+                tanh_sinh(lo.max(-SATURATED), hi.min(SATURATED), h, f(sign(m))),
+                if hi > SATURATED { [[0.0; 2]; 2] } else { exp_sinh(hi, 1.0, h, f(1.0)) },
             ];
             let mut acc = [[0.0; 2]; 2];
             for t in pieces {

@@ -202,7 +202,28 @@ fn tanh_and_sigmoid_at_any_variance() {
         assert!(libm::fabs(g.phiphi - 0.25 * (1.0 + f)) <= 1e-15, "q {q}: {g:?}");
         assert!(libm::fabs(g.dphidphi - d / 16.0) <= 1e-11 * d / 16.0, "q {q}: {g:?}");
     }
-    for (q1, q2) in [(1e3, 1e3), (1e4, 1e4), (1e6, 1e6), (1e4, 3e5)] {
+    // One scale b unsaturated beside one a past the trapezoid's node cap
+    // (saturated::line_mixed), against E[tanh(b |z|)] by the reference rule plus the
+    // expansions in b / a and 1 / a of the rest: E[tanh(a z) tanh(b z)] = E[tanh(b |z|)]
+    // - (2 b / a^2) (pi^2 / 24) / sqrt(2 pi) and E[sech^2(a z) sech^2(b z)] =
+    // 2 / (a sqrt(2 pi)) (1 - (b^2 + 1/2) pi^2 / (12 a^2)) (next terms O(a^-4)), to 1e-11
+    // absolute (the rules stop once two steps agree to `tol` = 1e-10) and 1e-11 relative.
+    for (qb, qa) in [(1.0, 1e8), (1e-2, 1e12), (20.0, 1e10), (0.3, 1e8), (1e-12, 1e9), (0.0, 1e9)] {
+        let (a, b) = (libm::sqrt(qa), libm::sqrt(qb));
+        let near = ts(&|z| 2.0 * libm::tanh(b * z) * gauss_pdf(z), 0.0, ZMAX);
+        let f = near - 2.0 * b / (a * a) * PI * PI / 24.0 / libm::sqrt(2.0 * PI);
+        let d = 2.0 / (a * libm::sqrt(2.0 * PI)) * (1.0 - (b * b + 0.5) * PI * PI / (12.0 * a * a));
+        for c in [1.0, -1.0] {
+            for (q1, q2) in [(qa, qb), (qb, qa)] {
+                // c exactly +-1 (E[sgn u sgn v] moves by (2 / pi) sin theta off it).
+                let m = moments(Activation::Tanh, q1, q2, c * libm::sqrt(qa * qb), &quad).unwrap();
+                assert!(libm::fabs(m.phiphi - c * f) <= 1e-11, "({q1}, {q2}, {c}): {m:?} vs {f}");
+                assert!(libm::fabs(m.dphidphi - d) <= 1e-11 * d, "({q1}, {q2}, {c}): {m:?} vs {d}");
+                assert!(m.err <= 1e-9 && m.nodes < 2000, "({q1}, {q2}, {c}): {m:?}");
+            }
+        }
+    }
+    for (q1, q2) in [(1e3, 1e3), (1e4, 1e4), (1e6, 1e6), (1e4, 3e5), (1.0, 1e8)] {
         for c in [1.0, -1.0] {
             let s = c * libm::sqrt(q1 * q2);
             let m = moments(Activation::Tanh, q1, q2, s, &quad).unwrap();
@@ -240,17 +261,43 @@ fn tanh_pairs_at_any_variance() {
             assert!(libm::fabs(g.phiphi - 0.25 * (1.0 + m.phiphi)) <= 1e-15, "{g:?} {m:?}");
         }
     }
-    // A standard deviation below saturated::MIN_SCALE beside a huge one: an honest error, not
-    // the 0 the saturated rule's nodes would give for E[tanh' tanh'] (its Gaussian falls
-    // between them).
-    for q1 in [1e-300, 1e-20] {
-        match moments(Activation::Tanh, q1, 1e8, 0.0, &quad) {
-            Err(Error::NoConvergence { .. }) => {}
-            Ok(m) => {
-                let d = 2.0 / (1e4 * libm::sqrt(2.0 * PI)) * (1.0 - PI * PI / 12e8);
-                assert!(libm::fabs(m.dphidphi - d) <= 1e-10 * d, "q1 {q1}: {m:?} vs {d}");
+    // A standard deviation below saturated::MIN_SCALE beside a huge one, where the 2-D rule's
+    // nodes would miss the narrow Gaussian (E[tanh' tanh'] = 0): linear in the narrow variable,
+    // E[tanh u tanh v] = s E[sech^2 v] and E[tanh' u tanh' v] = E[sech^2 v], the latter from
+    // the large-q series of tanh_and_sigmoid_at_any_variance (1e-11 relative).
+    for q1 in [1e-300, 1e-20, 1e-17] {
+        let d = 2.0 / (1e4 * libm::sqrt(2.0 * PI)) * (1.0 - PI * PI / 24e8);
+        for c in [-1.0, -0.3, 0.0, 0.7, 1.0] {
+            let s = c * libm::sqrt(q1 * 1e8);
+            for (qa, qb) in [(q1, 1e8), (1e8, q1)] {
+                let m = moments(Activation::Tanh, qa, qb, s, &quad).unwrap();
+                assert!(libm::fabs(m.dphidphi - d) <= 1e-11 * d, "q1 {q1} c {c}: {m:?} vs {d}");
+                let f = s * d;
+                assert!(libm::fabs(m.phiphi - f) <= 1e-11 * libm::fabs(f), "q1 {q1} c {c}: {m:?}");
             }
-            Err(e) => panic!("q1 {q1}: {e:?}"),
+        }
+    }
+    // A moderate scale beside a huge one (kappa = c sqrt(q2 / q1) past 1e18): v given u is
+    // N(kappa u, (sqrt(q2) sin theta)^2), so up to O(1 / sqrt(q2)) E[tanh u tanh v] =
+    // E[tanh(u) erf(c u / (sqrt(2 q1) sin theta))] and E[sech^2 u sech^2 v] =
+    // 2 / (sqrt(2 pi q2) sin theta) E[sech^2(u) exp(-c^2 u^2 / (2 q1 sin^2 theta))], 1-D
+    // references by the reference rule (1e-10 absolute and relative).
+    for (q1, q2) in [(1e-2, 1e100), (1.0, 1e60), (1e-6, 1e200), (4.0, 1e300)] {
+        for c in [-0.9, 0.3, 0.5, 0.99] {
+            let m = moments(Activation::Tanh, q1, q2, c * libm::sqrt(q1 * q2), &quad).unwrap();
+            let (sq1, sn) = (libm::sqrt(q1), libm::sqrt((1.0 - c) * (1.0 + c)));
+            let k = c / (sq1 * sn);
+            let ef = |z: f64| {
+                libm::tanh(sq1 * z) * libm::erf(k * sq1 * z / libm::sqrt(2.0)) * gauss_pdf(z)
+            };
+            let ed = |z: f64| {
+                let y = 1.0 / libm::cosh(sq1 * z);
+                y * y * libm::exp(-0.5 * k * k * q1 * z * z) * gauss_pdf(z)
+            };
+            let f = 2.0 * ts(&ef, 0.0, ZMAX);
+            let d = 2.0 * ts(&ed, 0.0, ZMAX) * 2.0 / (libm::sqrt(2.0 * PI * q2) * sn);
+            assert!(libm::fabs(m.phiphi - f) <= 1e-10, "({q1}, {q2}, {c}): {m:?} vs {f}");
+            assert!(libm::fabs(m.dphidphi - d) <= 1e-10 * d, "({q1}, {q2}, {c}): {m:?} vs {d}");
         }
     }
     for q in [1e20, 1e100, 1e300] {
