@@ -33,17 +33,20 @@ const T_FAR: f64 = 1.75;
 
 /// Smallest standard deviation of u or v the 2-D rule takes. For a narrow u, tanh(u) ~ u is
 /// far from sign(u): the decomposition's O(1) parts cancel to a result ~ sd, and the rule's
-/// error estimate (beside a huge variance) grows from 1e-10 at sd ~ 1e-3 to 1e-9 at 3e-4
-/// and past `max_error` near 1e-6 (below 1e-10 the Gaussian even falls between the exp-sinh
+/// error estimate (beside a huge variance) grows from 2e-11 at sd 2e-3 to 2e-10 at 1e-3, 1e-9
+/// at 3e-4 and past `max_error` near 1e-6 (below 1e-10 the Gaussian even falls between the exp-sinh
 /// nodes, offsets down to 1e-20: E[tanh' tanh'] = 0, silently). [`narrow_pair`] takes
-/// those pairs, to a relative O(sd^2) <= 1e-7.
-pub(super) const MIN_SCALE: f64 = 3e-4;
+/// those pairs, to a relative O(sd^4) <= 2e-11.
+pub(super) const MIN_SCALE: f64 = 2e-3;
 
 /// Finest step tried (exp-sinh and tanh-sinh).
 const H_MIN: f64 = 1.0 / 64.0;
 
-/// Relative agreement of two successive steps that [`line_mixed`] asks for besides `tol`.
+/// Relative agreement of two successive steps that the 1-D rules ask for besides `tol`.
 const REL: f64 = 1e-12;
+
+/// The same for E[tanh' tanh'] of the 2-D rule (each halving of its step costs 4x).
+const REL_PAIR: f64 = 1e-6;
 
 /// Conditional standard deviation below which v given u is taken as the point E[v | u]
 /// (relative error O(sd^2) of the smooth integrands).
@@ -85,19 +88,50 @@ pub(super) fn line(r1: f64, r2: f64, (h, n): (f64, usize)) -> Moments {
     }
 }
 
+/// Runs `rules(h)` (the `[T_h, T_2h]` sums of `N` integrals) at steps 1/8, 1/16, ... (at
+/// most H_MIN) until each pair agrees to `quad.tol` and to `rel` of its value (so values far
+/// below `tol` keep their digits too; `rel` infinite: `tol` only); returns the step-h values, the
+/// largest disagreement plus cut() (the error estimate) and the last step.
+fn settle<const N: usize>(
+    quad: &Quadrature,
+    rel: [f64; N],
+    mut rules: impl FnMut(f64) -> [[f64; N]; 2],
+) -> ([f64; N], f64, f64) {
+    let mut h = 0.125;
+    loop {
+        let t = rules(h);
+        let mut err: f64 = 0.0;
+        let mut settled = true;
+        for i in 0..N {
+            let e = libm::fabs(t[0][i] - t[1][i]);
+            err = err.max(e);
+            settled &= rel[i] == f64::INFINITY || e <= rel[i] * libm::fabs(t[0][i]);
+        }
+        let err = err + cut();
+        if (err <= quad.tol && settled) || h <= H_MIN {
+            return (t[0], err, h);
+        }
+        h *= 0.5;
+    }
+}
+
+/// Nodes of the exp-sinh rule at step `h`.
+fn exp_sinh_nodes(h: f64) -> usize {
+    (libm::ceil(T_NEAR / h) + libm::ceil(T_FAR / h)) as usize + 1
+}
+
 /// `line` of [`super::quad`] for tanh at two scales far apart: a = max |r| too large for the
 /// trapezoid's node cap, b = min |r| (any, 0 included) not saturating inside the disc. On
 /// z >= 0 tanh(a z) = 1 + g(a z), so with s = sign(r1 r2) and x = a z,
 /// E[tanh(r1 z) tanh(r2 z)] = s (2 int_0^inf tanh(b z) phi(z) dz + (2 / a) int_0^inf g(x)
 /// tanh(b x / a) phi(x / a) dx) and E[tanh'(r1 z) tanh'(r2 z)] = (2 / a) int_0^inf
-/// sech^2(x) sech^2(b x / a) phi(x / a) dx: three exp-sinh integrals, each smooth at its own scale, at steps 1/8, 1/16, ... (at most
-/// H_MIN) until two successive steps agree to `quad.tol` and to [`REL`] relative.
+/// sech^2(x) sech^2(b x / a) phi(x / a) dx: three exp-sinh integrals, each smooth at its own
+/// scale, [`settle`]d.
 pub(super) fn line_mixed(r1: f64, r2: f64, quad: &Quadrature) -> Moments {
     let (a, b) =
         (libm::fmax(libm::fabs(r1), libm::fabs(r2)), libm::fmin(libm::fabs(r1), libm::fabs(r2)));
     let s = sign(r1) * sign(r2);
-    let mut h = 0.125;
-    loop {
+    let ([phiphi, dphidphi], err, h) = settle(quad, [REL; 2], |h| {
         let near = exp_sinh(0.0, 1.0, h, |z| [2.0 * libm::tanh(b * z) * normal(z, 1.0)]);
         let wide = exp_sinh(0.0, 1.0, h, |x| {
             let (g, d) = tail(x, 1.0);
@@ -105,31 +139,37 @@ pub(super) fn line_mixed(r1: f64, r2: f64, quad: &Quadrature) -> Moments {
             let (w, dn) = (2.0 / a * normal(x / a, 1.0), 1.0 / libm::cosh(y));
             [w * g * libm::tanh(y), w * d * dn * dn]
         });
-        let f = [0, 1].map(|i| s * (near[i][0] + wide[i][0]));
-        let (ef, ed) = (libm::fabs(f[0] - f[1]), libm::fabs(wide[0][1] - wide[1][1]));
-        let err = libm::fmax(ef, ed) + cut();
-        // Relative agreement too: E[tanh tanh] is ~ b for tiny b, far below `tol`.
-        let settled = ef <= REL * libm::fabs(f[0]) && ed <= REL * wide[0][1];
-        if (err <= quad.tol && settled) || h <= H_MIN {
-            let nodes = 3 * ((libm::ceil(T_NEAR / h) + libm::ceil(T_FAR / h)) as usize + 1);
-            return Moments { phiphi: f[0], dphidphi: wide[0][1], err, nodes };
-        }
-        h *= 0.5;
-    }
+        [0, 1].map(|i| [s * (near[i][0] + wide[i][0]), wide[i][1]])
+    });
+    Moments { phiphi, dphidphi, err, nodes: 2 * exp_sinh_nodes(h) }
 }
 
-/// `pair` of [`super::quad`] for tanh when one standard deviation, `narrow`, is below
-/// [`MIN_SCALE`] and the other, `wide`, needs more trapezoid nodes than allowed. With
-/// tanh(u) = u + O(u^3) and tanh'(u) = 1 + O(u^2), Stein's lemma E[u f(v)] = Cov(u, v) E[f'(v)]
-/// gives E[tanh u tanh v] = s E[tanh' v] and E[tanh' u tanh' v] = E[tanh' v], both to a
-/// relative O(narrow^2) (about -(1 - c^2) narrow^2 and -narrow^2, measured against the 2-D
-/// rule at narrow 1e-4..1e-2; the error estimate adds 3 narrow^2 of each);
-/// E[tanh' v] is [`line_mixed`]'s at b = 0.
+/// `pair` of [`super::quad`] for tanh when one standard deviation, `narrow` (variance q1), is
+/// below [`MIN_SCALE`] and the other, `wide` (q2), needs more trapezoid nodes than allowed:
+/// the expansion in u of tanh(u) = u - u^3 / 3 + O(u^5) and tanh'(u) = 1 - u^2 + O(u^4).
+/// With u = (s / q2) v + w (w independent of v, variance q1 - s^2 / q2) and Stein's lemma
+/// E[v g(v)] = q2 E[g'(v)], for f = tanh: E[u f(v)] = s E[f'], E[u^3 f(v)] =
+/// 3 s q1 E[f'] + s^3 E[f'''] and E[u^2 f'(v)] = q1 E[f'] + s^2 E[f'''], where
+/// E[f'''] = (E[v^2 f'] - q2 E[f']) / q2^2. So E[tanh u tanh v] = s E[f'] - (3 s q1 E[f'] +
+/// s^3 E[f''']) / 3 and E[tanh' u tanh' v] = E[f'] - q1 E[f'] - s^2 E[f'''], to a relative
+/// O(q1^2) (the error estimate adds 3 q1^2 of each); E[sech^2 v] and E[v^2 sech^2 v] are
+/// exp-sinh integrals in x = v, [`settle`]d.
 pub(super) fn narrow_pair(s: f64, narrow: f64, wide: f64, quad: &Quadrature) -> Moments {
-    let m = line_mixed(wide, 0.0, quad);
-    let phiphi = s * m.dphidphi;
-    let err = m.err + 3.0 * narrow * narrow * libm::fmax(libm::fabs(phiphi), m.dphidphi);
-    Moments { phiphi, err, ..m }
+    let (q1, q2) = (narrow * narrow, wide * wide);
+    // E[g(v)] = (2 / wide) int_0^inf g(x) phi(x / wide) dx for even g.
+    let ([e1, e2], err, h) = settle(quad, [REL; 2], |h| {
+        exp_sinh(0.0, 1.0, h, |x| {
+            let w = 2.0 / wide * normal(x / wide, 1.0) * tail(x, 1.0).1;
+            [w, w * x * x]
+        })
+    });
+    // s^2 E[f'''] = r^2 t with r = s / wide = c narrow and t = E[v^2 f'] / q2 - E[f'] (no
+    // overflow of s^3 at any variances).
+    let (r, t) = (s / wide, e2 / q2 - e1);
+    let phiphi = s * (e1 - q1 * e1 - r * r * t / 3.0);
+    let dphidphi = e1 - q1 * e1 - r * r * t;
+    let err = err + 3.0 * q1 * q1 * libm::fmax(libm::fabs(phiphi), dphidphi);
+    Moments { phiphi, dphidphi, err, nodes: exp_sinh_nodes(h) }
 }
 
 /// `pair` of [`super::quad`] for tanh when both scales saturate inside the disc and
@@ -140,19 +180,17 @@ pub(super) fn pair(p: &Geometry, quad: &Quadrature) -> Moments {
     let (sq1, sq2) = (libm::sqrt(p.q1), libm::sqrt(p.q2));
     let (c, sn) = (p.c, p.sn);
     let sign_part = 2.0 / PI * libm::atan2(c, sn);
-    let mut h = 0.125;
-    loop {
+    let mut nodes = 0;
+    // E[tanh' tanh'] (positive, ~1 / sqrt(q1 q2) at large variances) to REL_PAIR relative too.
+    let ([phiphi, dphidphi], err, _) = settle(quad, [f64::INFINITY, REL_PAIR], |h| {
         // E[g(u) sgn v] with v | u ~ N(c (sq2 / sq1) u, (sq2 sn)^2), and u <-> v.
         let a12 = sign_g(sq1, c * sq2 / sq1, sq2 * sn, h);
         let a21 = sign_g(sq2, c * sq1 / sq2, sq1 * sn, h);
-        let (b, dd, nodes) = g_g(sq1, c * sq2 / sq1, sq2 * sn, h);
-        let f = [0, 1].map(|i| sign_part + a12[i] + a21[i] + b[i]);
-        let err = libm::fmax(libm::fabs(f[0] - f[1]), libm::fabs(dd[0] - dd[1])) + cut();
-        if err <= quad.tol || h <= H_MIN {
-            return Moments { phiphi: f[0], dphidphi: dd[0], err, nodes };
-        }
-        h *= 0.5;
-    }
+        let (b, dd, n) = g_g(sq1, c * sq2 / sq1, sq2 * sn, h);
+        nodes = n;
+        [0, 1].map(|i| [sign_part + a12[i] + a21[i] + b[i], dd[i]])
+    });
+    Moments { phiphi, dphidphi, err, nodes }
 }
 
 /// Bound on the parts beyond |x| = SATURATED.

@@ -277,13 +277,32 @@ fn tanh_pairs_at_any_variance() {
             }
         }
     }
+    // Where both rules hold (sd 2e-3..3e-3 beside a capped scale), the second-order narrow
+    // rule against the 2-D one: within 1e-10 relative plus both error estimates (the narrow
+    // rule's O(q1^2) remainder, about 2 q1^2 relative, is ~1e-11..1.6e-10 there).
+    for q2 in [1e8, 1e20, 1e100] {
+        for q1 in [4e-6, 6e-6, 9e-6] {
+            for c in [-0.9, 0.0, 0.5, 0.999] {
+                let s = c * libm::sqrt(q1 * q2);
+                let m = moments(Activation::Tanh, q1, q2, s, &quad).unwrap();
+                let n = saturated::narrow_pair(s, libm::sqrt(q1), libm::sqrt(q2), &quad);
+                let (ef, ed) = (n.phiphi - m.phiphi, n.dphidphi - m.dphidphi);
+                let ok = libm::fabs(ef) <= 1e-10 * libm::fabs(m.phiphi) + m.err + n.err
+                    && libm::fabs(ed) <= 1e-10 * m.dphidphi + n.err;
+                assert!(ok, "({q1}, {q2}, {c}): {n:?} vs {m:?}");
+            }
+        }
+    }
     // A moderate scale beside a huge one (kappa = c sqrt(q2 / q1) past 1e18): v given u is
     // N(kappa u, (sqrt(q2) sin theta)^2), so up to O(1 / sqrt(q2)) E[tanh u tanh v] =
     // E[tanh(u) erf(c u / (sqrt(2 q1) sin theta))] and E[sech^2 u sech^2 v] =
     // 2 / (sqrt(2 pi q2) sin theta) E[sech^2(u) exp(-c^2 u^2 / (2 q1 sin^2 theta))], 1-D
-    // references by the reference rule (1e-10 absolute and relative).
-    for (q1, q2) in [(1e-2, 1e100), (1.0, 1e60), (1e-6, 1e200), (4.0, 1e300)] {
-        for c in [-0.9, 0.3, 0.5, 0.99] {
+    // references by the reference rule (1e-10 absolute and relative; c = 0 included, where
+    // E[tanh tanh] = 0 exactly and E[tanh' tanh'] ~ 1e-50 met `tol` at the first step).
+    for (q1, q2) in
+        [(4e-6, 1e20), (1e-4, 1e20), (1e-2, 1e100), (1.0, 1e60), (1e-5, 1e200), (4.0, 1e300)]
+    {
+        for c in [-0.9, 0.0, 0.3, 0.5, 0.99] {
             let m = moments(Activation::Tanh, q1, q2, c * libm::sqrt(q1 * q2), &quad).unwrap();
             let (sq1, sn) = (libm::sqrt(q1), libm::sqrt((1.0 - c) * (1.0 + c)));
             let k = c / (sq1 * sn);
