@@ -101,17 +101,17 @@ pub(crate) fn line(act: Activation, r1: f64, r2: f64, quad: &Quadrature) -> Mome
     }
     let rmax = libm::fmax(libm::fabs(r1), libm::fabs(r2));
     let strip = if rmax > 0.0 { singularity_distance(act) / rmax } else { MAX_STRIP };
+    let (h, n) = grid(strip, quad);
     if act == Activation::Tanh {
         let rmin = libm::fmin(libm::fabs(r1), libm::fabs(r2));
         if rmin * radius(quad.tol) > SATURATED {
             return saturated::line(r1, r2, span(SATURATED / rmin, step(strip, quad), quad));
         }
-        if grid(strip, quad).1 >= cap(quad) {
+        if n >= cap(quad) {
             // One scale saturates far inside the disc, the other not at all.
             return saturated::line_mixed(r1, r2, quad);
         }
     }
-    let (h, n) = grid(strip, quad);
     let even = is_odd(act);
     let (mut f, mut d, mut f2, mut d2) = (0.0, 0.0, 0.0, 0.0);
     let (mut mf, mut md) = (0.0, 0.0);
@@ -178,7 +178,7 @@ pub(crate) fn pair(act: Activation, p: &Geometry, quad: &Quadrature) -> Moments 
     if act == Activation::Tanh {
         // Saturated inside the disc, or more nodes than allowed: ~sqrt(q) per dimension.
         // Below saturated::MIN_SCALE the 2-D rule's decomposition does not fit: that pair is
-        // linear in the narrow variable (Stein's lemma).
+        // expanded in the narrow variable instead (Stein's lemma, to second order).
         let capped = n1.max(n2) >= cap(quad);
         let smin = libm::fmin(sq1, sq2);
         if smin * z > SATURATED || (capped && smin >= saturated::MIN_SCALE) {
