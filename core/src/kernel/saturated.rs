@@ -14,7 +14,10 @@
 //!   E[sech^2 u sech^2 v] as nested integrals split at the kinks (u = 0, v = 0) and at
 //!   v = E[v | u] (where v given u may be a narrow spike): exp-sinh rules on the half-lines,
 //!   tanh-sinh between (double-exponential convergence for integrands analytic inside each
-//!   piece, however sharp at its ends).
+//!   piece, however sharp at its ends);
+//! - scales far apart, where only one saturates: [`line_mixed`] (c = +-1, one scale past the
+//!   trapezoid's node cap, the other unsaturated) and [`narrow_pair`] (a standard deviation
+//!   below [`MIN_SCALE`] beside a capped one, expanded in the narrow variable).
 
 use core::f64::consts::{FRAC_PI_2, PI};
 
